@@ -1,0 +1,60 @@
+# affect: extract once, train many heads.
+# `make demo` and `make test` each set up .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+AFFECT := $(VENV)/bin/affect
+STAMP := $(VENV)/.installed
+
+DATASET ?= react
+DATA ?= data/$(DATASET)
+STORE ?= store/$(DATASET).zarr
+ENCODERS ?=
+WEIGHTS ?= default
+DEVICE ?= auto
+HEAD ?= regnn
+RUN ?= runs/$(HEAD)
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-all lint demo extract ingest train eval bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+demo: $(STAMP)
+	$(AFFECT) demo --out demo
+
+ingest: $(STAMP)
+	$(AFFECT) ingest --dataset $(DATASET) --data-root $(DATA) --store $(STORE)
+
+extract: $(STAMP)
+	$(AFFECT) extract --dataset $(DATASET) --data-root $(DATA) --store $(STORE) \
+		$(if $(ENCODERS),--encoders $(ENCODERS)) --weights $(WEIGHTS) --device $(DEVICE)
+
+train: $(STAMP)
+	$(AFFECT) train --head $(HEAD) $(if $(filter command line,$(origin STORE)),--store $(STORE),$(if $(filter command line,$(origin DATASET)),--store $(STORE))) --out $(RUN)
+
+eval: $(STAMP)
+	$(AFFECT) evaluate --run $(RUN)
+
+bench: $(STAMP)
+	$(PY) bench/store_read.py
+	$(PY) bench/extract.py
+	$(PY) bench/train.py
+
+clean:
+	rm -rf demo runs store .pytest_cache
