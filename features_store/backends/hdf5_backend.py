@@ -1,0 +1,128 @@
+"""HDF5 backend: one `.h5` file per part, since h5py allows a single writer per file.
+
+The store is a folder (named `*.h5`) holding the same JSON metadata as the Zarr backend and one
+HDF5 file per part with a chunked, resizable dataset `rows`. Remote stores (fsspec URLs) write
+the part to a local temporary file first and upload it whole on close.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+
+import h5py
+import numpy as np
+
+from ..fsutil import is_local, list_names, remove, url_to_fs
+from .base import chunk_rows_for, register_backend
+
+PART_PREFIX = "part-"
+PART_SUFFIX = ".h5"
+DATASET = "rows"
+
+
+class _Hdf5PartWriter:
+    def __init__(self, fs, path: str, dim: int, dtype: str) -> None:
+        self.fs, self.path = fs, path
+        self.dim, self.dtype = dim, np.dtype(dtype)
+        if is_local(fs):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.local_path = path
+        else:
+            handle, self.local_path = tempfile.mkstemp(suffix=PART_SUFFIX)
+            os.close(handle)
+        self.file = h5py.File(self.local_path, "w")
+        self.dataset = self.file.create_dataset(
+            DATASET, shape=(0, dim), maxshape=(None, dim), dtype=self.dtype,
+            chunks=(chunk_rows_for(dim, dtype), dim),
+        )
+        self.rows_written = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=self.dtype).reshape(-1, self.dim)
+        if not len(rows):
+            return
+        start = self.rows_written
+        self.dataset.resize((start + len(rows), self.dim))
+        self.dataset[start:] = rows
+        self.rows_written += len(rows)
+
+    def close(self) -> int:
+        self.file.close()
+        if self.local_path != self.path:
+            self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.put_file(self.local_path, self.path)
+            os.unlink(self.local_path)
+        return self.rows_written
+
+    def discard(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+        if self.local_path != self.path and os.path.exists(self.local_path):
+            os.unlink(self.local_path)
+
+
+class _Hdf5PartReader:
+    def __init__(self, fs, path: str) -> None:
+        self.location = path
+        self._handle = None if is_local(fs) else fs.open(path, "rb")
+        self.file = h5py.File(path if self._handle is None else self._handle, "r")
+        self.dataset = self.file[DATASET]
+        self.shape = tuple(self.dataset.shape)
+        self.dtype = self.dataset.dtype
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.dataset[start:stop]
+
+    def read_all(self) -> np.ndarray:
+        return self.dataset[()]
+
+    def chunk_ranges(self) -> Iterator[tuple[int, int, str]]:
+        step = (self.dataset.chunks or self.shape)[0] or 1
+        for start in range(0, self.shape[0], step):
+            stop = min(start + step, self.shape[0])
+            yield start, stop, f"{self.location}:/{DATASET}[{start}:{stop}]"
+
+
+class Hdf5Backend:
+    name = "hdf5"
+
+    def __init__(self, url: str, compression: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.fs, self.path = url_to_fs(self.url)
+
+    def __getstate__(self) -> dict:
+        return {"url": self.url}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["url"])
+
+    def init_store(self, attrs: dict) -> None:
+        self.fs.makedirs(self.path, exist_ok=True)
+
+    def create_stream(self, stream_key: str, attrs: dict) -> None:
+        self.fs.makedirs(f"{self.path}/streams/{stream_key}/parts", exist_ok=True)
+
+    def part_location(self, stream_key: str, part_id: str) -> str:
+        return f"{self.path}/streams/{stream_key}/parts/{PART_PREFIX}{part_id}{PART_SUFFIX}"
+
+    def part_writer(self, stream_key: str, part_id: str, dim: int, dtype: str) -> _Hdf5PartWriter:
+        return _Hdf5PartWriter(self.fs, self.part_location(stream_key, part_id), dim, dtype)
+
+    def part_reader(self, stream_key: str, part_id: str) -> _Hdf5PartReader:
+        return _Hdf5PartReader(self.fs, self.part_location(stream_key, part_id))
+
+    def list_parts(self, stream_key: str) -> list[str]:
+        names = list_names(self.fs, f"{self.path}/streams/{stream_key}/parts")
+        return [
+            n[len(PART_PREFIX) : -len(PART_SUFFIX)]
+            for n in names
+            if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX)
+        ]
+
+    def delete_part(self, stream_key: str, part_id: str) -> None:
+        remove(self.fs, self.part_location(stream_key, part_id))
+
+
+register_backend("hdf5", Hdf5Backend)

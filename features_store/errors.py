@@ -1,0 +1,9 @@
+"""Errors a user can cause (bad paths, malformed files, unknown names).
+
+The CLI turns a `UserError` into a one-line message and exit code 2 instead of a traceback, so
+its message must name the file (and line, where there is one) and say what to do.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""

@@ -1,0 +1,29 @@
+"""Stream keys: a stable hash of everything that determines a stream's values.
+
+Same key means the values would come out the same, so a clip committed under that key is done and
+is skipped on a rerun; any change (weights, preprocessing, layer, code version) gives a new key and
+a new stream beside the old one, in the manner of Hugging Face datasets' fingerprints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace, so equal content hashes equally."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def fingerprint(obj: Any, length: int = 16) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def file_sha256(path: str, block_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(block_size):
+            digest.update(block)
+    return digest.hexdigest()

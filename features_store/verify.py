@@ -1,0 +1,143 @@
+"""`verify`: is the store sound? Lists every problem, naming the file it is in.
+
+Checks, per stream: parts without a manifest (a killed writer's orphan), manifests that are not
+valid JSON or name a missing array, manifest and array disagreeing in shape or dtype, clip rows
+out of range or overlapping, chunks that cannot be decoded (truncated or corrupt files), NaN/Inf
+values, and clips of the clip table missing from a stream that claims them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import UserError
+from .fsutil import read_json
+from .manifest import PartManifest, StreamInfo
+from .store import FeatureStore
+
+
+@dataclass
+class VerifyReport:
+    problems: list[str] = field(default_factory=list)
+    streams: int = 0
+    parts: int = 0
+    clips: int = 0
+    rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _claimed_clips(store: FeatureStore, info: StreamInfo) -> list[str]:
+    claims = info.claims or {}
+    if claims.get("all"):
+        return store.clip_ids()
+    if "splits" in claims:
+        return [c for s in claims["splits"] for c in store.clip_ids(s)]
+    return list(claims.get("clip_ids", []))
+
+
+def verify(
+    store: FeatureStore, check_values: bool = True, progress: Callable[[str], None] | None = None
+) -> VerifyReport:
+    report = VerifyReport()
+    store.refresh()
+    failed = {(f.get("clip_id"), f.get("stream")) for f in store.failures()}
+    for info in store.streams():
+        report.streams += 1
+        if progress:
+            progress(info.alias)
+        _verify_stream(store, info, report, failed, check_values)
+    return report
+
+
+def _verify_stream(
+    store: FeatureStore, info: StreamInfo, report: VerifyReport, failed: set, check_values: bool
+) -> None:
+    key = info.key
+    base = f"{store.path}/streams/{key}"
+    committed = store.committed_parts(key)
+    arrays = set(store.backend.list_parts(key))
+    for orphan in sorted(arrays - set(committed)):
+        report.problems.append(
+            f"{store.backend.part_location(key, orphan)}: part without manifest "
+            "(an interrupted writer; rerun the extraction or `finalize --prune`)"
+        )
+    manifests: list[PartManifest] = []
+    for part in committed:
+        path = f"{base}/manifests/part-{part}.json"
+        try:
+            manifests.append(PartManifest.from_dict(read_json(store.fs, path)))
+        except (UserError, KeyError, TypeError, ValueError) as exc:
+            report.problems.append(f"{path}: unreadable manifest ({exc})")
+    seen: dict[str, str] = {}
+    for manifest in manifests:
+        report.parts += 1
+        mpath = f"{base}/manifests/part-{manifest.part_id}.json"
+        location = store.backend.part_location(key, manifest.part_id)
+        if manifest.part_id not in arrays:
+            report.problems.append(f"{mpath}: manifest names a missing array {location}")
+            continue
+        try:
+            reader = store.backend.part_reader(key, manifest.part_id)
+        except Exception as exc:  # any backend failure to open is a finding, not a crash
+            report.problems.append(f"{location}: cannot open array ({type(exc).__name__}: {exc})")
+            continue
+        rows, dim = reader.shape
+        if dim != info.dim or manifest.dim != info.dim:
+            report.problems.append(
+                f"{mpath}: dim {manifest.dim} / array dim {dim} / stream dim {info.dim} disagree"
+            )
+        if rows != manifest.n_rows:
+            report.problems.append(
+                f"{mpath}: manifest says {manifest.n_rows} rows, array {location} has {rows}"
+            )
+        if np.dtype(reader.dtype) != np.dtype(info.dtype):
+            report.problems.append(f"{location}: dtype {reader.dtype}, stream says {info.dtype}")
+        spans = []
+        for entry in manifest.clips:
+            end = entry.row_start + entry.n_rows
+            if entry.row_start < 0 or entry.n_rows < 0 or end > rows:
+                report.problems.append(
+                    f"{mpath}: clip {entry.clip_id!r} rows {entry.row_start}:{end} out of "
+                    f"range of {rows} rows"
+                )
+            spans.append((entry.row_start, end, entry.clip_id))
+            if entry.clip_id in seen:
+                report.problems.append(
+                    f"{mpath}: clip {entry.clip_id!r} also committed in part {seen[entry.clip_id]}"
+                )
+            seen[entry.clip_id] = manifest.part_id
+        spans.sort()
+        for (_, end_a, clip_a), (start_b, _, clip_b) in zip(spans, spans[1:]):
+            if start_b < end_a:
+                report.problems.append(f"{mpath}: clips {clip_a!r} and {clip_b!r} overlap")
+        report.clips += len(manifest.clips)
+        report.rows += rows
+        if check_values:
+            _scan_values(reader, report)
+    for clip_id in _claimed_clips(store, info):
+        if clip_id not in seen and (clip_id, key) not in failed and (clip_id, None) not in failed:
+            report.problems.append(
+                f"{base}: clip {clip_id!r} of the clip table is missing from stream {info.alias}"
+            )
+
+
+def _scan_values(reader, report: VerifyReport) -> None:
+    for start, stop, location in reader.chunk_ranges():
+        try:
+            block = np.asarray(reader.read(start, stop))
+        except Exception as exc:  # a chunk that will not decode is exactly what we look for
+            report.problems.append(f"{location}: unreadable chunk ({type(exc).__name__}: {exc})")
+            continue
+        if block.dtype.kind == "f":
+            bad = ~np.isfinite(block)
+            if bad.any():
+                row = int(np.argwhere(bad)[0][0]) + start
+                report.problems.append(
+                    f"{location}: {int(bad.sum())} NaN/Inf value(s), first at row {row}"
+                )

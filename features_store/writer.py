@@ -1,0 +1,130 @@
+"""Writing one part of one stream: rows streamed in, manifest written last as the commit.
+
+Exactly one writer owns a part. Until `commit` writes the manifest, readers ignore the part; a
+writer that dies (even by SIGKILL) leaves an orphan array that a rerun with the same part id
+overwrites and that `finalize(prune_orphans=True)` removes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import UserError
+from .manifest import ClipEntry, PartManifest, StreamInfo
+
+if TYPE_CHECKING:
+    from .store import FeatureStore
+
+log = logging.getLogger(__name__)
+PART_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class PartWriter:
+    """Context manager: `with store.part_writer(key, "p0") as w: w.write_clip(...)`.
+
+    Leaving the block normally commits; leaving it by an exception discards the part.
+    """
+
+    def __init__(self, store: FeatureStore, info: StreamInfo, part_id: str) -> None:
+        if not PART_ID_PATTERN.match(part_id):
+            raise UserError(f"part id {part_id!r}: use letters, digits, '_', '-', '.' only")
+        self.store, self.info, self.part_id = store, info, part_id
+        self.dtype = np.dtype(info.dtype)
+        self.array = store.backend.part_writer(info.key, part_id, info.dim, info.dtype)
+        self.entries: list[ClipEntry] = []
+        self.rows = 0
+        self._open_clip: ClipEntry | None = None
+        self._clip_ids: set[str] = set()
+        self.closed = False
+
+    # Whole clips -------------------------------------------------------------------------
+    def write_clip(
+        self, clip_id: str, rows: np.ndarray, t0: float = 0.0, t_end: float | None = None
+    ) -> None:
+        self.begin_clip(clip_id, t0)
+        self.append(rows)
+        self.end_clip(t_end)
+
+    # Streamed clips (rows arrive in pieces, memory stays flat) -------------------------------
+    def begin_clip(self, clip_id: str, t0: float = 0.0) -> None:
+        if self._open_clip is not None:
+            raise RuntimeError(f"clip {self._open_clip.clip_id!r} is still open")
+        if clip_id in self._clip_ids:
+            raise ValueError(f"clip {clip_id!r} written twice to part {self.part_id}")
+        self._open_clip = ClipEntry(clip_id=clip_id, row_start=self.rows, n_rows=0, t0=float(t0))
+
+    def append(self, rows: np.ndarray) -> None:
+        if self._open_clip is None:
+            raise RuntimeError("append() outside begin_clip()/end_clip()")
+        rows = np.asarray(rows)
+        if rows.ndim == 1 and self.info.dim == rows.shape[0]:
+            rows = rows[None, :]
+        if rows.ndim != 2 or rows.shape[1] != self.info.dim:
+            raise ValueError(
+                f"stream {self.info.alias}: rows of shape {rows.shape}, "
+                f"expected [T, {self.info.dim}]"
+            )
+        self.array.append(rows.astype(self.dtype, copy=False))
+        self.rows += len(rows)
+        self._open_clip.n_rows += len(rows)
+
+    def end_clip(self, t_end: float | None = None) -> None:
+        entry = self._open_clip
+        if entry is None:
+            raise RuntimeError("end_clip() without begin_clip()")
+        entry.t_end = None if t_end is None else float(t_end)
+        self.entries.append(entry)
+        self._clip_ids.add(entry.clip_id)
+        self._open_clip = None
+
+    # Commit protocol ---------------------------------------------------------------------
+    def commit(self) -> PartManifest:
+        if self._open_clip is not None:
+            raise RuntimeError(f"clip {self._open_clip.clip_id!r} was not ended")
+        n_rows = self.array.close()
+        if n_rows != self.rows:
+            raise RuntimeError(f"part {self.part_id}: wrote {n_rows} rows, expected {self.rows}")
+        manifest = PartManifest(
+            part_id=self.part_id,
+            stream_key=self.info.key,
+            dim=self.info.dim,
+            dtype=self.info.dtype,
+            n_rows=n_rows,
+            clips=self.entries,
+            created=now_iso(),
+            writer=f"{socket.gethostname()}:{os.getpid()}",
+        )
+        self.store._write_manifest(self.info.key, manifest)
+        self.closed = True
+        return manifest
+
+    def abort(self) -> None:
+        self.array.discard()
+        self.closed = True
+        try:
+            self.store.backend.delete_part(self.info.key, self.part_id)
+        except OSError as exc:
+            # An orphan is harmless: readers ignore it and a rerun overwrites it.
+            log.warning("could not remove uncommitted part %s: %s", self.part_id, exc)
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.closed:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
