@@ -1,0 +1,143 @@
+"""Export a stream to one file per clip, and import such folders back.
+
+The papers' own scripts read and write one `.npy`/`.pth` per clip (the REACT baseline reads
+`Video_features/<site>/<group>/<pid>/<clip>.pth`). Export reproduces those trees from the store
+(clip ids with `/` become folders); import brings features users already have into the store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UserError
+from .manifest import StreamInfo
+from .store import FeatureStore
+
+FORMATS = ("npy", "pth")
+ROWS_PER_PART = 1 << 20
+
+
+def export_stream(
+    store: FeatureStore,
+    stream: str,
+    out_dir: str,
+    fmt: str = "npy",
+    dtype: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write `out_dir/<clip_id>.<fmt>` for every clip of the stream; returns the clip count."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    info = store.resolve(stream)
+    array = store.load_stream(info)
+    for clip_id in array.clip_ids:
+        rows = np.asarray(array.clip(clip_id))
+        if dtype:
+            rows = rows.astype(dtype)
+        path = os.path.join(out_dir, *clip_id.split("/")) + f".{fmt}"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if fmt == "npy":
+            np.save(path, rows)
+        else:
+            import torch
+
+            torch.save(torch.from_numpy(np.ascontiguousarray(rows)), path)
+        if progress:
+            progress(1)
+    return len(array.clip_ids)
+
+
+def _load_clip_file(path: str) -> np.ndarray:
+    try:
+        if path.endswith(".npy"):
+            value = np.load(path, allow_pickle=False)
+        else:
+            import torch
+
+            value = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(value, torch.Tensor):
+                raise UserError(f"{path}: holds a {type(value).__name__}, expected one tensor")
+            value = value.float().numpy() if value.dtype == torch.bfloat16 else value.numpy()
+    except UserError:
+        raise
+    except Exception as exc:  # numpy/torch raise many types for a damaged file
+        raise UserError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+    if value.dtype.kind not in "fiub":
+        raise UserError(f"{path}: array of dtype {value.dtype} is not numeric")
+    if value.ndim == 1:
+        value = value[None, :]
+    if value.ndim != 2:
+        raise UserError(f"{path}: array of shape {value.shape}, expected [T, D] or [D]")
+    return value
+
+
+@dataclass
+class ImportReport:
+    stream: StreamInfo
+    clips: int
+    rows: int
+
+
+def import_folder(
+    store: FeatureStore,
+    folder: str,
+    name: str,
+    frame_shift_s: float | None,
+    kind: str = "feature",
+    dtype: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Import every `.npy`/`.pth` under `folder` as clip `<relative path without suffix>`."""
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder}: not a folder")
+    files = []
+    for root, _, names in os.walk(folder):
+        for n in names:
+            if n.endswith((".npy", ".pth", ".pt")):
+                files.append(os.path.join(root, n))
+    files.sort()
+    if not files:
+        raise UserError(f"{folder}: no .npy/.pth files found")
+    first = _load_clip_file(files[0])
+    info = StreamInfo(
+        name=name, kind=kind, dim=int(first.shape[1]),
+        dtype=dtype or (str(first.dtype) if first.dtype.kind == "f" else "float32"),
+        frame_shift_s=frame_shift_s, weights="imported",
+        preprocessing={"imported_from": os.path.abspath(folder)}, code_version="import-1",
+    )
+    info = store.create_stream(info)
+    done = store.committed_clip_ids(info)
+    part, part_rows, rows_total, clips = None, 0, 0, 0
+    part_no = len(store.committed_parts(info))
+    try:
+        for path in files:
+            clip_id = os.path.splitext(os.path.relpath(path, folder))[0].replace(os.sep, "/")
+            if clip_id in done:
+                continue
+            rows = first if path == files[0] else _load_clip_file(path)
+            if rows.shape[1] != info.dim:
+                raise UserError(f"{path}: dim {rows.shape[1]}, the other files have {info.dim}")
+            if part is None:
+                part = store.part_writer(info, f"import-{part_no:06d}")
+                part_no += 1
+            part.write_clip(clip_id, rows, t0=0.0)
+            part_rows += len(rows)
+            rows_total += len(rows)
+            clips += 1
+            if progress:
+                progress(1)
+            if part_rows >= ROWS_PER_PART:
+                part.commit()
+                part, part_rows = None, 0
+        if part is not None:
+            part.commit()
+    except BaseException:
+        if part is not None:
+            part.abort()  # the parts committed so far stay; the rerun resumes after them
+        raise
+    store.finalize()
+    return ImportReport(info, clips, rows_total)

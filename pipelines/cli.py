@@ -1,0 +1,69 @@
+"""The `affect` command line (also `python -m pipelines`).
+
+Every command is a thin layer over a library function. Errors a user can cause (`UserError`,
+click usage errors) print one line and exit with code 2; a traceback means a bug in affect.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from features_store.errors import UserError
+
+# Sub-command modules, each defining one click command or group named like the attribute.
+COMMANDS = [
+    ("pipelines.cli_store", "store"),
+    ("pipelines.cli_encoders", "encoders"),
+    ("pipelines.cli_extract", "extract"),
+    ("pipelines.cli_datasets", "datasets"),
+    ("pipelines.cli_datasets", "sample"),
+    ("pipelines.cli_datasets", "ingest"),
+    ("pipelines.cli_heads", "train"),
+    ("pipelines.cli_heads", "evaluate"),
+    ("pipelines.cli_heads", "predict"),
+    ("pipelines.cli_heads", "ensemble"),
+    ("pipelines.cli_metrics", "metrics"),
+    ("pipelines.cli_demo", "demo"),
+]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="affect")
+def cli() -> None:
+    """affect: extract features once into a store, train many heads on them."""
+
+
+for module_name, attr in COMMANDS:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        continue
+    cli.add_command(getattr(module, attr), name=attr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="affect", standalone_mode=False)
+    except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(2)
+    except click.exceptions.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted: committed parts are kept; rerun to resume", err=True)
+        sys.exit(130)

@@ -1,0 +1,147 @@
+"""`affect store ...`: look into, check, export and import feature stores."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from tqdm import tqdm
+
+from features_store import open_store, verify
+from features_store.exchange import FORMATS, export_stream, import_folder
+
+
+def _fmt_shift(value: float | None) -> str:
+    return "per-clip" if value is None else f"{value:g}"
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+@click.group()
+def store() -> None:
+    """Inspect, verify, export and import feature stores."""
+
+
+@store.command("ls")
+@click.argument("store_url")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
+def ls(store_url: str, as_json: bool) -> None:
+    """One row per stream: alias, key, kind, dim, dtype, frame shift, clips, rows, bytes."""
+    s = open_store(store_url, mode="r")
+    rows = []
+    for info in s.streams():
+        index = s.index(info)
+        rows.append({
+            "alias": info.alias, "key": info.key, "kind": info.kind, "dim": info.dim,
+            "dtype": info.dtype, "frame_shift_s": info.frame_shift_s, "clips": len(index),
+            "rows": int(index.n_rows.sum()), "bytes": s.nbytes(info),
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    shown = [{**r, "frame_shift_s": _fmt_shift(r["frame_shift_s"])} for r in rows]
+    click.echo(_table(shown, list(rows[0]) if rows else ["alias"]) if rows else "(no streams)")
+    click.echo(f"{len(s.clip_ids())} clips in the clip table")
+
+
+@store.command("info")
+@click.argument("store_url")
+@click.argument("stream")
+@click.option("--json", "as_json", is_flag=True)
+def info(store_url: str, stream: str, as_json: bool) -> None:
+    """A stream's attributes (provenance) and per-clip shapes, from metadata only."""
+    s = open_store(store_url, mode="r")
+    stream_info = s.resolve(stream)
+    shapes = s.shape_manifest(stream_info)
+    if as_json:
+        click.echo(json.dumps({
+            "attrs": stream_info.to_dict(),
+            "clips": [{"clip_id": c.clip_id, "shape": list(c.shape), "t0": c.t0,
+                       "t_end": c.t_end, "part": c.part_id} for c in shapes],
+        }, indent=1))
+        return
+    for key, value in stream_info.to_dict().items():
+        click.echo(f"{key:>15}: {value}")
+    click.echo(f"{len(shapes)} clips")
+    for c in shapes:
+        span = "" if c.t_end is None else f" .. {c.t_end:g}s"
+        click.echo(f"  {c.clip_id}  {list(c.shape)}  t0={c.t0:g}s{span}")
+
+
+@store.command("verify")
+@click.argument("store_url")
+@click.option("--no-values", is_flag=True, help="Skip the NaN/Inf and chunk-decoding scan.")
+def verify_cmd(store_url: str, no_values: bool) -> None:
+    """Exit 0 when the store is sound, else 1 with every problem listed."""
+    s = open_store(store_url, mode="r")
+    report = verify(s, check_values=not no_values)
+    summary = (f"{report.streams} streams, {report.parts} parts, {report.clips} clips, "
+               f"{report.rows} rows")
+    if report.ok:
+        click.echo(f"ok: {summary}")
+        return
+    for problem in report.problems:
+        click.echo(problem)
+    click.echo(f"{len(report.problems)} problem(s) in {summary}", err=True)
+    sys.exit(1)
+
+
+@store.command("finalize")
+@click.argument("store_url")
+@click.option("--prune", is_flag=True, help="Delete uncommitted parts (no writer may be running).")
+def finalize_cmd(store_url: str, prune: bool) -> None:
+    """Merge committed manifests into the index (one process only)."""
+    open_store(store_url).finalize(prune_orphans=prune)
+    click.echo("finalized")
+
+
+@store.command("ledger")
+@click.argument("store_url")
+@click.option("--json", "as_json", is_flag=True)
+def ledger(store_url: str, as_json: bool) -> None:
+    """The failure ledger: clips that failed, at which stage, and why."""
+    failures = open_store(store_url, mode="r").failures()
+    if as_json:
+        click.echo(json.dumps(failures, indent=1))
+        return
+    for f in failures:
+        click.echo(f"{f.get('clip_id')}\t{f.get('stage')}\t{f.get('message')}")
+    click.echo(f"{len(failures)} failure(s)")
+
+
+@store.command("export")
+@click.argument("store_url")
+@click.argument("stream")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="npy", show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--dtype", default=None, help="Cast on export, e.g. float32.")
+def export(store_url: str, stream: str, fmt: str, out_dir: str, dtype: str | None) -> None:
+    """One file per clip at OUT/<clip_id>.<format> (clip ids with '/' become folders)."""
+    s = open_store(store_url, mode="r")
+    total = len(s.index(stream))
+    with tqdm(total=total, desc="export", unit="clip", disable=None) as bar:
+        n = export_stream(s, stream, out_dir, fmt, dtype, progress=bar.update)
+    click.echo(f"exported {n} clips to {out_dir}")
+
+
+@store.command("import")
+@click.argument("folder", type=click.Path())
+@click.option("--store", "store_url", required=True)
+@click.option("--stream", "name", required=True, help="Name (and alias) of the new stream.")
+@click.option("--frame-shift", type=float, default=None,
+              help="Seconds between rows; omit for one row per clip.")
+@click.option("--kind", type=click.Choice(["feature", "label"]), default="feature")
+def import_cmd(folder: str, store_url: str, name: str, frame_shift: float | None,
+               kind: str) -> None:
+    """Import a folder of per-clip .npy/.pth files (clip id = relative path)."""
+    s = open_store(store_url)
+    with tqdm(desc="import", unit="clip", disable=None) as bar:
+        report = import_folder(s, folder, name, frame_shift, kind, progress=bar.update)
+    click.echo(f"imported {report.clips} clips ({report.rows} rows) into {report.stream.alias} "
+               f"[{report.stream.key}]")
