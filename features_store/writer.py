@@ -88,6 +88,14 @@ class PartWriter:
         self._clip_ids.add(entry.clip_id)
         self._open_clip = None
 
+    def drop_clip(self) -> None:
+        """Abandon the open clip (its source failed midway).
+
+        Rows already streamed stay in the array as dead rows that no manifest entry points at,
+        so readers never see them; the next clip starts after them.
+        """
+        self._open_clip = None
+
     # Commit protocol ---------------------------------------------------------------------
     def commit(self) -> PartManifest:
         if self._open_clip is not None:

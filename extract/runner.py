@@ -1,0 +1,599 @@
+"""The extraction runner: decode each clip once, feed every requested encoder, write parts.
+
+Work is cut into tasks of a few clips; each task writes one part per stream and commits it with
+its manifest, so a killed run loses at most the task in flight and a rerun skips every clip
+already committed under the same stream key (a changed setting means a new key, a new stream).
+
+Inside a task, background threads decode (and preprocess) the next clips while the model works
+on the current ones; frames of consecutive clips are packed into full batches so the device
+stays busy; outputs stream into the part writers, so memory does not grow with clip length.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from features_store import FeatureStore
+from features_store.errors import UserError
+from features_store.fingerprint import fingerprint
+
+from .clips import clip_table_record
+from .media import MediaError, iter_audio, iter_video_frames, list_frame_folder
+from .media_video import _BoxLookup, crop
+from .plan import DEFAULT_VIDEO_FPS, FACE_MARGIN_PX, StreamPlan, parse_request, stream_info
+
+log = logging.getLogger(__name__)
+
+DECODE_BATCH = 32      # frames per decoded batch handed from a decode thread
+QUEUE_DEPTH = 8        # decoded batches buffered per clip ahead of the model
+
+
+@dataclass
+class ExtractOptions:
+    encoders: list[str]
+    weights: str = "default"
+    device: str = "auto"
+    batch_size: int = 64
+    limit: int | None = None
+    reduced: bool = False
+    dtype: str = "float16"
+    fps: float = DEFAULT_VIDEO_FPS
+    clips_per_part: int = 32
+    decode_workers: int = 2
+    strict: bool = False
+    encoder_options: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class StreamStats:
+    alias: str
+    clips: int = 0
+    rows: int = 0
+    model_s: float = 0.0
+
+
+@dataclass
+class ExtractReport:
+    clips_total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    frames: int = 0
+    streams: dict[str, StreamStats] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+    ledger: str = ""
+
+    def merge(self, other: ExtractReport) -> None:
+        self.done += other.done
+        self.failed += other.failed
+        self.frames += other.frames
+        self.failures += other.failures
+        for key, s in other.streams.items():
+            mine = self.streams.setdefault(key, StreamStats(s.alias))
+            mine.clips += s.clips
+            mine.rows += s.rows
+            mine.model_s += s.model_s
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible to torch")
+    return device
+
+
+def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
+    from .encoders import create_encoder
+
+    encoders: dict[str, object] = {}
+    plans: list[StreamPlan] = []
+    for request in options.encoders:
+        name, crop_kind = parse_request(request)
+        if name not in encoders:
+            encoders[name] = create_encoder(
+                name, weights=options.weights, device=device, reduced=options.reduced,
+                **options.encoder_options.get(name, {}),
+            )
+        encoder = encoders[name]
+        if encoder.spec.modality != "video" and crop_kind:
+            raise UserError(f"encoder {request!r}: crops apply to video encoders only")
+        fps = (encoder.spec.fps or options.fps) if encoder.spec.modality == "video" else None
+        info = stream_info(encoder, crop_kind, fps, options.dtype)
+        plans.append(StreamPlan(request, encoder, crop_kind, fps, info))
+    return plans
+
+
+@dataclass
+class Task:
+    """A few clips; for each stream, which of them still need extracting."""
+
+    clips: list[dict]
+    pending: dict[str, list[str]]  # stream key -> clip ids
+
+    def part_id(self, stream_key: str) -> str:
+        # Same clips -> same part id, so a rerun after a kill overwrites the orphan part.
+        return "x" + fingerprint([stream_key, self.pending[stream_key]], 16)
+
+
+def make_tasks(
+    clips: list[dict], plans: list[StreamPlan], store: FeatureStore, clips_per_part: int
+) -> tuple[list[Task], int]:
+    """Chunk the clips that some stream still lacks into tasks; also count the skipped ones."""
+    done = {p.info.key: store.committed_clip_ids(p.info) for p in plans}
+    todo, skipped = [], 0
+    for clip in clips:
+        missing = [p for p in plans if clip["clip_id"] not in done[p.info.key] and _has_input(
+            clip, p)]
+        if missing:
+            todo.append(clip)
+        else:
+            skipped += 1
+    tasks = []
+    for start in range(0, len(todo), clips_per_part):
+        chunk = todo[start : start + clips_per_part]
+        pending = {
+            p.info.key: [c["clip_id"] for c in chunk
+                         if c["clip_id"] not in done[p.info.key] and _has_input(c, p)]
+            for p in plans
+        }
+        tasks.append(Task(chunk, {k: v for k, v in pending.items() if v}))
+    return tasks, skipped
+
+
+def _has_input(clip: dict, plan: StreamPlan) -> bool:
+    modality = plan.modality
+    if modality == "text":
+        return bool(clip.get("text"))
+    if modality == "audio":
+        return bool(clip.get("audio") or clip.get("video"))
+    return bool(clip.get("video") or clip.get("frames"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding ahead of the model
+
+
+@dataclass
+class _VideoItem:
+    group: tuple
+    inputs: dict[str, torch.Tensor]  # stream key -> preprocessed frames
+    times_s: np.ndarray
+
+
+@dataclass
+class _AudioItem:
+    stream_key: str
+    samples: np.ndarray
+
+
+@dataclass
+class _ClipEnd:
+    pass
+
+
+@dataclass
+class _ClipError:
+    stage: str
+    message: str
+
+
+def _video_source(clip: dict) -> str:
+    return clip.get("video") or clip.get("frames")
+
+
+def _box_lookup(clip: dict, crop_kind: str, source: str) -> _BoxLookup:
+    boxes = (clip.get("boxes") or {}).get(crop_kind)
+    if boxes is None:
+        raise MediaError(source, "open", f"clip {clip['clip_id']!r} has no {crop_kind} boxes")
+    names = [p.name for p in list_frame_folder(source)] if os.path.isdir(source) else None
+    return _BoxLookup(boxes, names, source)
+
+
+def _decode_clip(clip: dict, plans: list[StreamPlan], pending: set[str], out: queue.Queue,
+                 stop: threading.Event) -> None:
+    """Producer: decode one clip for every stream that needs it, put items on `out`."""
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    try:
+        video_plans = [p for p in plans if p.modality == "video" and p.info.key in pending]
+        by_fps: dict[float, list[StreamPlan]] = {}
+        for p in video_plans:
+            by_fps.setdefault(p.fps, []).append(p)
+        for fps, group in by_fps.items():  # one decode per distinct frame rate
+            source = _video_source(clip)
+            lookups = {p.info.key: _box_lookup(clip, p.crop, source) for p in group if p.crop}
+            for batch in iter_video_frames(
+                source, fps=fps, batch_size=DECODE_BATCH, start_s=clip.get("start"),
+                end_s=clip.get("end"), folder_fps=clip.get("fps") or 25.0,
+            ):
+                inputs = {}
+                for p in group:
+                    if p.crop:
+                        margin = FACE_MARGIN_PX if p.crop == "face" else 0
+                        lookup = lookups[p.info.key]
+                        crops = [
+                            _crop_or_full(frame, lookup(int(i)), margin)
+                            for frame, i in zip(batch.frames, batch.source_index)
+                        ]
+                        inputs[p.info.key] = torch.cat(
+                            [p.encoder.preprocess(c[None]) for c in crops])
+                    else:
+                        inputs[p.info.key] = p.encoder.preprocess(batch.frames)
+                put(_VideoItem((fps,), inputs, batch.times_s))
+                if stop.is_set():
+                    return
+        for p in plans:
+            if p.modality != "audio" or p.info.key not in pending:
+                continue
+            source = clip.get("audio") or clip.get("video")
+            chunk_s = p.encoder.spec.chunk_s or 30.0
+            for samples in iter_audio(source, p.encoder.spec.sample_rate, chunk_s=chunk_s,
+                                      start_s=clip.get("start"), end_s=clip.get("end")):
+                put(_AudioItem(p.info.key, samples))
+                if stop.is_set():
+                    return
+        put(_ClipEnd())
+    except MediaError as exc:
+        put(_ClipError(exc.stage, str(exc)))
+    except (UserError, ValueError, OSError) as exc:
+        put(_ClipError("decode", f"{_video_source(clip) or clip.get('audio')}: {exc}"))
+
+
+def _crop_or_full(frame: np.ndarray, box, margin: int) -> np.ndarray:
+    return frame if box is None else crop(frame, box, margin)
+
+
+class _DecodeAhead:
+    """Decode up to `workers` clips concurrently, handing them to the consumer in order."""
+
+    def __init__(self, clips: list[dict], plans: list[StreamPlan], pending: dict[str, set[str]],
+                 workers: int) -> None:
+        self.clips, self.plans, self.pending = clips, plans, pending
+        self.workers = max(1, workers)
+        self.stop = threading.Event()
+        self.queues: list[queue.Queue] = []
+        self.threads: list[threading.Thread] = []
+
+    def _start(self, i: int) -> None:
+        q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        keys = self.pending[self.clips[i]["clip_id"]]
+        t = threading.Thread(target=_decode_clip, args=(self.clips[i], self.plans, keys, q,
+                                                         self.stop), daemon=True)
+        t.start()
+        self.queues.append(q)
+        self.threads.append(t)
+
+    def __iter__(self) -> Iterator[tuple[dict, Iterator]]:
+        for i in range(min(self.workers, len(self.clips))):
+            self._start(i)
+        for i, clip in enumerate(self.clips):
+            yield clip, self._items(self.queues[i])
+            if i + self.workers < len(self.clips):
+                self._start(i + self.workers)
+
+    @staticmethod
+    def _items(q: queue.Queue) -> Iterator:
+        while True:
+            item = q.get()
+            yield item
+            if isinstance(item, _ClipEnd | _ClipError):
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a task
+
+
+@dataclass
+class _OpenClip:
+    clip_id: str
+    t0: float
+    expected: int | None = None  # known once the clip's decode has ended
+    written: int = 0
+    begun: bool = False
+
+
+class _VideoBatcher:
+    """Packs frames of consecutive clips into full device batches, for one stream.
+
+    A clip's rows reach the part writer in order and whole: it is begun when its first rows come
+    out of the model and ended when all its decoded frames have been encoded.
+    """
+
+    def __init__(self, plan: StreamPlan, writer, batch_size: int, device: str,
+                 stats: StreamStats) -> None:
+        self.plan, self.writer, self.batch_size, self.device = plan, writer, batch_size, device
+        self.stats = stats
+        self.pending: list[tuple[str, torch.Tensor]] = []
+        self.pending_rows = 0
+        self.clips: dict[str, _OpenClip] = {}
+
+    def add(self, clip_id: str, t0: float, inputs: torch.Tensor) -> None:
+        self.clips.setdefault(clip_id, _OpenClip(clip_id, t0))
+        self.pending.append((clip_id, inputs))
+        self.pending_rows += len(inputs)
+        while self.pending_rows >= self.batch_size:
+            self._forward(self.batch_size)
+
+    def finish_clip(self, clip_id: str, rows: int) -> None:
+        self.clips[clip_id].expected = rows
+        self._close_finished()
+
+    def drop_clip(self, clip_id: str) -> None:
+        """Forget a clip that failed midway: its queued frames and its open rows."""
+        if clip_id not in self.clips:
+            return
+        self.flush(before=clip_id)
+        self.pending = [(c, x) for c, x in self.pending if c != clip_id]
+        self.pending_rows = sum(len(x) for _, x in self.pending)
+        if self.clips.pop(clip_id).begun:
+            self.writer.drop_clip()
+
+    def flush(self, before: str | None = None) -> None:
+        """Encode everything queued (or everything queued ahead of clip `before`)."""
+        while self.pending and self.pending[0][0] != before:
+            n = 0
+            for c, x in self.pending:
+                if c == before:
+                    break
+                n += len(x)
+            self._forward(min(n, self.batch_size))
+
+    def _forward(self, n: int) -> None:
+        taken: list[tuple[str, torch.Tensor]] = []
+        need = n
+        while need > 0:
+            clip_id, x = self.pending[0]
+            if len(x) <= need:
+                taken.append(self.pending.pop(0))
+                need -= len(x)
+            else:
+                taken.append((clip_id, x[:need]))
+                self.pending[0] = (clip_id, x[need:])
+                need = 0
+        self.pending_rows -= n
+        batch = torch.cat([x for _, x in taken])
+        started = time.perf_counter()
+        out = self.plan.encoder.encode_batch(_to_device(batch, self.device))
+        out = out.float().cpu().numpy()
+        self.stats.model_s += time.perf_counter() - started
+        row = 0
+        for clip_id, x in taken:
+            entry = self.clips[clip_id]
+            if not entry.begun:
+                self._close_finished()
+                self.writer.begin_clip(clip_id, entry.t0)
+                entry.begun = True
+            self.writer.append(out[row : row + len(x)])
+            entry.written += len(x)
+            row += len(x)
+        self.stats.rows += n
+        self._close_finished()
+
+    def _close_finished(self) -> None:
+        for clip_id, entry in list(self.clips.items()):
+            if entry.begun and entry.expected is not None and entry.written >= entry.expected:
+                self.writer.end_clip()
+                self.stats.clips += 1
+                del self.clips[clip_id]
+
+
+def _to_device(batch: torch.Tensor, device: str) -> torch.Tensor:
+    if device.startswith("cuda"):
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch
+
+
+class TaskRunner:
+    """Runs tasks with encoders loaded once; used by the local loop and by each dask worker."""
+
+    def __init__(self, store: FeatureStore, plans: list[StreamPlan], options: ExtractOptions,
+                 device: str, on_clip: Callable[[int, int], None] | None = None) -> None:
+        self.store, self.plans, self.options, self.device = store, plans, options, device
+        self.on_clip = on_clip
+
+    def run(self, task: Task) -> ExtractReport:
+        report = ExtractReport()
+        plans = [p for p in self.plans if p.info.key in task.pending]
+        writers = {p.info.key: self.store.part_writer(p.info, task.part_id(p.info.key))
+                   for p in plans}
+        stats = {p.info.key: StreamStats(p.info.alias) for p in plans}
+        batchers = {
+            p.info.key: _VideoBatcher(p, writers[p.info.key], self.options.batch_size,
+                                      self.device, stats[p.info.key])
+            for p in plans if p.modality == "video"
+        }
+        pending_by_clip: dict[str, set[str]] = {c["clip_id"]: set() for c in task.clips}
+        for key, ids in task.pending.items():
+            for clip_id in ids:
+                pending_by_clip[clip_id].add(key)
+        media_clips = [c for c in task.clips
+                       if any(self._plan(k).modality != "text" for k in pending_by_clip[
+                           c["clip_id"]])]
+        ahead = _DecodeAhead(media_clips, plans, pending_by_clip, self.options.decode_workers)
+        failed: set[str] = set()
+        try:
+            with torch.inference_mode(), self._autocast():
+                for clip, items in ahead:
+                    frames = self._consume(clip, items, batchers, writers, stats, report)
+                    if frames is None:
+                        failed.add(clip["clip_id"])
+                    else:
+                        report.frames += frames
+                    if self.on_clip:
+                        self.on_clip(1, frames or 0)
+                for batcher in batchers.values():
+                    batcher.flush()
+                self._encode_texts(task, plans, writers, stats)
+            for writer in writers.values():
+                writer.commit()
+        except BaseException:
+            ahead.close()
+            for writer in writers.values():
+                if not writer.closed:
+                    writer.abort()
+            raise
+        ahead.close()
+        text_only = [c for c in task.clips if c not in media_clips]
+        if self.on_clip and text_only:
+            self.on_clip(len(text_only), 0)
+        report.done = len(task.clips) - len(failed)
+        report.failed = len(failed)
+        report.streams = stats
+        return report
+
+    def _plan(self, key: str) -> StreamPlan:
+        return next(p for p in self.plans if p.info.key == key)
+
+    def _autocast(self):
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", enabled=False)
+
+    def _consume(self, clip, items, batchers, writers, stats, report) -> int | None:
+        clip_id = clip["clip_id"]
+        rows_fed: dict[str, int] = {}
+        audio_open: set[str] = set()
+        for item in items:
+            if isinstance(item, _VideoItem):
+                for key, inputs in item.inputs.items():
+                    batchers[key].add(clip_id, float(item.times_s[0]), inputs)
+                    rows_fed[key] = rows_fed.get(key, 0) + len(inputs)
+            elif isinstance(item, _AudioItem):
+                writer = writers[item.stream_key]
+                plan = self._plan(item.stream_key)
+                if item.stream_key not in audio_open:
+                    writer.begin_clip(clip_id, float(clip.get("start") or 0.0))
+                    audio_open.add(item.stream_key)
+                started = time.perf_counter()
+                rows = plan.encoder.encode_audio(item.samples)
+                stats[item.stream_key].model_s += time.perf_counter() - started
+                stats[item.stream_key].rows += len(rows)
+                writer.append(np.asarray(rows, dtype=np.float32))
+            elif isinstance(item, _ClipError):
+                for batcher in batchers.values():
+                    batcher.drop_clip(clip_id)
+                for key in audio_open:
+                    writers[key].drop_clip()
+                record = {"clip_id": clip_id, "stage": item.stage, "message": item.message}
+                report.failures.append(record)
+                self.store.add_failures([record])
+                log.warning("%s", item.message)
+                return None
+            else:  # _ClipEnd
+                for key, batcher in batchers.items():
+                    if key in rows_fed:
+                        batcher.finish_clip(clip_id, rows_fed[key])
+                for key in audio_open:
+                    writers[key].end_clip()
+                    stats[key].clips += 1
+                return max(rows_fed.values(), default=0)
+        return None
+
+    def _encode_texts(self, task, plans, writers, stats) -> None:
+        for p in plans:
+            if p.modality != "text":
+                continue
+            wanted = set(task.pending[p.info.key])
+            clips = [c for c in task.clips if c["clip_id"] in wanted]
+            started = time.perf_counter()
+            rows = p.encoder.encode_text([str(c["text"]) for c in clips])
+            stats[p.info.key].model_s += time.perf_counter() - started
+            for clip, row in zip(clips, np.asarray(rows)):
+                start = float(clip.get("start") or 0.0)
+                end = clip.get("end")
+                writers[p.info.key].write_clip(clip["clip_id"], row[None, :], t0=start,
+                                               t_end=None if end is None else float(end))
+            stats[p.info.key].clips += len(clips)
+            stats[p.info.key].rows += len(clips)
+
+
+def prepare_store(store: FeatureStore, clips: list[dict], plans: list[StreamPlan]) -> None:
+    """Create the streams and add clips the clip table lacks (one process, before any task)."""
+    for p in plans:
+        p.info = store.create_stream(p.info)
+    known = set(store.clip_ids())
+    new = [clip_table_record(c) for c in clips if c["clip_id"] not in known]
+    if new:
+        store.add_clips(new)
+
+
+def run_extraction(
+    clips: list[dict],
+    store: FeatureStore,
+    options: ExtractOptions,
+    progress: bool = True,
+) -> ExtractReport:
+    """Extract every requested stream for `clips` into `store`, resuming where it stopped."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    if options.limit is not None:
+        clips = clips[: options.limit]
+    device = resolve_device(options.device)
+    plans = build_plans(options, device)
+    prepare_store(store, clips, plans)
+    tasks, skipped = make_tasks(clips, plans, store, options.clips_per_part)
+    report = ExtractReport(clips_total=len(clips), skipped=skipped)
+    todo = sum(len(t.clips) for t in tasks)
+    bar = tqdm(total=todo, desc="extract", unit="clip", disable=None if progress else True,
+               dynamic_ncols=True)
+    frames_seen = [0]
+
+    def on_clip(n: int, frames: int) -> None:
+        frames_seen[0] += frames
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        bar.set_postfix(frames_s=f"{frames_seen[0] / elapsed:.1f}", refresh=False)
+        bar.update(n)
+
+    runner = TaskRunner(store, plans, options, device, on_clip)
+    try:
+        for task in tasks:
+            report.merge(runner.run(task))
+    finally:
+        bar.close()
+        store.finalize(prune_orphans=True)
+    report.seconds = time.perf_counter() - started
+    report.ledger = store.ledger_path()
+    for p in plans:
+        report.streams.setdefault(p.info.key, StreamStats(p.info.alias))
+    return report
+
+
+def format_report(report: ExtractReport) -> str:
+    lines = [
+        f"clips: {report.clips_total} total, {report.done} done, {report.skipped} skipped "
+        f"(already in the store), {report.failed} failed; {report.frames} frames in "
+        f"{report.seconds:.1f} s",
+        f"{'stream':<32} {'clips':>6} {'rows':>9} {'model s':>9} {'rows/s':>9}",
+    ]
+    for s in report.streams.values():
+        rate = s.rows / s.model_s if s.model_s > 0 else 0.0
+        lines.append(f"{s.alias:<32} {s.clips:>6} {s.rows:>9} {s.model_s:>9.2f} {rate:>9.1f}")
+    if report.failed:
+        lines.append(f"{report.failed} clip(s) failed; the failure ledger is at {report.ledger} "
+                     "(`affect store ledger STORE`)")
+    return "\n".join(lines)

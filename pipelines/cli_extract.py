@@ -1,0 +1,90 @@
+"""`affect extract`: run encoders over a clips file (or a dataset's layout) into a store."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from features_store import open_store
+from features_store.errors import UserError
+
+
+def _split_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@click.command()
+@click.option("--clips", "clips_file", type=click.Path(dir_okay=False),
+              help="Clips file (JSON lines: clip_id, video|frames|audio|text, ...).")
+@click.option("--dataset", help="Dataset layout (see `affect datasets ls`) instead of --clips.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Dataset folder.")
+@click.option("--store", "store_url", required=True, help="Store path or fsspec URL.")
+@click.option("--encoders", help="Comma-separated, name[@face|@body]; default: the recipe's.")
+@click.option("--weights", default="default", show_default=True,
+              help="default (published weights from the library cache), random, or a path.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1...")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--limit", type=click.IntRange(1), help="Only the first N clips.")
+@click.option("--fps", type=float, default=25.0, show_default=True,
+              help="Video frame rate for encoders without one of their own.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
+              show_default=True)
+@click.option("--reduced", is_flag=True,
+              help="Smaller architectures of the same families (tests and smoke runs).")
+@click.option("--clips-per-part", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--decode-workers", type=click.IntRange(0), default=2, show_default=True)
+@click.option("--scheduler", help="dask scheduler address; 'local' for a LocalCluster.")
+@click.option("--strict", is_flag=True, help="Exit non-zero if any clip fails.")
+def extract(clips_file, dataset, data_root, store_url, encoders, weights, device, batch_size,
+            limit, fps, dtype, reduced, clips_per_part, decode_workers, scheduler,
+            strict) -> None:
+    """Decode each clip once and write every requested encoder's features to the store."""
+    from extract.clips import read_clips_file
+    from extract.runner import ExtractOptions, format_report, run_extraction
+
+    requests = _split_list(encoders)
+    encoder_options: dict = {}
+    if dataset:
+        if clips_file:
+            raise UserError("give either --clips or --dataset, not both")
+        if not data_root:
+            raise UserError("--dataset needs --data-root (the dataset folder)")
+        from pipelines.datasets import get_adapter
+        from pipelines.ingest import ingest
+
+        adapter = get_adapter(dataset)
+        store = open_store(store_url, dataset=dataset)
+        ingest_report = ingest(adapter, data_root, store)
+        click.echo(f"ingested: {ingest_report}")
+        clips = adapter.scan(data_root).clips
+        requests = requests or list(adapter.recipe.encoders)
+        encoder_options = dict(adapter.recipe.encoder_options)
+        if not clips:
+            raise UserError(f"{data_root}: no clips found for dataset {dataset}")
+    elif clips_file:
+        clips = read_clips_file(clips_file)
+        store = open_store(store_url)
+    else:
+        raise UserError("give --clips FILE or --dataset NAME --data-root DIR")
+    if not requests:
+        raise UserError("no encoders: pass --encoders a,b,c (see `affect encoders ls`)")
+    if weights == "random":
+        click.echo("WARNING: random weights: features are for tests and smoke runs only; "
+                   "the streams are marked as such.", err=True)
+    options = ExtractOptions(
+        encoders=requests, weights=weights, device=device, batch_size=batch_size, limit=limit,
+        reduced=reduced, dtype=dtype, fps=fps, clips_per_part=clips_per_part,
+        decode_workers=decode_workers, strict=strict, encoder_options=encoder_options,
+    )
+    if scheduler:
+        from extract.dask_runner import run_extraction_dask
+
+        report = run_extraction_dask(clips, store.url, options,
+                                     None if scheduler == "local" else scheduler)
+    else:
+        report = run_extraction(clips, store, options)
+    click.echo(format_report(report))
+    attempted = report.done + report.failed
+    if report.failed and (strict or report.failed == attempted):
+        sys.exit(1)
