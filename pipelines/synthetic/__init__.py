@@ -1,0 +1,1 @@
+"""Synthetic sample data: real media files and small datasets generated on the fly for tests."""
