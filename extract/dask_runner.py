@@ -52,6 +52,7 @@ def run_extraction_dask(
     options: ExtractOptions,
     scheduler: str | None = None,
     n_workers: int = 2,
+    processes: bool = True,
     progress: bool = True,
 ) -> ExtractReport:
     """Extract on a dask cluster (`scheduler` address) or a LocalCluster of `n_workers`."""
@@ -68,7 +69,7 @@ def run_extraction_dask(
     report = ExtractReport(clips_total=len(clips), skipped=skipped)
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
                                dashboard_address=None)
     client = Client(scheduler or cluster)
     try:

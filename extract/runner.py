@@ -93,19 +93,30 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
+# Encoders built in this process, reused by later runs (a notebook, a test session, a dask
+# worker): building one can take seconds, and a warm rerun should not pay that twice.
+_ENCODERS: dict[tuple, object] = {}
+
+
+def get_encoder(name: str, options: ExtractOptions, device: str):
     from .encoders import create_encoder
 
-    encoders: dict[str, object] = {}
+    extra = options.encoder_options.get(name, {})
+    key = (name, options.weights, device, options.reduced, repr(sorted(extra.items())))
+    if options.weights not in ("default", "random") and os.path.exists(options.weights):
+        key += (os.path.getmtime(options.weights),)  # a replaced weights file is a new encoder
+    if key not in _ENCODERS:
+        _ENCODERS[key] = create_encoder(
+            name, weights=options.weights, device=device, reduced=options.reduced, **extra
+        )
+    return _ENCODERS[key]
+
+
+def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
     plans: list[StreamPlan] = []
     for request in options.encoders:
         name, crop_kind = parse_request(request)
-        if name not in encoders:
-            encoders[name] = create_encoder(
-                name, weights=options.weights, device=device, reduced=options.reduced,
-                **options.encoder_options.get(name, {}),
-            )
-        encoder = encoders[name]
+        encoder = get_encoder(name, options, device)
         if encoder.spec.modality != "video" and crop_kind:
             raise UserError(f"encoder {request!r}: crops apply to video encoders only")
         fps = (encoder.spec.fps or options.fps) if encoder.spec.modality == "video" else None
@@ -193,9 +204,8 @@ def _video_source(clip: dict) -> str:
 
 
 def _box_lookup(clip: dict, crop_kind: str, source: str) -> _BoxLookup:
+    # A clip without boxes of this kind is encoded on whole frames, as RAER's code does.
     boxes = (clip.get("boxes") or {}).get(crop_kind)
-    if boxes is None:
-        raise MediaError(source, "open", f"clip {clip['clip_id']!r} has no {crop_kind} boxes")
     names = [p.name for p in list_frame_folder(source)] if os.path.isdir(source) else None
     return _BoxLookup(boxes, names, source)
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import align
 from .backends import get_backend
+from .backends.base import chunk_rows_for
 from .errors import UserError
 from .fsutil import exists, list_names, read_json, remove, url_to_fs, write_bytes_atomic, write_json
 from .index import StreamIndex
@@ -287,6 +288,18 @@ class FeatureStore:
             self._readers[(key, part_id)] = reader
         return reader
 
+    @staticmethod
+    def clip_frame_shift(info: StreamInfo, index: StreamIndex, i: int) -> float | None:
+        """Seconds between rows of clip i: the stream's, or the clip's own where rates differ.
+
+        Streams marked `extra["per_clip_frame_rate"]` (Aff-Wild2 labels follow each video's real
+        frame rate) carry each clip's span in `t_end`, so its shift is span / rows.
+        """
+        n, t_end = int(index.n_rows[i]), index.t_end[i]
+        if info.extra.get("per_clip_frame_rate") and t_end is not None and n > 0:
+            return (float(t_end) - float(index.t0[i])) / n
+        return info.frame_shift_s
+
     def _locate(self, stream: StreamRef, clip_id: str) -> tuple[StreamInfo, StreamIndex, int]:
         info = self.resolve(stream)
         index = self.index(info)
@@ -311,11 +324,12 @@ class FeatureStore:
     ) -> np.ndarray:
         """The rows whose times fall in [t_start, t_end)."""
         info, index, i = self._locate(stream, clip_id)
-        if info.frame_shift_s is None:
+        shift = self.clip_frame_shift(info, index, i)
+        if shift is None:
             return self.read_clip(info, clip_id)
         t0 = float(index.t0[i])
-        first = max(0, int(np.ceil((t_start - t0) / info.frame_shift_s - 1e-9)))
-        last = min(int(index.n_rows[i]), int(np.ceil((t_end - t0) / info.frame_shift_s - 1e-9)))
+        first = max(0, int(np.ceil((t_start - t0) / shift - 1e-9)))
+        last = min(int(index.n_rows[i]), int(np.ceil((t_end - t0) / shift - 1e-9)))
         if last <= first:
             return np.zeros((0, info.dim), dtype=info.dtype)
         start = int(index.row_start[i])
@@ -327,8 +341,10 @@ class FeatureStore:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Many windows in one call: `[(clip_id, start_row, length), ...]` -> (data, mask).
 
-        Windows of one part are served from one read covering them all, so the per-call cost
-        of the backend is paid per part, not per window.
+        Windows of one part that lie within about a chunk of each other are served by one
+        read covering them all, so the per-call cost of the backend is paid per cluster of
+        windows, not per window; far-apart windows (random training windows) are read one by
+        one rather than by reading everything between them.
         """
         info = self.resolve(stream)
         index = self.index(info)
@@ -344,14 +360,23 @@ class FeatureStore:
             if hi > lo:
                 row = int(index.row_start[i])
                 by_part.setdefault(index.part_of[i], []).append((b, row + lo, row + hi, lo - start))
+        gap = chunk_rows_for(info.dim, info.dtype)
         for part, items in by_part.items():
             reader = self._reader(info.key, part)
-            first = min(it[1] for it in items)
-            last = max(it[2] for it in items)
-            block = np.asarray(reader.read(first, last))
-            for b, lo, hi, offset in items:
-                out[b, offset : offset + hi - lo] = block[lo - first : hi - first]
-                mask[b, offset : offset + hi - lo] = True
+            items.sort(key=lambda it: it[1])
+            clusters = [[items[0]]]
+            last = items[0][2]
+            for item in items[1:]:
+                if item[1] > last + gap:
+                    clusters.append([])
+                clusters[-1].append(item)
+                last = max(last, item[2])
+            for cluster in clusters:
+                first, stop = cluster[0][1], max(c[2] for c in cluster)
+                block = np.asarray(reader.read(first, stop))
+                for b, lo, hi, offset in cluster:
+                    out[b, offset : offset + hi - lo] = block[lo - first : hi - first]
+                    mask[b, offset : offset + hi - lo] = True
         return out, mask
 
     def read_aligned(
@@ -373,24 +398,23 @@ class FeatureStore:
         spans = []
         for info in infos:
             _, index, i = self._locate(info, clip_id)
-            spans.append((float(index.t0[i]), int(index.n_rows[i]), index.t_end[i]))
+            shift = self.clip_frame_shift(info, index, i)
+            spans.append((float(index.t0[i]), int(index.n_rows[i]), index.t_end[i], shift))
         if n_frames is None:
             ends = [
-                align.span_end(t0_s, n, info.frame_shift_s, t_end)
-                for info, (t0_s, n, t_end) in zip(infos, spans)
-                if info.frame_shift_s is not None
+                align.span_end(t0_s, n, shift, t_end)
+                for t0_s, n, t_end, shift in spans
+                if shift is not None
             ]
             end = min(ends) if ends else t0 + frame_shift_s
             n_frames = max(0, int(np.floor((end - t0) / frame_shift_s + 1e-6)))
         targets = t0 + np.arange(n_frames) * frame_shift_s
         out: dict[str, np.ndarray] = {}
         mask = np.ones(n_frames, dtype=bool)
-        for info, (src_t0, _, _) in zip(infos, spans):
+        for info, (src_t0, _, _, shift) in zip(infos, spans):
             rows = self.read_clip(info, clip_id)
             how = method.get(info.alias, "nearest") if isinstance(method, dict) else method
-            values, valid = align.to_timeline(
-                rows, src_t0, info.frame_shift_s, targets, frame_shift_s, how
-            )
+            values, valid = align.to_timeline(rows, src_t0, shift, targets, frame_shift_s, how)
             out[info.alias] = values
             mask &= valid
         return out, mask

@@ -57,7 +57,7 @@ class StreamArray:
                 )
             chosen = [index.position[c] for c in clip_ids]
         lengths = index.n_rows[chosen].astype(np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        offsets = np.cumsum(lengths) - lengths
         total = int(lengths.sum())
         shape = (total, info.dim)
         cache_path = None

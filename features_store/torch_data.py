@@ -37,7 +37,13 @@ class WindowDataset(Dataset):
         self.cache_dir = cache_dir
         store = open_store(store_url, mode="r")
         reference = store.index(self.stream_names[0])
-        wanted = list(clip_ids) if clip_ids is not None else store.clip_ids(split)
+        if clip_ids is not None:
+            wanted = list(clip_ids)
+        else:
+            wanted = store.clip_ids(split)
+            if not wanted and split is None:
+                # No clip table (e.g. a stream brought in by `store import`): every clip.
+                wanted = list(reference.clip_ids)
         wanted = [c for c in wanted if c in reference]
         self.clip_ids = wanted
         lengths = [int(reference.n_rows[reference.position[c]]) for c in wanted]

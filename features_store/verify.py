@@ -84,6 +84,9 @@ def _verify_stream(
             continue
         try:
             reader = store.backend.part_reader(key, manifest.part_id)
+        except UserError as exc:  # already one line naming the file
+            report.problems.append(str(exc))
+            continue
         except Exception as exc:  # any backend failure to open is a finding, not a crash
             report.problems.append(f"{location}: cannot open array ({type(exc).__name__}: {exc})")
             continue
@@ -132,7 +135,10 @@ def _scan_values(reader, report: VerifyReport) -> None:
         try:
             block = np.asarray(reader.read(start, stop))
         except Exception as exc:  # a chunk that will not decode is exactly what we look for
-            report.problems.append(f"{location}: unreadable chunk ({type(exc).__name__}: {exc})")
+            cause = exc.__cause__ if isinstance(exc, UserError) and exc.__cause__ else exc
+            report.problems.append(
+                f"{location}: unreadable chunk ({type(cause).__name__}: {cause})"
+            )
             continue
         if block.dtype.kind == "f":
             bad = ~np.isfinite(block)

@@ -26,8 +26,9 @@ def _split_list(value: str | None) -> list[str]:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1...")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Only the first N clips.")
-@click.option("--fps", type=float, default=25.0, show_default=True,
-              help="Video frame rate for encoders without one of their own.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Video frame rate for encoders without one of their own "
+                   "[default: the dataset recipe's, else 25].")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
               show_default=True)
 @click.option("--reduced", is_flag=True,
@@ -60,6 +61,7 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         clips = adapter.scan(data_root).clips
         requests = requests or list(adapter.recipe.encoders)
         encoder_options = dict(adapter.recipe.encoder_options)
+        fps = fps or adapter.recipe.fps
         if not clips:
             raise UserError(f"{data_root}: no clips found for dataset {dataset}")
     elif clips_file:
@@ -74,7 +76,7 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
                    "the streams are marked as such.", err=True)
     options = ExtractOptions(
         encoders=requests, weights=weights, device=device, batch_size=batch_size, limit=limit,
-        reduced=reduced, dtype=dtype, fps=fps, clips_per_part=clips_per_part,
+        reduced=reduced, dtype=dtype, fps=fps or 25.0, clips_per_part=clips_per_part,
         decode_workers=decode_workers, strict=strict, encoder_options=encoder_options,
     )
     if scheduler:
@@ -85,6 +87,6 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
     else:
         report = run_extraction(clips, store, options)
     click.echo(format_report(report))
-    attempted = report.done + report.failed
-    if report.failed and (strict or report.failed == attempted):
+    # Non-zero only when nothing could be extracted at all, or with --strict.
+    if report.failed and (strict or report.done + report.skipped == 0):
         sys.exit(1)

@@ -12,12 +12,24 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import UserError
+
 CHUNK_BYTES = 2 << 20  # chunks of about 2 MB: large enough that per-call overhead stays small
+# What zarr codecs (wrong byte count, bad zstd frame) and HDF5 raise for a damaged file.
+DAMAGE_ERRORS = (OSError, RuntimeError, ValueError)
 
 
 def chunk_rows_for(dim: int, dtype: str) -> int:
     itemsize = np.dtype(dtype).itemsize
     return max(16, CHUNK_BYTES // max(1, dim * itemsize))
+
+
+def damaged(location: str, start: int, stop: int, exc: Exception) -> UserError:
+    """A read that failed on a damaged file, as one line that names the file."""
+    return UserError(
+        f"{location}: cannot read rows {start}:{stop} ({type(exc).__name__}: {exc}); "
+        "`affect store verify` lists the damaged chunks"
+    )
 
 
 class PartWriter(Protocol):

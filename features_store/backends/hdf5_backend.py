@@ -14,8 +14,9 @@ from collections.abc import Iterator
 import h5py
 import numpy as np
 
+from ..errors import UserError
 from ..fsutil import is_local, list_names, remove, url_to_fs
-from .base import chunk_rows_for, register_backend
+from .base import DAMAGE_ERRORS, chunk_rows_for, damaged, register_backend
 
 PART_PREFIX = "part-"
 PART_SUFFIX = ".h5"
@@ -67,16 +68,22 @@ class _Hdf5PartReader:
     def __init__(self, fs, path: str) -> None:
         self.location = path
         self._handle = None if is_local(fs) else fs.open(path, "rb")
-        self.file = h5py.File(path if self._handle is None else self._handle, "r")
-        self.dataset = self.file[DATASET]
+        try:
+            self.file = h5py.File(path if self._handle is None else self._handle, "r")
+            self.dataset = self.file[DATASET]
+        except (OSError, KeyError) as exc:
+            raise UserError(f"{path}: cannot open array ({type(exc).__name__}: {exc})") from None
         self.shape = tuple(self.dataset.shape)
         self.dtype = self.dataset.dtype
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        return self.dataset[start:stop]
+        try:
+            return self.dataset[start:stop]
+        except DAMAGE_ERRORS as exc:
+            raise damaged(self.location, start, stop, exc) from exc
 
     def read_all(self) -> np.ndarray:
-        return self.dataset[()]
+        return self.read(0, self.shape[0])
 
     def chunk_ranges(self) -> Iterator[tuple[int, int, str]]:
         step = (self.dataset.chunks or self.shape)[0] or 1

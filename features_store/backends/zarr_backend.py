@@ -15,7 +15,7 @@ from zarr.codecs import ZstdCodec
 from zarr.storage import FsspecStore, LocalStore
 
 from ..fsutil import is_local, list_names, remove, url_to_fs
-from .base import chunk_rows_for, register_backend
+from .base import DAMAGE_ERRORS, chunk_rows_for, damaged, register_backend
 
 PART_PREFIX = "part-"
 
@@ -79,10 +79,13 @@ class _ZarrPartReader:
         self.dtype = array.dtype
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        return self.array[start:stop]
+        try:
+            return self.array[start:stop]
+        except DAMAGE_ERRORS as exc:
+            raise damaged(self.location, start, stop, exc) from exc
 
     def read_all(self) -> np.ndarray:
-        return self.array[:]
+        return self.read(0, self.shape[0])
 
     def chunk_ranges(self) -> Iterator[tuple[int, int, str]]:
         step = self.array.chunks[0]

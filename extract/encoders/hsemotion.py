@@ -1,0 +1,149 @@
+"""HSEmotion EfficientNet-B0 (`enet_b0_8_best_afew`): 1280-d per face crop, the input of its
+8-class emotion classifier, with HSEmotion's preprocessing (resize to 224 x 224, no crop,
+ImageNet mean/std).
+
+HSEmotion publishes a whole pickled timm model, and unpickling runs arbitrary code. We cannot
+know the published file's sha256 offline, so we never unpickle: we build timm `efficientnet_b0`
+(8 classes) ourselves and accept only tensors (a state dict saved with torch.save, or
+safetensors). A pickled model is refused with the one command that converts it, to be run by a
+user who trusts the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from extract.encoders.base import (
+    EncoderSpec,
+    ImagePreprocess,
+    Registration,
+    TimmImageEncoder,
+    alias_for,
+    with_dim,
+)
+from extract.encoders.weights import (
+    load_state_dict,
+    load_strict,
+    resolve,
+    seeded,
+)
+from features_store.errors import UserError
+
+MODEL = "efficientnet_b0"
+NUM_CLASSES = 8
+CHECKPOINT = "enet_b0_8_best_afew"
+URL = (
+    "https://github.com/HSE-asavchenko/face-emotion-recognition/raw/main/models/"
+    f"affectnet_emotions/{CHECKPOINT}.pt"
+)
+
+SPEC = EncoderSpec(
+    name="hsemotion-enet-b0",
+    modality="video",
+    dim=1280,
+    frame_shift_s=None,
+    fps=None,
+    sample_rate=None,
+    chunk_s=None,
+    library="timm (hsemotion weights)",
+    default_weights=f"HSEmotion {CHECKPOINT} (GitHub) as safetensors in ~/.hsemotion",
+    description="HSEmotion EfficientNet-B0 penultimate features per face crop (1280-d)",
+)
+
+PREPROCESS = ImagePreprocess(
+    resize=(224, 224),
+    crop=None,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    interpolation="bilinear",
+)
+
+
+def cache_dir() -> Path:
+    """HSEmotion's own download folder (`hsemotion.facial_emotions.get_model_path`)."""
+    return Path("~/.hsemotion").expanduser()
+
+
+def convert_command(src: Path | str, dst: Path | str) -> str:
+    return (
+        'python -c "import torch, safetensors.torch as st; '
+        f"st.save_file(torch.load('{src}', weights_only=False).state_dict(), '{dst}')\""
+    )
+
+
+def _pickle_hint(path: Path) -> str:
+    dst = path.with_suffix(".safetensors")
+    return (
+        "it is a pickled whole model (HSEmotion's published format), which we never unpickle; "
+        f"if you trust the file, convert it once with {convert_command(path, dst)} "
+        f"and pass --weights {dst}"
+    )
+
+
+def _locate_default() -> tuple[Path, str]:
+    converted = cache_dir() / f"{CHECKPOINT}.safetensors"
+    if converted.is_file():
+        return converted, str(converted)
+    published = cache_dir() / f"{CHECKPOINT}.pt"
+    if published.is_file():  # read safely below; a pickled model is refused with the hint
+        return published, str(published)
+    raise UserError(
+        f"encoder {SPEC.name}: default weights not in {cache_dir()}; download {URL} there, "
+        f"convert it with {convert_command(published, converted)} "
+        "(this tool never downloads or unpickles), or pass --weights PATH"
+    )
+
+
+def available() -> bool:
+    if (cache_dir() / f"{CHECKPOINT}.safetensors").is_file():
+        return True
+    published = cache_dir() / f"{CHECKPOINT}.pt"
+    if not published.is_file():
+        return False
+    try:
+        load_state_dict(published)
+    except UserError:
+        return False
+    return True
+
+
+def _timm_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Some HSEmotion models wrap the classifier in nn.Sequential (classifier.0.*).
+    return {k.replace("classifier.0.", "classifier.", 1): v for k, v in state.items()}
+
+
+def build(spec: EncoderSpec, weights: str, reduced: bool) -> TimmImageEncoder:
+    choice = resolve(spec.name, weights, _locate_default)
+    import timm
+
+    # EfficientNet-B0 already runs at ~30 images/s on 2 CPU cores, so `reduced` keeps the
+    # architecture (timm exposes no smaller width/depth for this entrypoint).
+    with seeded(choice.seed):
+        model = timm.create_model(MODEL, pretrained=False, num_classes=NUM_CLASSES)
+    if choice.path is not None:
+        state = _timm_keys(load_state_dict(choice.path, pickled_hint=_pickle_hint(choice.path)))
+        # The classifier is not used for features; a headless state dict is fine.
+        load_strict(
+            model,
+            state,
+            choice.path,
+            f"timm {MODEL} with {NUM_CLASSES} classes",
+            may_miss=lambda key: key.startswith("classifier."),
+        )
+    arch = {"model": MODEL, "num_classes": NUM_CLASSES, "reduced": reduced}
+    return TimmImageEncoder(
+        model,
+        PREPROCESS,
+        spec=with_dim(spec, model.num_features),
+        alias=alias_for(spec.name, [], choice.identity, reduced),
+        weights_source=choice.source,
+        weights_identity=choice.identity,
+        arch=arch,
+        preprocessing=PREPROCESS.describe(),
+        options={},
+    )
+
+
+REGISTRATIONS = [Registration(spec=SPEC, options={}, build=build, available=available)]

@@ -1,0 +1,106 @@
+"""Swin-T image encoder (timm `swin_tiny_patch4_window7_224`): 768-d per frame after the final
+norm and average pool, with REACT's preprocessing (resize 256, centre crop 224, mean/std 0.5).
+
+REACT used a Swin-T fine-tuned on facial expressions, given by path; the default is timm's
+ImageNet checkpoint. Both go through timm's checkpoint filter, so original Microsoft-layout
+checkpoints load too; the classifier of whatever the checkpoint was trained on is dropped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from extract.encoders.base import (
+    EncoderSpec,
+    ImagePreprocess,
+    Registration,
+    TimmImageEncoder,
+    alias_for,
+    with_dim,
+)
+from extract.encoders.weights import (
+    hf_cached_file,
+    hf_hub_cache,
+    load_strict,
+    missing_default,
+    one_line,
+    resolve,
+    seeded,
+)
+from features_store.errors import UserError
+
+MODEL = "swin_tiny_patch4_window7_224"
+HF_REPO = "timm/swin_tiny_patch4_window7_224.ms_in1k"
+HF_FILES = ("model.safetensors", "pytorch_model.bin")
+
+SPEC = EncoderSpec(
+    name="swin-t",
+    modality="video",
+    dim=768,
+    frame_shift_s=None,
+    fps=None,
+    sample_rate=None,
+    chunk_s=None,
+    library="timm",
+    default_weights=f"timm ImageNet-1k (HF {HF_REPO})",
+    description="Swin-T pooled features per frame, REACT preprocessing (REACT: FER weights)",
+)
+
+PREPROCESS = ImagePreprocess(
+    resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear"
+)
+
+# Reduced: the same 4-stage Swin at 224 with width 32 and one block per stage (256-d out).
+REDUCED_KWARGS = {"embed_dim": 32, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 2, 4)}
+
+
+def _locate_default() -> tuple[Path, str]:
+    hit = hf_cached_file(HF_REPO, HF_FILES)
+    if hit is None:
+        raise missing_default(
+            SPEC.name,
+            f"{HF_REPO}/{HF_FILES[0]}",
+            f"https://huggingface.co/{HF_REPO} (huggingface-cli download {HF_REPO} {HF_FILES[0]})",
+            hf_hub_cache(),
+        )
+    return hit, HF_REPO
+
+
+def available() -> bool:
+    return hf_cached_file(HF_REPO, HF_FILES) is not None
+
+
+def build(spec: EncoderSpec, weights: str, reduced: bool) -> TimmImageEncoder:
+    choice = resolve(spec.name, weights, _locate_default)
+    import timm
+    from timm.models import load_state_dict as timm_load_state_dict
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    kwargs = dict(REDUCED_KWARGS) if reduced else {}
+    with seeded(choice.seed):
+        model = timm.create_model(MODEL, pretrained=False, num_classes=0, **kwargs)
+    if choice.path is not None:
+        what = f"timm {MODEL}{' (reduced)' if reduced else ''}"
+        try:
+            # timm's reader: safetensors or weights_only torch.load, EMA/'state_dict'/'model'
+            # unwrapping; then its Swin filter (Microsoft layout -> timm, table resizing).
+            state = checkpoint_filter_fn(timm_load_state_dict(str(choice.path)), model)
+        except Exception as error:  # unreadable or foreign files raise many types
+            raise UserError(f"{choice.path}: cannot read as {what} ({one_line(error)})") from error
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        load_strict(model, state, choice.path, what)
+    arch = {"model": MODEL, "reduced": reduced, "num_classes": 0, **kwargs}
+    return TimmImageEncoder(
+        model,
+        PREPROCESS,
+        spec=with_dim(spec, model.num_features),
+        alias=alias_for(spec.name, [], choice.identity, reduced),
+        weights_source=choice.source,
+        weights_identity=choice.identity,
+        arch=arch,
+        preprocessing=PREPROCESS.describe(),
+        options={},
+    )
+
+
+REGISTRATIONS = [Registration(spec=SPEC, options={}, build=build, available=available)]

@@ -1,0 +1,131 @@
+"""Perceptual processor: fuse the speaker's video and audio frames into one 64-d code per frame.
+
+Follows the MulT design (Tsai et al., 2019) that REGNN uses: kernel-1 Conv1d projections of both
+modalities to a common width, a cross-modal transformer in which the video frames (queries)
+attend to the audio frames (keys/values), a self-attention transformer over the result, a
+residual MLP and a final linear map to `perceptual_out_dim`.
+
+Transformer blocks are pre-LayerNorm, inputs are scaled by sqrt(d) and get sinusoidal positions
+plus embedding dropout, as in MulT.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from heads.regnn.config import RegnnConfig
+
+
+def sinusoidal_positions(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """[length, dim] sin/cos position codes (first half sines, second half cosines)."""
+    half = dim // 2
+    frequencies = torch.exp(
+        -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=device) / max(half, 1)
+    )
+    angles = torch.arange(length, dtype=torch.float32, device=device)[:, None] * frequencies
+    codes = torch.cat([angles.sin(), angles.cos()], dim=1)
+    if dim % 2:
+        codes = torch.cat([codes, torch.zeros(length, 1, device=device)], dim=1)
+    return codes
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block; with `context` it is cross-attention (queries from x, keys/values from it)."""
+
+    def __init__(self, config: RegnnConfig) -> None:
+        super().__init__()
+        dim = config.model_dim
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(
+            dim, config.num_heads, dropout=config.attn_dropout, batch_first=True
+        )
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, 4 * dim),
+            nn.ReLU(),
+            nn.Dropout(config.relu_dropout),
+            nn.Linear(4 * dim, dim),
+        )
+        self.res_dropout = nn.Dropout(config.res_dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        query = self.norm_query(x)
+        keys = query if context is None else self.norm_context(context)
+        attended, _ = self.attention(
+            query, keys, keys, key_padding_mask=key_padding_mask, need_weights=False
+        )
+        x = x + self.res_dropout(attended)
+        return x + self.res_dropout(self.ffn(self.norm_ffn(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of blocks with MulT's input embedding (scale, positions, dropout) and final norm."""
+
+    def __init__(self, config: RegnnConfig, n_layers: int) -> None:
+        super().__init__()
+        self.scale = math.sqrt(config.model_dim)
+        self.embed_dropout = nn.Dropout(config.embed_dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(n_layers))
+        self.final_norm = nn.LayerNorm(config.model_dim)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        positions = sinusoidal_positions(x.shape[1], x.shape[2], x.device)
+        return self.embed_dropout(self.scale * x + positions)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = self._embed(x)
+        if context is not None:
+            context = self._embed(context)
+        for block in self.blocks:
+            x = block(x, context, key_padding_mask)
+        return self.final_norm(x)
+
+
+class PerceptualProcessor(nn.Module):
+    """video [B, T, video_dim], audio [B, T, audio_dim] -> [B, T, perceptual_out_dim]."""
+
+    def __init__(self, config: RegnnConfig) -> None:
+        super().__init__()
+        dim = config.model_dim
+        self.video_projection = nn.Conv1d(config.video_dim, dim, kernel_size=1, bias=False)
+        self.audio_projection = nn.Conv1d(config.audio_dim, dim, kernel_size=1, bias=False)
+        self.cross_modal = TransformerEncoder(config, config.cross_layers)
+        self.self_attention = TransformerEncoder(config, config.self_layers)
+        self.residual_mlp = nn.Sequential(
+            nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(config.out_dropout), nn.Linear(dim, dim)
+        )
+        self.output = nn.Linear(dim, config.perceptual_out_dim)
+
+    def forward(
+        self, video: torch.Tensor, audio: torch.Tensor, frame_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`frame_mask` [B, T] is True on real frames; padded frames are never attended to."""
+        if video.shape[:2] != audio.shape[:2]:
+            raise ValueError(
+                f"video {tuple(video.shape)} and audio {tuple(audio.shape)} differ in [B, T]"
+            )
+        key_padding_mask = None
+        if frame_mask is not None:
+            key_padding_mask = ~frame_mask.bool()
+            # a window with no real frame would give NaN attention; let it attend to everything
+            key_padding_mask = key_padding_mask & ~key_padding_mask.all(dim=1, keepdim=True)
+        video = self.video_projection(video.transpose(1, 2)).transpose(1, 2)
+        audio = self.audio_projection(audio.transpose(1, 2)).transpose(1, 2)
+        fused = self.cross_modal(video, audio, key_padding_mask)
+        fused = self.self_attention(fused, key_padding_mask=key_padding_mask)
+        fused = fused + self.residual_mlp(fused)
+        return self.output(fused)
