@@ -68,11 +68,13 @@ def demo(out_dir: str, clips: int, seconds: int, epochs: int, device: str) -> No
     _run(["store", "verify", store], log)
     _run(["store", "ls", store], log)
     _run(["train", "--head", "regnn", "--store", store, "--out", run, "--epochs", str(epochs),
-          "--device", device, "--set", "iterations_per_epoch=30", "--set", "batch_size=32",
-          "--set", "threshold_iteration=10"], log)
+          "--device", device, "--set", "iterations_per_epoch=30", "--set", "batch_size=16",
+          "--set", "threshold_at_iteration=10", "--set", "cross_layers=2",
+          "--set", "self_layers=2"], log)
     _run(["evaluate", "--run", run, "--split", "test"], log)
     _run(["predict", "--run", run, "--split", "test", "--export", export], log)
-    _run(["metrics", "react", "--pred-dir", export, "--data-root", data, "--split", "test"], log)
+    _run(["metrics", "react", "--pred-dir", export, "--data-root", data, "--split", "test",
+          "--frames", str(seconds * 25)], log)
     log("")
     log(click.style(f"demo finished in {time.perf_counter() - started:.0f} s", bold=True))
     log(f"  sample dataset : {data}")

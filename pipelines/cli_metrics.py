@@ -34,9 +34,11 @@ def metrics() -> None:
 @click.option("--workers", type=int, default=None, help="CPU threads (default: all).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also score the naive baselines (about 2.3x the model's cost).")
+@click.option("--frames", type=click.IntRange(50), default=750, show_default=True,
+              help="Frames per clip scored (the challenge uses 750 = 30 s at 25 fps).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def react(pred_dir: str, data_root: str, split: str, workers: int | None, baselines: bool,
-          as_json: bool) -> None:
+          frames: int, as_json: bool) -> None:
     """REACT facial-reaction metrics (FRC, FRD, S_MSE, FRVar, FRDvs, TLCC) of a prediction
     folder, next to the naive baselines (ground truth, random, mime, mean sequence, mean frame).
 
@@ -45,7 +47,8 @@ def react(pred_dir: str, data_root: str, split: str, workers: int | None, baseli
     """
     from pipelines.react_eval import evaluate_react_dir
 
-    result = evaluate_react_dir(pred_dir, data_root, split, workers=workers, baselines=baselines)
+    result = evaluate_react_dir(pred_dir, data_root, split, workers=workers, baselines=baselines,
+                                n_frames=frames)
     if as_json:
         click.echo(json.dumps(result))
         return
