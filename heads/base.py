@@ -1,0 +1,323 @@
+"""The Head interface: what every head tells the shared trainer (heads/trainer.py).
+
+A head is a class with
+
+- a config dataclass (a subclass of `HeadConfig`) whose defaults are the paper's settings; the
+  user overrides fields with `--set key=value` (parsed to the field's type by `apply_overrides`);
+- class attributes `name`, `default_dataset`, `metric_name`, `metric_mode` ("max" or "min");
+- hooks the trainer calls, in this order:
+
+    head = HeadCls(config)
+    data = head.build_data(store)              # reads nothing but the store, once
+    model = head.build_model(data)             # an nn.Module (the trainer moves it to the device)
+    groups = head.param_groups(model)          # optimiser parameter groups (per-group "lr" allowed)
+    for epoch in range(config.epochs):
+        head.on_epoch_start(epoch, data)
+        for iteration, batch in enumerate(head.train_batches(data, epoch, rng)):
+            batch = head.to_device(batch, device)
+            loss = head.training_step(model, batch)      # scalar tensor (autocast on CUDA)
+            ... backward / accumulation / clipping / optimiser + schedule step ...
+            head.on_iteration_end(epoch, iteration, loss_value)
+        metrics = head.evaluate(model, data, config.val_split)   # under no_grad, model.eval()
+    predictions = head.predict(model, data, "test")
+    head.export(predictions, data, "test", out_dir)
+
+The trainer owns the optimiser, schedule, AMP, seeds, checkpoints and logging; a head owns its
+data layout, batching (chunks with carried state, fixed iterations per epoch, ...), loss and
+metric. State a head keeps across iterations (carried recurrent state, a loss threshold) lives on
+the head instance; what must survive a resume goes through `extra_state`/`load_extra_state`.
+
+Nothing here imports `extract` or `pipelines`: a head trains on a machine with only the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+# The schedules the trainer implements (see heads/trainer.py `LrSchedule`).
+SCHEDULES = ("constant", "linear", "warmup_step", "multistep", "plateau")
+
+
+@dataclass
+class HeadConfig:
+    """Training settings every head has; a head's config subclasses this and changes defaults.
+
+    Schedules (all stepped by the trainer; factors multiply each group's base lr):
+      constant     lr stays at `lr` (after optional warmup).
+      linear       `lr` for `constant_epochs` epochs, then linear decay towards 0 over the
+                   remaining `epochs - constant_epochs` epochs (ABAW code: niter + niter_decay).
+      warmup_step  linear warmup over `warmup_steps` optimiser steps from `warmup_factor * lr`,
+                   then multiply by `gamma` at each epoch in `milestones` (REGNN).
+      multistep    multiply by `gamma` at each epoch in `milestones` (MultiStepLR).
+      plateau      multiply by `plateau_factor` after `plateau_patience` epochs without
+                   improvement of the validation metric (ReduceLROnPlateau).
+    `warmup_steps > 0` adds the warmup to any schedule.
+    """
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-4
+    optimizer: str = "adamw"  # "adam" | "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    constant_epochs: int = 0
+    warmup_steps: int = 0
+    warmup_factor: float = 0.01
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    grad_clip: float = 0.0  # max grad-norm; 0 disables clipping
+    grad_accum: int = 1  # micro-batches per optimiser step
+    amp: str = "bf16"  # "bf16" | "fp16" | "off"; only used on CUDA
+    seed: int = 0
+    patience: int = 0  # early stop after this many evaluations without improvement; 0 = never
+    val_split: str = "val"
+    eval_every: int = 1  # evaluate every N epochs (and always after the last)
+
+
+@dataclass
+class Recipe:
+    """Which store streams a head reads: feature streams and label streams (aliases or keys).
+
+    The trainer resolves each through the store and records alias -> key in RUN/config.json, so
+    a run says exactly which cached tensors it was trained on.
+    """
+
+    features: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    aux: list[str] = field(default_factory=list)  # aux arrays (e.g. appropriateness matrices)
+
+
+class Head(ABC):
+    """Base class of every head. Subclasses set the class attributes and implement the hooks."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[HeadConfig]] = HeadConfig
+    default_dataset: ClassVar[str] = ""
+    metric_name: ClassVar[str] = ""  # key of `evaluate`'s dict used for the best checkpoint
+    metric_mode: ClassVar[str] = "max"  # "max" or "min"
+    plot_metrics: ClassVar[tuple[str, ...]] = ()  # drawn in curves.png beside metric_name
+
+    def __init__(self, config: HeadConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_cls()
+
+    # --- what it reads -------------------------------------------------------------------
+    @abstractmethod
+    def recipe(self) -> Recipe:
+        """Streams and labels this head reads (may depend on the config, e.g. chosen features)."""
+
+    # --- data and model ------------------------------------------------------------------
+    @abstractmethod
+    def build_data(self, store: Any) -> Any:
+        """Load everything training and evaluation need from `store` (and nothing else).
+
+        Returns a head-defined object (arrays in RAM, split indices, normalisation stats...).
+        Called once per run; must be deterministic so `evaluate --run` rebuilds the same data.
+        """
+
+    @abstractmethod
+    def build_model(self, data: Any) -> nn.Module:
+        """Build the model (input sizes come from `data`); the trainer moves it to the device."""
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Optimiser parameter groups; a group may set its own "lr" (else `config.lr`)."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    # --- training --------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int, data: Any) -> None:  # noqa: B027 (optional hook, no-op by default)
+        """Called before each epoch's batches (reset per-epoch state here)."""
+
+    @abstractmethod
+    def train_batches(self, data: Any, epoch: int, rng: np.random.Generator) -> Iterable[Any]:
+        """Yield the training batches of one epoch, in order.
+
+        Use `rng` (seeded by the trainer from (seed, epoch), so a resumed run draws the same
+        batches) for all shuffling and sampling, never torch's global RNG: the trainer runs this
+        iterator in a background thread a few batches ahead of training, so it must not read
+        state that `training_step` changes (carried recurrent state belongs in training_step).
+        Batches should be CPU tensors (numpy arrays are fine if `to_device` handles them).
+        If the returned object has `len()`, the progress bar shows the total.
+        """
+
+    @abstractmethod
+    def training_step(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """Forward one batch and return the scalar loss to minimise (the trainer backprops)."""
+
+    def on_iteration_end(self, epoch: int, iteration: int, loss: float) -> None:  # noqa: B027 (optional hook, no-op by default)
+        """Called after each training batch with its loss value (e.g. REGNN's threshold)."""
+
+    def to_device(self, batch: Any, device: torch.device) -> Any:
+        """Move a batch to `device`: tensors in (nested) dicts, lists and tuples."""
+        return move_to_device(batch, device)
+
+    # --- evaluation and prediction -----------------------------------------------------------
+    @abstractmethod
+    def predict(self, model: nn.Module, data: Any, split: str) -> Any:
+        """Predictions for every clip of `split` (head-defined; usually clip_id -> array).
+
+        The trainer calls this under `torch.no_grad()` with `model.eval()`.
+        """
+
+    @abstractmethod
+    def score(self, predictions: Any, data: Any, split: str) -> dict[str, Any]:
+        """Metrics of `predictions` against the split's labels; must contain `metric_name`.
+
+        Values are floats; arrays (a confusion matrix) are allowed too and are saved as lists
+        in RUN/eval-<split>.json and metrics.jsonl (only floats are plotted).
+        """
+
+    def evaluate(self, model: nn.Module, data: Any, split: str) -> dict[str, Any]:
+        """Metrics on `split` (default: `score(predict(...))`)."""
+        return self.score(self.predict(model, data, split), data, split)
+
+    @abstractmethod
+    def export(self, predictions: Any, data: Any, split: str, out_dir: Path) -> list[Path]:
+        """Write `predictions` into `out_dir` in the head's official format; return the files."""
+
+    def ensemble(self, predictions: Sequence[Any]) -> Any:
+        """Combine several runs' predictions into one; heads that support ensembles override."""
+        from features_store.errors import UserError
+
+        raise UserError(f"head {self.name!r} does not support ensembles of runs")
+
+    # --- resumable head state ---------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        """Head state that a checkpoint must keep besides the model (e.g. a loss threshold)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027 (optional hook, no-op by default)
+        """Restore what `extra_state` returned."""
+
+
+# --- config helpers -----------------------------------------------------------------------
+
+
+def move_to_device(obj: Any, device: torch.device) -> Any:
+    """Recursively move tensors in dicts/lists/tuples to `device` (non-blocking from pinned)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: move_to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [move_to_device(v, device) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(move_to_device(v, device) for v in obj)
+    return obj
+
+
+def _parse_value(text: str, annotation: Any, key: str) -> Any:
+    """Parse `text` into the type `annotation` (int, float, bool, str, tuples, Optional)."""
+    from features_store.errors import UserError
+
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if text.strip().lower() in ("none", "null", "") and type(None) in args:
+            return None
+        last_error: Exception | None = None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _parse_value(text, arg, key)
+            except UserError as error:
+                last_error = error
+        raise last_error if last_error else UserError(f"--set {key}: cannot parse {text!r}")
+    if origin in (tuple, list):
+        parts = [p for p in text.replace(";", ",").split(",") if p.strip() != ""]
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            item_types = [args[0]] * len(parts)
+        elif origin is tuple:
+            if len(parts) != len(args):
+                raise UserError(f"--set {key}={text}: expected {len(args)} comma-separated values")
+            item_types = list(args)
+        else:
+            item_types = [args[0] if args else str] * len(parts)
+        values = [_parse_value(p.strip(), t, key) for p, t in zip(parts, item_types)]
+        return tuple(values) if origin is tuple else values
+    try:
+        if annotation is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if annotation is int:
+            return int(text)
+        if annotation is float:
+            return float(text)
+        if annotation is str:
+            return text
+    except ValueError:
+        name = getattr(annotation, "__name__", str(annotation))
+        raise UserError(f"--set {key}={text}: not a valid {name}") from None
+    raise UserError(f"--set {key}: field type {annotation!r} cannot be set from the command line")
+
+
+def apply_overrides(config: HeadConfig, overrides: Iterable[str]) -> HeadConfig:
+    """Return a copy of `config` with `key=value` overrides applied, values parsed to field types.
+
+    Tuples are comma-separated (`--set milestones=10,20`); `none` sets an Optional field to None.
+    Unknown keys raise UserError listing the config's fields.
+    """
+    from features_store.errors import UserError
+
+    hints = typing.get_type_hints(type(config))
+    names = {f.name for f in dataclasses.fields(config)}
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise UserError(f"--set {key}: unknown field of {type(config).__name__} ({known})")
+        changes[key] = _parse_value(text.strip(), hints[key], key)
+    return dataclasses.replace(config, **changes)
+
+
+def config_to_dict(config: HeadConfig) -> dict[str, Any]:
+    """JSON-ready dict of a config (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type[HeadConfig], values: Mapping[str, Any]) -> HeadConfig:
+    """Rebuild a config from `config_to_dict` output (lists back to tuples; unknown keys kept out).
+
+    Keys the class no longer has are ignored so old runs still load after a field is removed.
+    """
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        annotation = hints[f.name]
+        if isinstance(value, list) and _is_tuple_type(annotation):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _is_tuple_type(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_tuple_type(a) for a in typing.get_args(annotation))
+    return False

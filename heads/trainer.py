@@ -1,0 +1,720 @@
+"""One trainer for every head: optimiser, schedule, AMP, checkpoints, logging, resume.
+
+Run folder layout:
+
+    RUN/config.json              head, config, store path, streams used (alias -> key)
+    RUN/checkpoints/last.pt      written after every epoch (what --resume continues from)
+    RUN/checkpoints/best.pt      the model of the best validation metric so far
+    RUN/metrics.jsonl            one JSON record per line: kind = step | epoch | eval; "epoch"
+                                 counts from 1 (the epoch the record belongs to)
+    RUN/curves.png               loss and validation metric curves
+    RUN/eval-<split>.json        metrics of the best checkpoint on a split
+    RUN/predictions/             default export folder of `predict`
+
+A resumed run continues from the end of the last finished epoch and gives the same result as an
+uninterrupted one: per-epoch batches come from an rng seeded by (seed, epoch), and the torch /
+numpy / python RNG states are saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from heads.base import SCHEDULES, Head, HeadConfig, config_from_dict, config_to_dict
+from heads.plots import plot_curves, read_metrics
+from heads.registry import get_head
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+
+
+def _user_error(message: str) -> Exception:
+    from features_store.errors import UserError
+
+    return UserError(message)
+
+
+# --- seeds and devices ---------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto'/None -> cuda when available, else cpu; a clear error for an unusable device."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise _user_error(f"--device {device}: not a torch device (cpu, cuda, cuda:1)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise _user_error(f"--device {device}: CUDA is not available on this machine")
+    return resolved
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator a head uses for one epoch's batches: same (seed, epoch), same batches."""
+    return np.random.default_rng([seed, epoch])
+
+
+# --- optimiser and schedule ------------------------------------------------------------------
+
+
+def build_optimizer(config: HeadConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """Adam or AdamW with the config's betas and weight decay; groups may carry their own lr."""
+    kwargs = {"lr": config.lr, "betas": tuple(config.betas), "weight_decay": config.weight_decay}
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, **kwargs)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, **kwargs)
+    raise _user_error(f"optimizer={config.optimizer!r}: use adam or adamw")
+
+
+class LrSchedule:
+    """Sets each group's lr = base lr x warmup(step) x decay(epoch); see HeadConfig's docstring.
+
+    Stepped by the trainer: `start_epoch(epoch)` before an epoch, `step()` after each optimiser
+    step, `end_epoch(metric)` after validation (plateau). Its state goes into checkpoints.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: HeadConfig,
+                 metric_mode: str = "max") -> None:
+        if config.schedule not in SCHEDULES:
+            raise _user_error(f"schedule={config.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        self.optimizer = optimizer
+        self.config = config
+        self.metric_mode = metric_mode
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.global_step = 0
+        self.epoch = 0
+        self.plateau_scale = 1.0
+        self.plateau_best: float | None = None
+        self.plateau_bad = 0
+        self._apply()
+
+    def factor(self) -> float:
+        config = self.config
+        warm = 1.0
+        if config.warmup_steps > 0 and self.global_step < config.warmup_steps:
+            progress = self.global_step / config.warmup_steps
+            warm = config.warmup_factor + (1.0 - config.warmup_factor) * progress
+        if config.schedule == "linear":
+            decay_epochs = max(config.epochs - config.constant_epochs, 0)
+            past = max(0, self.epoch + 1 - config.constant_epochs)
+            decay = 1.0 - past / (decay_epochs + 1)
+        elif config.schedule in ("multistep", "warmup_step"):
+            decay = config.gamma ** sum(1 for m in config.milestones if self.epoch >= m)
+        elif config.schedule == "plateau":
+            decay = self.plateau_scale
+        else:
+            decay = 1.0
+        return warm * decay
+
+    def _apply(self) -> None:
+        factor = self.factor()
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._apply()
+
+    def step(self) -> None:
+        self.global_step += 1
+        self._apply()
+
+    def end_epoch(self, metric: float | None) -> None:
+        if self.config.schedule != "plateau" or metric is None or math.isnan(metric):
+            return
+        sign = 1.0 if self.metric_mode == "max" else -1.0
+        if self.plateau_best is None or sign * (metric - self.plateau_best) > 1e-4 * abs(
+            self.plateau_best
+        ):
+            self.plateau_best = metric
+            self.plateau_bad = 0
+            return
+        self.plateau_bad += 1
+        if self.plateau_bad > self.config.plateau_patience:
+            self.plateau_scale *= self.config.plateau_factor
+            self.plateau_bad = 0
+
+    def lrs(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "base_lrs": self.base_lrs, "global_step": self.global_step, "epoch": self.epoch,
+            "plateau_scale": self.plateau_scale, "plateau_best": self.plateau_best,
+            "plateau_bad": self.plateau_bad,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base_lrs = list(state["base_lrs"])
+        self.global_step = state["global_step"]
+        self.epoch = state["epoch"]
+        self.plateau_scale = state["plateau_scale"]
+        self.plateau_best = state["plateau_best"]
+        self.plateau_bad = state["plateau_bad"]
+        self._apply()
+
+
+# --- background batch preparation -----------------------------------------------------------
+
+
+_DONE = object()
+
+
+class _Prefetcher:
+    """Runs a head's batch iterator in a thread, `depth` batches ahead (pinned on CUDA).
+
+    Batch assembly is numpy slicing and copying, which releases the GIL, so it overlaps with
+    the model's step instead of adding to it.
+    """
+
+    def __init__(self, batches: Iterable[Any], depth: int, pin: bool) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._pin = pin
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iter(batches),), daemon=True)
+        self._thread.start()
+
+    def _run(self, iterator: Iterator[Any]) -> None:
+        try:
+            for batch in iterator:
+                if not self._put(_pin(batch) if self._pin else batch):
+                    return
+            self._put(_DONE)
+        except BaseException as error:  # re-raised in the training thread
+            self._put(error)
+
+    def _put(self, item: Any) -> bool:
+        """Queue `item` unless the consumer has gone (then return False and let the thread end)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _pin(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.pin_memory()
+    if isinstance(obj, dict):
+        return {k: _pin(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_pin(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_pin(v) for v in obj)
+    return obj
+
+
+# --- run folder ------------------------------------------------------------------------------
+
+
+@dataclass
+class RunPaths:
+    """Where a run keeps its files."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def curves(self) -> Path:
+        return self.root / CURVES_FILE
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    def eval_file(self, split: str) -> Path:
+        return self.root / f"eval-{split}.json"
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: where the run is and how it went."""
+
+    run_dir: Path
+    best_metric: float | None
+    best_epoch: int | None
+    epochs_done: int
+    stopped_early: bool
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+    data_wait_s: float = 0.0
+    compute_s: float = 0.0
+    steps: int = 0
+
+    @property
+    def data_wait_share(self) -> float:
+        total = self.data_wait_s + self.compute_s
+        return self.data_wait_s / total if total > 0 else 0.0
+
+
+def open_store_for(store: Any, mode: str = "r") -> tuple[Any, str]:
+    """Open `store` (a path/URL, or an already open store) and return (store, its location)."""
+    if isinstance(store, str | Path):
+        from features_store import open_store
+
+        location = str(store)
+        if "://" not in location and not Path(location).exists():
+            raise _user_error(f"{location}: no such store (build it with `affect extract`)")
+        return open_store(location, mode=mode), location
+    return store, str(getattr(store, "url", getattr(store, "path", repr(store))))
+
+
+def _resolve_recipe(head: Head, store: Any) -> dict[str, Any]:
+    """alias -> stream key for every stream the head reads (provenance for config.json)."""
+    recipe = head.recipe()
+    streams: dict[str, str] = {}
+    for alias in [*recipe.features, *recipe.labels]:
+        try:
+            info = store.resolve(alias)
+        except Exception as error:
+            raise _user_error(
+                f"store {_store_location(store)}: head {head.name} needs stream {alias!r} "
+                f"({error})"
+            ) from None
+        streams[alias] = getattr(info, "key", alias)
+    return {"streams": streams, "aux": list(recipe.aux)}
+
+
+def _store_location(store: Any) -> str:
+    return str(getattr(store, "url", getattr(store, "path", "<store>")))
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    if value is None or math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Keep only records of finished epochs (an interrupted epoch is re-run on resume)."""
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if r.get("epoch", epochs_done + 1) <= epochs_done]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _json_ready(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as JSON values: scalars as floats, arrays (a confusion matrix) as nested lists."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, int | float | np.number):
+            out[key] = float(value)
+        elif isinstance(value, np.ndarray | torch.Tensor):
+            out[key] = value.tolist()
+        else:
+            out[key] = value
+    return out
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def train(
+    head: Head,
+    store: Any,
+    out: str | Path,
+    *,
+    device: str | torch.device | None = "auto",
+    resume: bool = False,
+    progress: bool = True,
+    prefetch: int = 2,
+    log_every: int = 20,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train `head` on `store` into the run folder `out`.
+
+    `resume=True` continues from RUN/checkpoints/last.pt (model, optimiser, schedule, scaler,
+    epoch, RNG states, best metric, head state). `stop_after` ends this call after that many
+    epochs (the run can be resumed later, as after an interruption). `prefetch` = batches
+    prepared ahead in a background thread (0: inline).
+    """
+    from tqdm.auto import tqdm
+
+    config = head.config
+    paths = RunPaths(Path(out))
+    if not resume and paths.last.exists():
+        raise _user_error(f"{paths.root}: run folder already has checkpoints; use --resume or a "
+                          "new --out")
+    if resume and not paths.last.exists():
+        raise _user_error(f"{paths.last}: nothing to resume (no last checkpoint)")
+    if config.grad_accum < 1:
+        raise _user_error(f"grad_accum={config.grad_accum}: must be >= 1")
+    dev = resolve_device(device)
+
+    seed_everything(config.seed)
+    store_obj, store_location = open_store_for(store)
+    provenance = _resolve_recipe(head, store_obj)
+    data = head.build_data(store_obj)
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
+    model = head.build_model(data).to(dev)
+    optimizer = build_optimizer(config, head.param_groups(model))
+    schedule = LrSchedule(optimizer, config, head.metric_mode)
+    amp_dtype = _amp_dtype(config, dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    start_epoch, global_step = 0, 0
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    bad_evals = 0
+    if resume:
+        checkpoint = torch.load(paths.last, map_location=dev, weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        head.load_extra_state(checkpoint.get("head_state", {}))
+        start_epoch = checkpoint["epoch"]
+        global_step = checkpoint["global_step"]
+        best_metric = checkpoint["best_metric"]
+        best_epoch = checkpoint["best_epoch"]
+        bad_evals = checkpoint["bad_evals"]
+        _set_rng_state(checkpoint["rng"])
+        _truncate_metrics(paths.metrics, start_epoch)
+    else:
+        paths.metrics.write_text("")
+
+    write_json(paths.config, {
+        "head": head.name,
+        "config": config_to_dict(config),
+        "store": store_location,
+        **provenance,
+        "device": str(dev),
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+        "torch": torch.__version__,
+    })
+
+    total_wait = total_compute = 0.0
+    total_steps = 0
+    stopped_early = False
+    epochs_done = start_epoch
+    last_epoch = config.epochs - 1
+    for epoch in range(start_epoch, config.epochs):
+        if stop_after is not None and epoch - start_epoch >= stop_after:
+            break
+        schedule.start_epoch(epoch)
+        head.on_epoch_start(epoch, data)
+        model.train()
+        batches = head.train_batches(data, epoch, epoch_rng(config.seed, epoch))
+        n_batches = len(batches) if hasattr(batches, "__len__") else None
+        source = _Prefetcher(batches, prefetch, dev.type == "cuda") if prefetch > 0 else batches
+        bar = tqdm(total=n_batches, desc=f"{head.name} epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress, leave=False, dynamic_ncols=True)
+        epoch_loss, epoch_items, epoch_wait, epoch_compute = 0.0, 0, 0.0, 0.0
+        optimizer.zero_grad(set_to_none=True)
+        iterator = iter(source)
+        iteration = 0
+        try:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    break
+                batch = head.to_device(batch, dev)
+                t1 = time.perf_counter()
+                with torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
+                                    enabled=amp_dtype is not None):
+                    loss = head.training_step(model, batch)
+                if not torch.isfinite(loss.detach()):
+                    raise RuntimeError(f"{head.name}: non-finite loss at epoch {epoch}, "
+                                       f"iteration {iteration}")
+                scaler.scale(loss / config.grad_accum).backward()
+                stepped = False
+                if (iteration + 1) % config.grad_accum == 0:
+                    _optimizer_step(model, optimizer, scaler, config)
+                    schedule.step()
+                    global_step += 1
+                    stepped = True
+                loss_value = float(loss.detach().float().item())  # syncs: compute time is real
+                t2 = time.perf_counter()
+                head.on_iteration_end(epoch, iteration, loss_value)
+                epoch_wait += t1 - t0
+                epoch_compute += t2 - t1
+                epoch_loss += loss_value
+                epoch_items += 1
+                if stepped and global_step % log_every == 0:
+                    _append_jsonl(paths.metrics, {
+                        "kind": "step", "epoch": epoch + 1, "step": global_step,
+                        "loss": loss_value, "lr": schedule.lrs()[0],
+                        "data_wait_s": t1 - t0, "compute_s": t2 - t1,
+                    })
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                iteration += 1
+            if iteration % config.grad_accum != 0:  # flush a partial accumulation
+                _optimizer_step(model, optimizer, scaler, config)
+                schedule.step()
+                global_step += 1
+        finally:
+            bar.close()
+            if isinstance(source, _Prefetcher):
+                source.close()
+        total_wait += epoch_wait
+        total_compute += epoch_compute
+        total_steps += epoch_items
+        busy = epoch_wait + epoch_compute
+        _append_jsonl(paths.metrics, {
+            "kind": "epoch", "epoch": epoch + 1, "step": global_step,
+            "train_loss": epoch_loss / max(epoch_items, 1), "lr": schedule.lrs()[0],
+            "iterations": epoch_items, "data_wait_s": epoch_wait, "compute_s": epoch_compute,
+            "data_wait_share": epoch_wait / busy if busy > 0 else 0.0,
+            "steps_per_s": epoch_items / busy if busy > 0 else 0.0,
+        })
+
+        metric_value: float | None = None
+        if (epoch + 1) % max(config.eval_every, 1) == 0 or epoch == last_epoch:
+            metrics = evaluate_model(head, model, data, config.val_split)
+            if head.metric_name not in metrics:
+                raise RuntimeError(f"{head.name}.score returned no {head.metric_name!r}")
+            metric_value = float(metrics[head.metric_name])
+            improved = _better(metric_value, best_metric, head.metric_mode)
+            if improved:
+                best_metric, best_epoch, bad_evals = metric_value, epoch, 0
+                torch.save({"model": model.state_dict(), "epoch": epoch + 1,
+                            "metrics": _json_ready(metrics), "head": head.name,
+                            "head_state": head.extra_state()}, paths.best)
+            else:
+                bad_evals += 1
+            _append_jsonl(paths.metrics, {
+                "kind": "eval", "epoch": epoch + 1, "step": global_step, "split": config.val_split,
+                "metrics": _json_ready(metrics), "best": improved,
+            })
+        schedule.end_epoch(metric_value)
+        epochs_done = epoch + 1
+        torch.save({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
+            "epoch": epochs_done, "global_step": global_step, "best_metric": best_metric,
+            "best_epoch": best_epoch, "bad_evals": bad_evals, "rng": _rng_state(),
+            "head_state": head.extra_state(), "head": head.name,
+            "config": config_to_dict(config),
+        }, paths.last)
+        plot_curves(read_metrics(paths.metrics), paths.curves, head.metric_name,
+                    head.plot_metrics)
+        if config.patience > 0 and bad_evals >= config.patience:
+            stopped_early = True
+            break
+
+    final_metrics: dict[str, Any] = {}
+    if paths.best.exists() and (stopped_early or epochs_done == config.epochs):
+        best = torch.load(paths.best, map_location=dev, weights_only=False)
+        final_metrics = dict(best["metrics"])
+        write_json(paths.eval_file(config.val_split),
+                   {"split": config.val_split, "checkpoint": "best", "epoch": best["epoch"],
+                    "metrics": final_metrics})
+    return TrainResult(
+        run_dir=paths.root, best_metric=best_metric,
+        best_epoch=None if best_epoch is None else best_epoch + 1, epochs_done=epochs_done,
+        stopped_early=stopped_early, final_metrics=final_metrics, data_wait_s=total_wait,
+        compute_s=total_compute, steps=total_steps,
+    )
+
+
+def _amp_dtype(config: HeadConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or config.amp == "off":
+        return None
+    if config.amp == "bf16":
+        return torch.bfloat16
+    if config.amp == "fp16":
+        return torch.float16
+    raise _user_error(f"amp={config.amp!r}: use bf16, fp16 or off")
+
+
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, config: HeadConfig) -> None:
+    if config.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def evaluate_model(head: Head, model: nn.Module, data: Any, split: str) -> dict[str, Any]:
+    """`head.evaluate` in eval mode without gradients (restores train mode afterwards)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return head.evaluate(model, data, split)
+    finally:
+        model.train(was_training)
+
+
+def predict_model(head: Head, model: nn.Module, data: Any, split: str) -> Any:
+    """`head.predict` in eval mode without gradients."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return head.predict(model, data, split)
+    finally:
+        model.train(was_training)
+
+
+# --- loading finished runs ------------------------------------------------------------------
+
+
+@dataclass
+class LoadedRun:
+    """A run folder opened again: head (with its config), data, model with the chosen weights."""
+
+    paths: RunPaths
+    head: Head
+    data: Any
+    model: nn.Module
+    store: Any
+    store_location: str
+    checkpoint: str
+    epoch: int
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """RUN/config.json as a dict; UserError if the folder is not a run."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.config.exists():
+        raise _user_error(f"{paths.config}: not a run folder (no config.json; train first)")
+    try:
+        return json.loads(paths.config.read_text())
+    except json.JSONDecodeError as error:
+        raise _user_error(f"{paths.config}: malformed JSON ({error})") from None
+
+
+def head_from_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> Head:
+    """The head of a run, with the run's saved config (optionally updated with `overrides`)."""
+    saved = read_run_config(run_dir)
+    cls = get_head(saved["head"])
+    values = dict(saved["config"])
+    values.update(overrides or {})
+    return cls(config_from_dict(cls.config_cls, values))
+
+
+def load_run(run_dir: str | Path, *, checkpoint: str = "best", store: Any = None,
+             device: str | torch.device | None = "auto") -> LoadedRun:
+    """Open a run for evaluation or prediction (best checkpoint, or last if there is no best)."""
+    paths = RunPaths(Path(run_dir))
+    saved = read_run_config(run_dir)
+    head = head_from_run(run_dir)
+    file = paths.best if checkpoint == "best" else paths.last
+    if checkpoint == "best" and not file.exists():
+        file = paths.last
+    if not file.exists():
+        raise _user_error(f"{paths.checkpoints}: no checkpoint to load (train first)")
+    dev = resolve_device(device)
+    store_obj, location = open_store_for(store if store is not None else saved["store"])
+    data = head.build_data(store_obj)
+    model = head.build_model(data).to(dev)
+    state = torch.load(file, map_location=dev, weights_only=False)
+    model.load_state_dict(state["model"])
+    head.load_extra_state(state.get("head_state", {}))
+    model.eval()
+    return LoadedRun(paths=paths, head=head, data=data, model=model, store=store_obj,
+                     store_location=location, checkpoint=file.stem, epoch=int(state["epoch"]))
+
+
+def evaluate_run(run_dir: str | Path, split: str, *, store: Any = None,
+                 device: str | torch.device | None = "auto") -> dict[str, Any]:
+    """Metrics of a run's best checkpoint on `split`, also written to RUN/eval-<split>.json."""
+    run = load_run(run_dir, store=store, device=device)
+    metrics = evaluate_model(run.head, run.model, run.data, split)
+    payload = {"split": split, "checkpoint": run.checkpoint, "epoch": run.epoch,
+               "metrics": _json_ready(metrics)}
+    write_json(run.paths.eval_file(split), payload)
+    return payload

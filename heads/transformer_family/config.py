@@ -1,0 +1,79 @@
+"""Configs of the transformer-LSTM family with the ABAW 2022 entries' settings as defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from heads.base import HeadConfig
+
+
+@dataclass
+class TransformerFamilyConfig(HeadConfig):
+    """Shared by the four members; each member's subclass sets its own defaults.
+
+    Training: Adam (beta1 0.5), grad-norm clip 5, constant lr for `constant_epochs` then linear
+    decay over the rest, 16 videos in parallel, each cut into `chunk`-frame chunks processed in
+    order with one optimiser step per chunk.
+    """
+
+    epochs: int = 30
+    constant_epochs: int = 10
+    batch_size: int = 16
+    lr: float = 2e-5
+    optimizer: str = "adam"
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = "linear"
+    grad_clip: float = 5.0
+    # what it reads (aliases in the store); features are concatenated along D in this order
+    features: tuple[str, ...] = ("hsemotion-enet-b0", "vggish", "wav2vec2-base")
+    labels: str = "affwild2-va"
+    invalid_value: float = -5.0
+    normalize: bool = True  # z-normalise features with train-split statistics
+    # sequence handling
+    chunk: int = 250
+    # model
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    ffn: int = 1024
+    dropout: float = 0.1
+    input_dropout: float = 0.1
+    residual: bool = True  # transformer-lstm: FC output + encoder output into the LSTM
+    lstm_hidden: int = 256
+    memory_pool: int = 10  # transformer-attention: frames mean-pooled into one memory slot
+    memory_slots: int = 100
+    regressor_hidden: tuple[int, ...] = (256,)
+    regressor_dropout: float = 0.3
+    # post-processing (export): centred moving average half-widths for valence, arousal
+    smooth: bool = True
+    smooth_half_widths: tuple[int, int] = (50, 20)
+
+
+@dataclass
+class TransformerConfig(TransformerFamilyConfig):
+    """`transformer`: lr 2e-5, 10 constant + 20 decaying epochs."""
+
+
+@dataclass
+class TransformerLSTMConfig(TransformerFamilyConfig):
+    """`transformer-lstm`: as `transformer`, plus the carried LSTM(256)."""
+
+
+@dataclass
+class TransformerAttentionConfig(TransformerFamilyConfig):
+    """`transformer-attention`: as `transformer`, plus attention over earlier chunks."""
+
+
+@dataclass
+class FCLSTMXLConfig(TransformerFamilyConfig):
+    """`fclstm-xl`: FC 512, LSTM(512) over 100-frame chunks, regressor [512, 256]; lr 3e-5,
+    3 constant + 27 decaying epochs."""
+
+    epochs: int = 30
+    constant_epochs: int = 3
+    lr: float = 3e-5
+    chunk: int = 100
+    d_model: int = 512
+    lstm_hidden: int = 512
+    regressor_hidden: tuple[int, ...] = (512, 256)

@@ -1,0 +1,295 @@
+"""The transformer-LSTM family as heads: data from the store, chunked batches, CCC loss/metric.
+
+Batching: `batch_size` slots run videos in parallel; each slot walks its video chunk by chunk
+(`chunk` frames), and when a video ends the slot takes the next video of the (shuffled) order and
+its state is reset. Every batch is one optimiser step. Unlike padding all 16 videos of a group to
+the longest one, no step is spent on padding except a video's last partial chunk, and the carried
+state never crosses from one video into another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from heads.base import Head, Recipe
+from heads.data import FrameSequences, feature_stats, load_frame_sequences, split_clip_ids
+from heads.metrics import ccc, ccc_loss
+from heads.registry import register_head
+from heads.transformer_family.config import (
+    FCLSTMXLConfig,
+    TransformerAttentionConfig,
+    TransformerConfig,
+    TransformerFamilyConfig,
+    TransformerLSTMConfig,
+)
+from heads.transformer_family.export import ensemble_mean, write_challenge_files
+from heads.transformer_family.models import MODELS
+from heads.transformer_family.smoothing import smooth_va
+
+TRAIN_SPLIT = "train"
+
+
+def _user_error(message: str) -> Exception:
+    from features_store.errors import UserError
+
+    return UserError(message)
+
+
+@dataclass
+class FamilyData:
+    """Per-split frame sequences (loaded on first use) and the train normalisation stats."""
+
+    store: Any
+    config: TransformerFamilyConfig
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    splits: dict[str, FrameSequences] = field(default_factory=dict)
+
+    def sequences(self, split: str) -> FrameSequences:
+        if split not in self.splits:
+            streams = [*self.config.features]
+            clip_ids = split_clip_ids(self.store, split, streams)
+            if not clip_ids:
+                raise _user_error(f"{self.store.url}: no clip of split {split!r} has every "
+                                  f"feature stream ({', '.join(streams)})")
+            seqs = load_frame_sequences(
+                self.store, clip_ids, self.config.features, self.config.labels,
+                invalid_value=self.config.invalid_value,
+            )
+            if self.mean is not None and self.std is not None:
+                seqs.normalize(self.mean, self.std)
+            self.splits[split] = seqs
+        return self.splits[split]
+
+    @property
+    def dim(self) -> int:
+        return self.sequences(TRAIN_SPLIT).dim
+
+
+def plan_chunks(lengths: np.ndarray, order: np.ndarray, n_slots: int,
+                chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Assign videos to `n_slots` parallel slots and cut them into chunks.
+
+    Returns (clip [S, B], start [S, B]): at step s slot b processes frames
+    `start[s, b] : start[s, b] + chunk` of clip `clip[s, b]` (-1: the slot is empty). A slot
+    takes the next video in `order` as soon as its current one is done.
+    """
+    if chunk <= 0 or n_slots <= 0:
+        raise _user_error(f"chunk={chunk}, batch_size={n_slots}: both must be positive")
+    queue = [int(i) for i in order if lengths[i] > 0]
+    queue.reverse()
+    current = np.full(n_slots, -1, np.int64)
+    position = np.zeros(n_slots, np.int64)
+    for b in range(n_slots):
+        if queue:
+            current[b] = queue.pop()
+    clips, starts = [], []
+    while (current >= 0).any():
+        clips.append(current.copy())
+        starts.append(position.copy())
+        for b in range(n_slots):
+            if current[b] < 0:
+                continue
+            position[b] += chunk
+            if position[b] >= lengths[current[b]]:
+                current[b] = queue.pop() if queue else -1
+                position[b] = 0
+    if not clips:
+        return np.zeros((0, n_slots), np.int64), np.zeros((0, n_slots), np.int64)
+    return np.stack(clips), np.stack(starts)
+
+
+class ChunkBatches:
+    """Iterable of chunk batches for one pass over a split (len() = number of steps)."""
+
+    def __init__(self, seqs: FrameSequences, clips: np.ndarray, starts: np.ndarray,
+                 chunk: int) -> None:
+        self.seqs, self.clips, self.starts, self.chunk = seqs, clips, starts, chunk
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __iter__(self):
+        seqs, chunk = self.seqs, self.chunk
+        frame = np.arange(chunk)
+        for clip, start in zip(self.clips, self.starts):
+            active = clip >= 0
+            safe = np.where(active, clip, 0)
+            length = np.where(active, seqs.lengths[safe], 0)
+            t = start[:, None] + frame[None, :]
+            present = t < length[:, None]
+            rows = seqs.offsets[safe][:, None] + np.minimum(t, np.maximum(length - 1, 0)[:, None])
+            rows = np.where(present, rows, 0)
+            x = seqs.features[rows]
+            x[~present] = 0.0
+            y = seqs.labels[rows]
+            mask = present & seqs.mask[rows]
+            yield {
+                "x": torch.from_numpy(x),
+                "y": torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)),
+                "mask": torch.from_numpy(mask),
+                "present": torch.from_numpy(present),
+                "reset": torch.from_numpy(active & (start == 0)),
+                "clip": clip,
+                "start": start,
+            }
+
+
+def masked_ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valence and arousal of 1 - CCC over the valid frames of the batch (computed in
+    float32 under autocast). A batch without valid frames gives a constant loss, zero gradient."""
+    return ccc_loss(pred.float(), target.float(), mask)
+
+
+class TransformerFamilyHead(Head):
+    """Shared code of the family; the registered subclasses pick the model and defaults."""
+
+    default_dataset: ClassVar[str] = "affwild2"
+    metric_name: ClassVar[str] = "ccc_mean"
+    metric_mode: ClassVar[str] = "max"
+    plot_metrics: ClassVar[tuple[str, ...]] = ("ccc_v", "ccc_a", "ccc_mean_smoothed")
+    config: TransformerFamilyConfig
+
+    def __init__(self, config: TransformerFamilyConfig | None = None) -> None:
+        super().__init__(config)
+        self._state: Any = None
+
+    def recipe(self) -> Recipe:
+        return Recipe(features=list(self.config.features), labels=[self.config.labels])
+
+    def build_data(self, store: Any) -> FamilyData:
+        data = FamilyData(store=store, config=self.config)
+        train = data.sequences(TRAIN_SPLIT)
+        if not train.mask.any():
+            raise _user_error(f"{store.url}: split {TRAIN_SPLIT!r} has no valid "
+                              f"{self.config.labels} frames")
+        if self.config.normalize:
+            data.mean, data.std = feature_stats(train)
+            train.normalize(data.mean, data.std)
+        data.sequences(self.config.val_split)
+        return data
+
+    def build_model(self, data: FamilyData) -> nn.Module:
+        return MODELS[self.name](data.dim, self.config)
+
+    # training -------------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int, data: Any) -> None:
+        self._state = None  # a new epoch starts every slot with a new video
+
+    def train_batches(self, data: FamilyData, epoch: int, rng: np.random.Generator) -> ChunkBatches:
+        seqs = data.sequences(TRAIN_SPLIT)
+        order = rng.permutation(len(seqs))
+        clips, starts = plan_chunks(seqs.lengths, order, self.config.batch_size, self.config.chunk)
+        return ChunkBatches(seqs, clips, starts, self.config.chunk)
+
+    def _forward(self, model: nn.Module, batch: dict[str, Any], state: Any) -> tuple[Any, Any]:
+        if state is None:
+            state = model.initial_state(batch["x"].shape[0], batch["x"].device)
+        state = model.reset_state(state, batch["reset"])
+        out, state = model(batch["x"], batch["present"], state)
+        return out, model.detach_state(state)
+
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        out, self._state = self._forward(model, batch, self._state)
+        return masked_ccc_loss(out, batch["y"], batch["mask"])
+
+    # evaluation -----------------------------------------------------------------------------
+    def predict(self, model: nn.Module, data: FamilyData, split: str) -> dict[str, np.ndarray]:
+        """Raw per-frame [T, 2] predictions per clip (smoothing is applied at export)."""
+        seqs = data.sequences(split)
+        device = next(model.parameters()).device
+        order = np.argsort(-seqs.lengths, kind="stable")  # long videos first: fewer idle slots
+        clips, starts = plan_chunks(seqs.lengths, order, self.config.batch_size,
+                                    self.config.chunk)
+        outputs = [np.zeros((int(n), 2), np.float32) for n in seqs.lengths]
+        state = None
+        for batch in ChunkBatches(seqs, clips, starts, self.config.chunk):
+            batch = self.to_device(batch, device)
+            with torch.no_grad():
+                out, state = self._forward(model, batch, state)
+            out = out.float().cpu().numpy()
+            for b, (clip, start) in enumerate(zip(batch["clip"], batch["start"])):
+                if clip < 0:
+                    continue
+                n = min(self.config.chunk, int(seqs.lengths[clip]) - int(start))
+                outputs[clip][start : start + n] = out[b, :n]
+        return dict(zip(seqs.clip_ids, outputs))
+
+    def score(self, predictions: dict[str, np.ndarray], data: FamilyData,
+              split: str) -> dict[str, float]:
+        """CCC of valence and arousal over all valid frames of the split concatenated (raw and
+        after the smoothing post-process)."""
+        seqs = data.sequences(split)
+        if not seqs.mask.any():
+            raise _user_error(f"split {split!r} has no valid {self.config.labels} labels to score")
+        preds, smoothed, labels, masks = [], [], [], []
+        for i, clip_id in enumerate(seqs.clip_ids):
+            if clip_id not in predictions:
+                raise _user_error(f"no prediction for clip {clip_id!r} of split {split!r}")
+            pred = np.asarray(predictions[clip_id], np.float32)
+            part = seqs.clip_slice(i)
+            preds.append(pred)
+            smoothed.append(smooth_va(pred, self.config.smooth_half_widths))
+            labels.append(seqs.labels[part])
+            masks.append(seqs.mask[part])
+        mask = np.concatenate(masks)
+        y = np.concatenate(labels)[mask]
+        metrics: dict[str, float] = {"frames": float(mask.sum())}
+        for suffix, series in (("", preds), ("_smoothed", smoothed)):
+            p = np.concatenate(series)[mask]
+            ccc_v, ccc_a = float(ccc(p[:, 0], y[:, 0])), float(ccc(p[:, 1], y[:, 1]))
+            metrics[f"ccc_v{suffix}"] = ccc_v
+            metrics[f"ccc_a{suffix}"] = ccc_a
+            metrics[f"ccc_mean{suffix}"] = (ccc_v + ccc_a) / 2
+        return metrics
+
+    def export(self, predictions: dict[str, np.ndarray], data: Any, split: str,
+               out_dir: Path) -> list[Path]:
+        """One challenge-format txt per video (clipped and smoothed when `smooth` is on)."""
+        if self.config.smooth:
+            predictions = {k: smooth_va(v, self.config.smooth_half_widths)
+                           for k, v in predictions.items()}
+        else:
+            predictions = {k: np.clip(v, -1.0, 1.0) for k, v in predictions.items()}
+        return write_challenge_files(predictions, Path(out_dir))
+
+    def ensemble(self, predictions: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return ensemble_mean(predictions)
+
+
+@register_head
+class TransformerHead(TransformerFamilyHead):
+    """Transformer encoder over 250-frame chunks (no state across chunks)."""
+
+    name = "transformer"
+    config_cls = TransformerConfig
+
+
+@register_head
+class TransformerLSTMHead(TransformerFamilyHead):
+    """Transformer encoder + LSTM whose state is carried across the chunks of a video."""
+
+    name = "transformer-lstm"
+    config_cls = TransformerLSTMConfig
+
+
+@register_head
+class TransformerAttentionHead(TransformerFamilyHead):
+    """Transformer encoder + attention over a memory of the video's earlier chunks."""
+
+    name = "transformer-attention"
+    config_cls = TransformerAttentionConfig
+
+
+@register_head
+class FCLSTMXLHead(TransformerFamilyHead):
+    """FC + LSTM(512) carried across 100-frame chunks."""
+
+    name = "fclstm-xl"
+    config_cls = FCLSTMXLConfig

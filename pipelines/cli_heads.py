@@ -1,0 +1,147 @@
+"""`affect train | evaluate | predict | ensemble`: heads on a feature store, run folders.
+
+Thin click layer over heads.trainer; errors a user can cause are `UserError` (one line).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from features_store.errors import UserError
+
+
+def _default_store(dataset: str) -> str:
+    return f"store/{dataset}.zarr"
+
+
+def _print_metrics(payload: dict, as_json: bool, title: str | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(title or f"split {payload['split']} ({payload.get('checkpoint', '')} checkpoint, "
+               f"epoch {payload.get('epoch', '?')})")
+    for name, value in payload["metrics"].items():
+        click.echo(f"  {name:<22} {value:.4f}" if isinstance(value, float) else
+                   f"  {name:<22} {value}")
+
+
+@click.command()
+@click.option("--head", "head_name", default=None, help="Head name (see the list on error).")
+@click.option("--store", default=None,
+              help="Feature store (default: store/<head's dataset>.zarr).")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Run folder (default: runs/<head>).")
+@click.option("--epochs", type=int, default=None, help="Override the number of epochs.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field (repeatable), e.g. --set lr=1e-4.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(head_name: str | None, store: str | None, out: str | None, epochs: int | None,
+          overrides: tuple[str, ...], device: str, resume: bool, quiet: bool) -> None:
+    """Train a head on cached features; writes config, checkpoints, metrics and curves to RUN."""
+    from heads.base import apply_overrides, config_to_dict
+    from heads.registry import get_head
+    from heads.trainer import RunPaths, head_from_run, read_run_config
+    from heads.trainer import train as run_training
+
+    sets = list(overrides) + ([f"epochs={epochs}"] if epochs is not None else [])
+    if resume:
+        if out is None:
+            raise UserError("--resume needs --out RUN (the run folder to continue)")
+        saved = read_run_config(out)
+        if head_name is not None and head_name != saved["head"]:
+            raise UserError(f"{RunPaths(Path(out)).config}: run is of head {saved['head']!r}, "
+                            f"not {head_name!r}")
+        head = head_from_run(out)
+        head.config = apply_overrides(head.config, sets)
+        store = store or saved["store"]
+    else:
+        if head_name is None:
+            raise UserError("--head is required (e.g. --head transformer-lstm)")
+        cls = get_head(head_name)
+        head = cls(apply_overrides(cls.config_cls(), sets))
+        store = store or _default_store(cls.default_dataset)
+        out = out or f"runs/{head_name}"
+    result = run_training(head, store, out, device=device, resume=resume, progress=not quiet)
+    click.echo(json.dumps({
+        "run": str(result.run_dir), "head": head.name, "epochs_done": result.epochs_done,
+        "best_epoch": result.best_epoch, head.metric_name: result.best_metric,
+        "stopped_early": result.stopped_early,
+        "data_wait_share": round(result.data_wait_share, 4),
+        "config": {k: v for k, v in config_to_dict(head.config).items() if k in
+                   ("epochs", "lr", "batch_size", "schedule")},
+    }))
+
+
+@click.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--split", default=None, help="Split to score (default: the run's validation "
+              "split).")
+@click.option("--store", default=None, help="Use this store instead of the run's.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def evaluate(run_dir: str, split: str | None, store: str | None, device: str,
+             as_json: bool) -> None:
+    """Score a run's best checkpoint on a split; also writes RUN/eval-<split>.json."""
+    from heads.trainer import evaluate_run, read_run_config
+
+    split = split or read_run_config(run_dir)["config"].get("val_split", "val")
+    payload = evaluate_run(run_dir, split, store=store, device=device)
+    _print_metrics(payload, as_json)
+
+
+@click.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--split", default="test", show_default=True)
+@click.option("--export", "export_dir", default=None, type=click.Path(file_okay=False),
+              help="Output folder (default: RUN/predictions/<split>).")
+@click.option("--store", default=None, help="Use this store instead of the run's.")
+@click.option("--device", default="auto", show_default=True)
+def predict(run_dir: str, split: str, export_dir: str | None, store: str | None,
+            device: str) -> None:
+    """Predict a split with a run's best checkpoint and export in the head's official format."""
+    from heads.trainer import load_run, predict_model
+
+    run = load_run(run_dir, store=store, device=device)
+    predictions = predict_model(run.head, run.model, run.data, split)
+    out = Path(export_dir) if export_dir else run.paths.predictions / split
+    files = run.head.export(predictions, run.data, split, out)
+    click.echo(f"wrote {len(files)} file(s) to {out}")
+
+
+@click.command()
+@click.option("--runs", required=True, help="Comma-separated run folders.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--export", "export_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--store", default=None, help="Use this store instead of each run's.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the ensemble's metrics as JSON.")
+def ensemble(runs: str, split: str, export_dir: str, store: str | None, device: str,
+             as_json: bool) -> None:
+    """Average several runs' predictions on a split and export them (scored if labelled)."""
+    from heads.trainer import load_run, predict_model
+
+    run_dirs = [r.strip() for r in runs.split(",") if r.strip()]
+    if len(run_dirs) < 2:
+        raise UserError(f"--runs {runs}: give at least two run folders, comma-separated")
+    all_predictions = []
+    first = None
+    for run_dir in run_dirs:
+        run = load_run(run_dir, store=store, device=device)  # one model in memory at a time
+        all_predictions.append(predict_model(run.head, run.model, run.data, split))
+        if first is None:
+            first = (run.head, run.data)
+    head, data = first
+    combined = head.ensemble(all_predictions)
+    files = head.export(combined, data, split, Path(export_dir))
+    click.echo(f"wrote {len(files)} file(s) to {export_dir}")
+    try:
+        metrics = head.score(combined, data, split)
+    except UserError:
+        return  # an unlabelled split (the challenge test set): nothing to score
+    payload = {"split": split, "runs": run_dirs, "metrics": metrics}
+    _print_metrics(payload, as_json, f"split {split} (ensemble of {len(run_dirs)} runs)")
