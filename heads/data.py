@@ -106,6 +106,7 @@ def load_frame_sequences(
     arrays = [store.load_stream(info, list(clip_ids)) for info in feature_infos]
     labelled = set()
     label_array = None
+    label_index = store.index(label_info) if label_info is not None else None
     if label_info is not None:
         labelled = set(clip_ids) & store.committed_clip_ids(label_info)
         label_array = store.load_stream(label_info, sorted(labelled)) if labelled else None
@@ -119,6 +120,9 @@ def load_frame_sequences(
         if label_array is not None and clip_id in labelled:
             y = np.asarray(label_array.clip(clip_id), dtype=np.float32)
             t0 = float(label_array.t0[label_array.index_of(clip_id)])
+            # Labels at each video's own frame rate (Aff-Wild2) carry a per-clip shift.
+            clip_shift = store.clip_frame_shift(
+                label_info, label_index, label_index.position[clip_id]) or shift
             mask = np.ones(len(y), dtype=bool)
             if invalid_value is not None:
                 mask &= ~np.any(np.isclose(y, invalid_value), axis=1)
@@ -133,13 +137,14 @@ def load_frame_sequences(
             n = int(np.floor((min(ends) - t0) / shift + 1e-6)) if ends else 1
             y = np.zeros((n, n_labels), dtype=np.float32)
             mask = np.zeros(n, dtype=bool)
-        targets = t0 + np.arange(len(y)) * shift
+            clip_shift = shift
+        targets = t0 + np.arange(len(y)) * clip_shift
         columns = []
         for array, info in zip(arrays, feature_infos):
             i = array.index_of(clip_id)
-            how = (methods or {}).get(info.alias) or auto_method(info.frame_shift_s, shift)
+            how = (methods or {}).get(info.alias) or auto_method(info.frame_shift_s, clip_shift)
             values, _ = to_timeline(np.asarray(array.clip(clip_id)), float(array.t0[i]),
-                                    info.frame_shift_s, targets, shift, how)
+                                    info.frame_shift_s, targets, clip_shift, how)
             columns.append(values)
         parts_x.append(np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0])
         parts_y.append(y)
