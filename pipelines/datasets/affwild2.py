@@ -85,7 +85,7 @@ class AffWild2Adapter(Adapter):
     )
     recipe = Recipe(
         encoders=["hsemotion-enet-b0", "vggish", "wav2vec2-base"],
-        default_head="transformer_lstm",
+        default_head="transformer-lstm",
         labels=["affwild2-va"],
         fps=NOMINAL_FPS,
         notes="Features are aligned onto each clip's label timeline (its own frame rate: clip "
