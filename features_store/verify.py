@@ -2,8 +2,8 @@
 
 Checks, per stream: parts without a manifest (a killed writer's orphan), manifests that are not
 valid JSON or name a missing array, manifest and array disagreeing in shape or dtype, clip rows
-out of range or overlapping, chunks that cannot be decoded (truncated or corrupt files), NaN/Inf
-values, and clips of the clip table missing from a stream that claims them.
+out of range or overlapping, chunk files that are missing or cannot be decoded (truncated or
+corrupt), NaN/Inf values, and clips of the clip table missing from a stream that claims them.
 """
 
 from __future__ import annotations
@@ -121,6 +121,9 @@ def _verify_stream(
                 report.problems.append(f"{mpath}: clips {clip_a!r} and {clip_b!r} overlap")
         report.clips += len(manifest.clips)
         report.rows += rows
+        missing_chunks = getattr(reader, "missing_chunks", None)
+        for chunk in missing_chunks() if missing_chunks else []:
+            report.problems.append(f"{chunk}: chunk file missing (it would read as zeros)")
         if check_values:
             _scan_values(reader, report)
     for clip_id in _claimed_clips(store, info):

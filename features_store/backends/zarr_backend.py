@@ -1,8 +1,10 @@
 """Zarr v3 backend: each part is one zarr array `streams/<key>/parts/part-<id>`.
 
-Rows are buffered and written one whole chunk at a time, so a chunk is never rewritten and
-memory stays at one chunk per open writer however long the clip. Only the part's single owner
-resizes its array, which keeps zarr's non-atomic metadata updates safe.
+Rows are buffered (copied: the caller may reuse its buffer) and written whole chunks at a time,
+a few chunks per call so zarr writes them concurrently and resizes once per call; a chunk is
+never rewritten and memory stays at `FLUSH_CHUNKS` chunks per open writer however long the clip.
+Only the part's single owner resizes its array, which keeps zarr's non-atomic metadata updates
+safe.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..fsutil import is_local, list_names, remove, url_to_fs
 from .base import DAMAGE_ERRORS, chunk_rows_for, damaged, register_backend
 
 PART_PREFIX = "part-"
+FLUSH_CHUNKS = 8  # chunks per write call: ~16 MB buffered per open writer
 
 
 def _open_zarr_store(url: str):
@@ -35,18 +38,21 @@ class _ZarrPartWriter:
         self.array = zarr.create_array(
             root, name=path, shape=(0, dim), chunks=(self.chunk_rows, dim), dtype=self.dtype,
             compressors=compressors, fill_value=0, overwrite=True,
+            # Store all-zero chunks too: skips zarr's per-chunk "is it empty?" scan, and a chunk
+            # file that is missing then always means damage, never zeros.
+            config={"write_empty_chunks": True},
         )
         self.rows_written = 0
         self.pending: list[np.ndarray] = []
         self.pending_rows = 0
 
     def append(self, rows: np.ndarray) -> None:
-        rows = np.asarray(rows, dtype=self.dtype).reshape(-1, self.dim)
+        rows = np.array(rows, dtype=self.dtype, copy=True).reshape(-1, self.dim)
         if not len(rows):
             return
         self.pending.append(rows)
         self.pending_rows += len(rows)
-        if self.pending_rows >= self.chunk_rows:
+        if self.pending_rows >= FLUSH_CHUNKS * self.chunk_rows:
             self._flush(whole_chunks_only=True)
 
     def _flush(self, whole_chunks_only: bool) -> None:
@@ -72,9 +78,10 @@ class _ZarrPartWriter:
 
 
 class _ZarrPartReader:
-    def __init__(self, array, location: str) -> None:
+    def __init__(self, array, location: str, fs) -> None:
         self.array = array
         self.location = location
+        self.fs = fs
         self.shape = tuple(array.shape)
         self.dtype = array.dtype
 
@@ -91,6 +98,14 @@ class _ZarrPartReader:
         step = self.array.chunks[0]
         for i, start in enumerate(range(0, self.shape[0], step)):
             yield start, min(start + step, self.shape[0]), f"{self.location}/c/{i}/0"
+
+    def missing_chunks(self) -> list[str]:
+        """Chunk files that should exist but do not (zarr would read them as zeros)."""
+        try:
+            present = {p.rstrip("/") for p in self.fs.find(f"{self.location}/c")}
+        except FileNotFoundError:
+            present = set()
+        return [loc for _, _, loc in self.chunk_ranges() if loc not in present]
 
 
 class ZarrBackend:
@@ -138,7 +153,7 @@ class ZarrBackend:
     def part_reader(self, stream_key: str, part_id: str) -> _ZarrPartReader:
         path = self._array_path(stream_key, part_id)
         array = zarr.open_array(self.root, path=path, mode="r")
-        return _ZarrPartReader(array, self.part_location(stream_key, part_id))
+        return _ZarrPartReader(array, self.part_location(stream_key, part_id), self.fs)
 
     def list_parts(self, stream_key: str) -> list[str]:
         names = list_names(self.fs, f"{self.path}/streams/{stream_key}/parts")
