@@ -14,6 +14,7 @@ measures the full-size models.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -79,35 +80,52 @@ def bench_efficiency(tmp: str, device: str, quick: bool) -> list[str]:
         for batch in iter_video_frames(clip["video"], fps=25.0, batch_size=64):
             batches.append(encoder.preprocess(batch.frames))
     inputs = torch.cat(batches)
-    with torch.inference_mode():
-        encoder.encode_batch(inputs[:8].to(device))  # warm-up
-        started = time.perf_counter()
-        for start in range(0, len(inputs), 64):
-            encoder.encode_batch(inputs[start : start + 64].to(device))
-        model_s = time.perf_counter() - started
-    # Warm-up run for the end-to-end path (library caches), then the timed run.
+
+    def model_only() -> float:
+        with torch.inference_mode():
+            started = time.perf_counter()
+            for start in range(0, len(inputs), 64):
+                encoder.encode_batch(inputs[start : start + 64].to(device))
+            return time.perf_counter() - started
+
+    model_only()  # warm-up
     extract(clips[:1], os.path.join(tmp, "eff-warm.zarr"), [name], device)
-    total_s, report = extract(clips, os.path.join(tmp, "eff.zarr"), [name], device)
+    # Interleaved rounds, best of each: the machine is shared, the minimum is the least noisy.
+    model_s, total_s = [], []
+    for round_ in range(3):
+        model_s.append(model_only())
+        total_s.append(extract(clips, os.path.join(tmp, f"eff{round_}.zarr"), [name], device)[0])
     return [
-        "| frames | model-only s | end-to-end s | ratio (target <= 1.25) |",
+        "| frames | model-only s (best of 3) | end-to-end s (best of 3) | ratio (target <= 1.25) |",
         "|---|---|---|---|",
-        f"| {len(inputs)} | {model_s:.2f} | {total_s:.2f} | {total_s / model_s:.2f} |",
+        f"| {len(inputs)} | {min(model_s):.2f} | {min(total_s):.2f} | "
+        f"{min(total_s) / min(model_s):.2f} |",
     ]
 
 
 def bench_shared_decode(tmp: str, device: str, quick: bool) -> list[str]:
-    # Large frames, small models: decoding is a large share, which is where sharing matters.
-    clips = make_videos(os.path.join(tmp, "shared"), 3 if quick else 6, 4.0, (480, 640))
+    # 720p frames, reduced models: decoding is a large share, which is where sharing matters.
+    clips = make_videos(os.path.join(tmp, "shared"), 2 if quick else 4, 4.0, (720, 1280))
     names = ["clip-vit-b16", "swin-t", "hsemotion-enet-b0"]
     extract(clips[:1], os.path.join(tmp, "shared-warm.zarr"), names, device)
-    together, _ = extract(clips, os.path.join(tmp, "shared-all.zarr"), names, device)
-    separate = [extract(clips, os.path.join(tmp, f"shared-{n}.zarr"), [n], device)[0]
-                for n in names]
+    decode_started = time.perf_counter()
+    frames = sum(len(b) for c in clips for b in iter_video_frames(c["video"], fps=25.0))
+    decode_s = time.perf_counter() - decode_started
+    together, separate = [], []
+    for round_ in range(2):
+        together.append(extract(clips, os.path.join(tmp, f"shared-all{round_}.zarr"), names,
+                                device)[0])
+        separate.append([extract(clips, os.path.join(tmp, f"shared-{n}{round_}.zarr"), [n],
+                                 device)[0] for n in names])
+    best = min(range(2), key=lambda r: sum(separate[r]))
+    runs = separate[best]
     return [
+        f"{frames} frames of 1280x720; decoding alone takes {decode_s:.1f} s.",
+        "",
         "| clips | one run, 3 encoders s | 3 separate runs s | ratio (target <= 0.8) |",
         "|---|---|---|---|",
-        f"| {len(clips)} | {together:.2f} | {sum(separate):.2f} "
-        f"({' + '.join(f'{s:.1f}' for s in separate)}) | {together / sum(separate):.2f} |",
+        f"| {len(clips)} | {min(together):.2f} | {sum(runs):.2f} "
+        f"({' + '.join(f'{s:.1f}' for s in runs)}) | {min(together) / sum(runs):.2f} |",
     ]
 
 
@@ -118,10 +136,21 @@ def bench_warm_rerun(tmp: str, device: str, quick: bool) -> list[str]:
     cold, _ = extract(clips, store_path, ["hsemotion-enet-b0"], device, fps=5.0)
     warm, report = extract(clips, store_path, ["hsemotion-enet-b0"], device, fps=5.0)
     assert report.skipped == n, report
+    # The same rerun as a user types it: a fresh process (imports, encoder construction).
+    clips_file = os.path.join(tmp, "warm.jsonl")
+    with open(clips_file, "w") as f:
+        f.writelines(json.dumps(c) + "\n" for c in clips)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipelines", "extract", "--clips", clips_file,
+                    "--store", store_path, "--encoders", "hsemotion-enet-b0", "--weights",
+                    "random", "--reduced", "--device", device, "--fps", "5"],
+                   check=True, capture_output=True)
+    fresh = time.perf_counter() - started
     return [
-        "| clips | first run s | warm rerun s (target < 5) | skipped |",
-        "|---|---|---|---|",
-        f"| {n} | {cold:.1f} | {warm:.2f} | {report.skipped} |",
+        "| clips | first run s | warm rerun in-process s (target < 5) | warm rerun, fresh "
+        "`affect extract` process s | skipped |",
+        "|---|---|---|---|---|",
+        f"| {n} | {cold:.1f} | {warm:.2f} | {fresh:.1f} | {report.skipped} |",
     ]
 
 

@@ -30,20 +30,24 @@ COMMANDS = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Imports a sub-command's module only when that command runs (or help lists it), so
+    `affect store ls` does not pay for importing torch and the encoder libraries."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(name for _, name in COMMANDS)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        for module_name, attr in COMMANDS:
+            if attr == name:
+                return getattr(importlib.import_module(module_name), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="affect")
 def cli() -> None:
     """affect: extract features once into a store, train many heads on them."""
-
-
-for module_name, attr in COMMANDS:
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        continue
-    cli.add_command(getattr(module, attr), name=attr)
 
 
 def main(argv: list[str] | None = None) -> None:
