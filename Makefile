@@ -54,6 +54,7 @@ eval: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/store_read.py
 	$(PY) bench/extract.py
+	$(PY) bench/react_metrics.py
 	$(PY) bench/train.py
 
 clean:
