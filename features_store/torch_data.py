@@ -72,29 +72,44 @@ class WindowDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        clip_index, start = self.items[i]
+        return self.gather([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        # DataLoader hands a whole batch of indices here: one gather per stream for the batch
+        # instead of a dozen numpy calls per window.
+        return self.gather(indices)
+
+    def gather(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        """The windows `indices` as per-item dicts: stream name -> [window, D], plus mask."""
         arrays = self._open()
         ref = arrays[0]
-        ci = np.array([clip_index])
-        out: dict[str, torch.Tensor] = {}
-        ref_rows = ref.windows(ci, np.array([start]), self.window)[0]
-        mask = ref.window_mask(ci, np.array([start]), self.window)[0]
-        out[self.stream_names[0]] = torch.from_numpy(np.asarray(ref_rows, dtype=np.float32))
-        times = ref.t0[clip_index] + (start + np.arange(self.window)) * (
-            ref.info.frame_shift_s or 0.0
-        )
+        clip_index = np.fromiter((self.items[i][0] for i in indices), np.int64, len(indices))
+        starts = np.fromiter((self.items[i][1] for i in indices), np.int64, len(indices))
+        batch: dict[str, np.ndarray] = {
+            self.stream_names[0]: ref.windows(clip_index, starts, self.window),
+        }
+        mask = ref.window_mask(clip_index, starts, self.window)
+        frames = starts[:, None] + np.arange(self.window)[None, :]
+        times = ref.t0[clip_index][:, None] + frames * (ref.info.frame_shift_s or 0.0)
         for name, other in zip(self.stream_names[1:], arrays[1:]):
-            n = int(other.lengths[clip_index])
-            if other.info.frame_shift_s is None or n == 0:
-                rows = np.repeat(other.clip(self.clip_ids[clip_index])[:1], self.window, axis=0)
-                if not len(rows):
-                    rows = np.zeros((self.window, other.info.dim), dtype=other.data.dtype)
+            n = other.lengths[clip_index]
+            if other.info.frame_shift_s is None:
+                idx = np.zeros_like(frames)  # one row per clip, repeated along the window
             else:
-                idx = np.rint((times - other.t0[clip_index]) / other.info.frame_shift_s)
-                idx = np.clip(idx.astype(np.int64), 0, n - 1)
-                rows = other.data[other.offsets[clip_index] + idx]
-            out[name] = torch.from_numpy(np.asarray(rows, dtype=np.float32))
-        out["mask"] = torch.from_numpy(mask)
-        out["clip_index"] = torch.tensor(clip_index)
-        out["start"] = torch.tensor(start)
-        return out
+                idx = np.rint((times - other.t0[clip_index][:, None]) / other.info.frame_shift_s)
+                idx = idx.astype(np.int64)
+            idx = np.clip(idx, 0, np.maximum(n - 1, 0)[:, None])
+            if len(other.data) == 0:
+                rows = np.zeros((*idx.shape, other.info.dim), dtype=np.float32)
+            else:
+                rows = other.data[(other.offsets[clip_index][:, None] + idx).clip(
+                    0, len(other.data) - 1)]
+                rows[n == 0] = 0  # a clip with no rows in this stream reads as zeros
+            batch[name] = rows
+        tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in batch.items()}
+        mask_t = torch.from_numpy(mask)
+        return [
+            {**{k: v[b] for k, v in tensors.items()}, "mask": mask_t[b],
+             "clip_index": torch.tensor(int(clip_index[b])), "start": torch.tensor(int(starts[b]))}
+            for b in range(len(indices))
+        ]

@@ -398,3 +398,21 @@ def test_window_dataset_without_a_clip_table_uses_every_clip_of_the_stream(tmp_p
     last = dataset[2]
     assert last["video"][:8, 0].tolist() == list(range(32, 40))
     assert last["mask"].tolist() == [True] * 8 + [False] * 8
+
+
+def test_window_dataset_maps_a_faster_stream_onto_the_first_streams_timeline(tmp_path):
+    from features_store.torch_data import WindowDataset
+
+    store = open_store(str(tmp_path / "x.zarr"))
+    ramp_stream(store, "video", 0.04, {"a": (0.0, 40), "b": (0.0, 10)})  # 25 fps
+    ramp_stream(store, "audio", 0.02, {"a": (0.0, 80), "b": (0.0, 19)})  # 50 Hz
+    dataset = WindowDataset(store.url, ["video", "audio"], window=16)
+    batch = dataset.gather(range(len(dataset)))
+    assert [item["audio"].shape for item in batch] == [(16, 2)] * len(dataset)
+    # Video row j sits at j * 0.04 s, which is audio row 2 j (clamped to the clip's last row).
+    second = batch[1]  # clip a, rows 16..31
+    assert second["audio"][:, 0].tolist() == [2.0 * j for j in range(16, 32)]
+    last_b = batch[-1]  # clip b: 10 video rows, 19 audio rows
+    assert last_b["audio"][:10, 0].tolist() == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert last_b["mask"].tolist() == [True] * 10 + [False] * 6
+    assert all(dataset[i]["audio"].equal(batch[i]["audio"]) for i in range(len(dataset)))
