@@ -61,8 +61,8 @@ class _ZarrPartWriter:
             config={"write_empty_chunks": True},
         )
         self.rows_written = 0
-        self.pending: list[np.ndarray] = []
-        self.pending_rows = 0
+        self.staging = np.empty((FLUSH_CHUNKS * self.chunk_rows, dim), dtype=self.dtype)
+        self.staged = 0
         self.local_path = local_path if local_path and _raw_chunks(self.array) else None
         self.le_dtype = self.dtype.newbyteorder("<")
 
@@ -81,39 +81,40 @@ class _ZarrPartWriter:
                 f.write(np.ascontiguousarray(chunk).data)
 
     def append(self, rows: np.ndarray) -> None:
-        rows = np.array(rows, dtype=self.dtype, copy=True).reshape(-1, self.dim)
-        if not len(rows):
-            return
-        self.pending.append(rows)
-        self.pending_rows += len(rows)
-        if self.pending_rows >= FLUSH_CHUNKS * self.chunk_rows:
-            self._flush(whole_chunks_only=True)
+        # Rows are copied once, into the staging buffer (the caller may reuse its array), and
+        # written from there in whole chunks: no concatenation, no second copy.
+        rows = np.asarray(rows).reshape(-1, self.dim)
+        taken = 0
+        while taken < len(rows):
+            n = min(len(rows) - taken, len(self.staging) - self.staged)
+            self.staging[self.staged : self.staged + n] = rows[taken : taken + n]
+            self.staged += n
+            taken += n
+            if self.staged == len(self.staging):
+                self._flush()
 
-    def _flush(self, whole_chunks_only: bool) -> None:
-        if not self.pending_rows:
+    def _flush(self) -> None:
+        n = self.staged
+        if not n:
             return
-        block = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        n = (len(block) // self.chunk_rows) * self.chunk_rows if whole_chunks_only else len(block)
-        if n:
-            start = self.rows_written
-            if self.local_path is not None:
-                self._write_raw(block[:n], start)  # the shape is set once, at close
-            else:
-                self.array.resize((start + n, self.dim))
-                self.array[start : start + n] = block[:n]
-            self.rows_written += n
-        rest = block[n:]
-        self.pending = [rest] if len(rest) else []
-        self.pending_rows = len(rest)
+        block = self.staging[:n]
+        start = self.rows_written
+        if self.local_path is not None:
+            self._write_raw(block, start)  # the shape is set once, at close
+        else:
+            self.array.resize((start + n, self.dim))
+            self.array[start : start + n] = block
+        self.rows_written += n
+        self.staged = 0
 
     def close(self) -> int:
-        self._flush(whole_chunks_only=False)
+        self._flush()
         if self.local_path is not None and self.rows_written:
             self.array.resize((self.rows_written, self.dim))
         return self.rows_written
 
     def discard(self) -> None:
-        self.pending = []
+        self.staged = 0
 
 
 class _ZarrPartReader:
