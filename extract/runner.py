@@ -47,6 +47,10 @@ class ExtractOptions:
     reduced: bool = False
     dtype: str = "float16"
     fps: float = DEFAULT_VIDEO_FPS
+    # Shorter side to scale frames to while decoding (once, shared by every video encoder),
+    # before each encoder's own preprocessing; None keeps the decoded size (exact parity with
+    # the upstream transforms on full frames).
+    decode_size: int | None = None
     clips_per_part: int = 32
     decode_workers: int = 2
     strict: bool = False
@@ -120,7 +124,12 @@ def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
         if encoder.spec.modality != "video" and crop_kind:
             raise UserError(f"encoder {request!r}: crops apply to video encoders only")
         fps = (encoder.spec.fps or options.fps) if encoder.spec.modality == "video" else None
+        if crop_kind and options.decode_size:
+            raise UserError(f"encoder {request!r}: --decode-size cannot be combined with crops "
+                            "(boxes are in the source's pixel coordinates)")
         info = stream_info(encoder, crop_kind, fps, options.dtype)
+        if encoder.spec.modality == "video" and options.decode_size:
+            info.preprocessing["decode_shorter_side"] = options.decode_size
         plans.append(StreamPlan(request, encoder, crop_kind, fps, info))
     return plans
 
@@ -211,7 +220,7 @@ def _box_lookup(clip: dict, crop_kind: str, source: str) -> _BoxLookup:
 
 
 def _decode_clip(clip: dict, plans: list[StreamPlan], pending: set[str], out: queue.Queue,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, decode_size: int | None = None) -> None:
     """Producer: decode one clip for every stream that needs it, put items on `out`."""
 
     def put(item) -> None:
@@ -233,6 +242,7 @@ def _decode_clip(clip: dict, plans: list[StreamPlan], pending: set[str], out: qu
             for batch in iter_video_frames(
                 source, fps=fps, batch_size=DECODE_BATCH, start_s=clip.get("start"),
                 end_s=clip.get("end"), folder_fps=clip.get("fps") or 25.0,
+                size=decode_size, resize_mode="shorter",
             ):
                 inputs = {}
                 for p in group:
@@ -275,8 +285,9 @@ class _DecodeAhead:
     """Decode up to `workers` clips concurrently, handing them to the consumer in order."""
 
     def __init__(self, clips: list[dict], plans: list[StreamPlan], pending: dict[str, set[str]],
-                 workers: int) -> None:
+                 workers: int, decode_size: int | None = None) -> None:
         self.clips, self.plans, self.pending = clips, plans, pending
+        self.decode_size = decode_size
         self.workers = max(1, workers)
         self.stop = threading.Event()
         self.queues: list[queue.Queue] = []
@@ -286,7 +297,7 @@ class _DecodeAhead:
         q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         keys = self.pending[self.clips[i]["clip_id"]]
         t = threading.Thread(target=_decode_clip, args=(self.clips[i], self.plans, keys, q,
-                                                         self.stop), daemon=True)
+                                                         self.stop, self.decode_size), daemon=True)
         t.start()
         self.queues.append(q)
         self.threads.append(t)
@@ -443,7 +454,8 @@ class TaskRunner:
         media_clips = [c for c in task.clips
                        if any(self._plan(k).modality != "text" for k in pending_by_clip[
                            c["clip_id"]])]
-        ahead = _DecodeAhead(media_clips, plans, pending_by_clip, self.options.decode_workers)
+        ahead = _DecodeAhead(media_clips, plans, pending_by_clip, self.options.decode_workers,
+                             self.options.decode_size)
         failed: set[str] = set()
         try:
             with torch.inference_mode(), self._autocast():

@@ -221,3 +221,22 @@ def test_dask_runner_writes_the_same_store(media, tmp_path):
     for clip in clips:
         np.testing.assert_array_equal(distributed.read_clip(VIDEO, clip["clip_id"]),
                                       local.read_clip(VIDEO, clip["clip_id"]))
+
+
+def test_decode_size_scales_once_for_all_encoders_and_is_a_new_stream(media, tmp_path):
+    clip = {"clip_id": "a25", "video": str(media / "a25.mp4")}
+    store = open_store(str(tmp_path / "d.zarr"))
+    run_extraction([clip], store, _options(encoders=[VIDEO]), progress=False)
+    run_extraction([clip], store, _options(encoders=[VIDEO], decode_size=32), progress=False)
+    streams = store.streams()
+    assert len(streams) == 2  # the decode size is part of the stream key
+    scaled = next(s for s in streams if s.preprocessing.get("decode_shorter_side") == 32)
+    encoder = get_encoder(VIDEO, _options(encoders=[VIDEO]), "cpu")
+    frames = np.concatenate([b.frames for b in iter_video_frames(
+        media / "a25.mp4", fps=25, size=32, resize_mode="shorter")])
+    with torch.inference_mode():
+        direct = encoder.encode_batch(encoder.preprocess(frames)).numpy()
+    np.testing.assert_allclose(store.read_clip(scaled, "a25"), direct, rtol=1e-4, atol=1e-5)
+    with pytest.raises(Exception, match="decode-size cannot be combined"):
+        run_extraction([clip], store, _options(encoders=[f"{VIDEO}@face"], decode_size=32),
+                       progress=False)
