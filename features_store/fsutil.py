@@ -53,10 +53,7 @@ def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
 
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
     """Read a JSON file; a damaged file is a UserError that names it."""
-    try:
-        raw = fs.cat_file(path)
-    except FileNotFoundError:
-        raise
+    raw = fs.cat_file(path)
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
