@@ -12,6 +12,7 @@ import time
 
 from features_store import open_store
 
+from .resume import record_plans
 from .runner import (
     ExtractOptions,
     ExtractReport,
@@ -65,6 +66,7 @@ def run_extraction_dask(
     store = open_store(store_url)
     plans = build_plans(options, resolve_device(options.device))
     prepare_store(store, clips, plans)
+    record_plans(store, plans, options)
     tasks, skipped = make_tasks(clips, plans, store, options.clips_per_part)
     report = ExtractReport(clips_total=len(clips), skipped=skipped)
     cluster = None

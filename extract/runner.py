@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,64 +29,14 @@ from features_store.fingerprint import fingerprint
 from .clips import clip_table_record
 from .media import MediaError, iter_audio, iter_video_frames, list_frame_folder
 from .media_video import _BoxLookup, crop
-from .plan import DEFAULT_VIDEO_FPS, FACE_MARGIN_PX, StreamPlan, parse_request, stream_info
+from .plan import FACE_MARGIN_PX, StreamPlan, parse_request, stream_info
+from .report import ExtractOptions, ExtractReport, StreamStats, format_report
+from .resume import record_plans
 
 log = logging.getLogger(__name__)
 
 DECODE_BATCH = 32      # frames per decoded batch handed from a decode thread
 QUEUE_DEPTH = 8        # decoded batches buffered per clip ahead of the model
-
-
-@dataclass
-class ExtractOptions:
-    encoders: list[str]
-    weights: str = "default"
-    device: str = "auto"
-    batch_size: int = 64
-    limit: int | None = None
-    reduced: bool = False
-    dtype: str = "float16"
-    fps: float = DEFAULT_VIDEO_FPS
-    # Shorter side to scale frames to while decoding (once, shared by every video encoder),
-    # before each encoder's own preprocessing; None keeps the decoded size (exact parity with
-    # the upstream transforms on full frames).
-    decode_size: int | None = None
-    clips_per_part: int = 32
-    decode_workers: int = 2
-    strict: bool = False
-    encoder_options: dict[str, dict] = field(default_factory=dict)
-
-
-@dataclass
-class StreamStats:
-    alias: str
-    clips: int = 0
-    rows: int = 0
-    model_s: float = 0.0
-
-
-@dataclass
-class ExtractReport:
-    clips_total: int = 0
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    frames: int = 0
-    streams: dict[str, StreamStats] = field(default_factory=dict)
-    failures: list[dict] = field(default_factory=list)
-    ledger: str = ""
-
-    def merge(self, other: ExtractReport) -> None:
-        self.done += other.done
-        self.failed += other.failed
-        self.frames += other.frames
-        self.failures += other.failures
-        for key, s in other.streams.items():
-            mine = self.streams.setdefault(key, StreamStats(s.alias))
-            mine.clips += s.clips
-            mine.rows += s.rows
-            mine.model_s += s.model_s
 
 
 def resolve_device(device: str) -> str:
@@ -578,6 +528,7 @@ def run_extraction(
     device = resolve_device(options.device)
     plans = build_plans(options, device)
     prepare_store(store, clips, plans)
+    record_plans(store, plans, options)
     tasks, skipped = make_tasks(clips, plans, store, options.clips_per_part)
     report = ExtractReport(clips_total=len(clips), skipped=skipped)
     todo = sum(len(t.clips) for t in tasks)
@@ -605,17 +556,4 @@ def run_extraction(
     return report
 
 
-def format_report(report: ExtractReport) -> str:
-    lines = [
-        f"clips: {report.clips_total} total, {report.done} done, {report.skipped} skipped "
-        f"(already in the store), {report.failed} failed; {report.frames} frames in "
-        f"{report.seconds:.1f} s",
-        f"{'stream':<32} {'clips':>6} {'rows':>9} {'model s':>9} {'rows/s':>9}",
-    ]
-    for s in report.streams.values():
-        rate = s.rows / s.model_s if s.model_s > 0 else 0.0
-        lines.append(f"{s.alias:<32} {s.clips:>6} {s.rows:>9} {s.model_s:>9.2f} {rate:>9.1f}")
-    if report.failed:
-        lines.append(f"{report.failed} clip(s) failed; the failure ledger is at {report.ledger} "
-                     "(`affect store ledger STORE`)")
-    return "\n".join(lines)
+__all__ = ["ExtractOptions", "ExtractReport", "StreamStats", "format_report", "run_extraction"]

@@ -455,6 +455,15 @@ class FeatureStore:
             return []
         return sorted(p[len(base) + 1 : -4] for p in found if p.endswith(".npy"))
 
+    def put_note(self, name: str, obj: Any) -> None:
+        """A small JSON document the extraction keeps beside the data (e.g. resolved plans)."""
+        self._writable()
+        write_json(self.fs, f"{self.path}/notes/{name}.json", obj)
+
+    def get_note(self, name: str) -> Any | None:
+        path = f"{self.path}/notes/{name}.json"
+        return read_json(self.fs, path) if exists(self.fs, path) else None
+
     def add_failures(self, records: Iterable[dict[str, Any]]) -> None:
         self._writable()
         rows = [{"time": now_iso(), **r} for r in records]

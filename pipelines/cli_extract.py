@@ -45,7 +45,8 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
             strict) -> None:
     """Decode each clip once and write every requested encoder's features to the store."""
     from extract.clips import read_clips_file
-    from extract.runner import ExtractOptions, format_report, run_extraction
+    from extract.report import ExtractOptions, format_report
+    from extract.resume import already_done
 
     requests = _split_list(encoders)
     encoder_options: dict = {}
@@ -83,12 +84,19 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         clips_per_part=clips_per_part,
         decode_workers=decode_workers, strict=strict, encoder_options=encoder_options,
     )
+    # A rerun with nothing left to do is answered from the store's metadata alone.
+    report = already_done(clips[:limit] if limit else clips, store, options)
+    if report is not None:
+        click.echo(format_report(report))
+        return
     if scheduler:
         from extract.dask_runner import run_extraction_dask
 
         report = run_extraction_dask(clips, store.url, options,
                                      None if scheduler == "local" else scheduler)
     else:
+        from extract.runner import run_extraction
+
         report = run_extraction(clips, store, options)
     click.echo(format_report(report))
     # Non-zero only when nothing could be extracted at all, or with --strict.

@@ -240,3 +240,39 @@ def test_decode_size_scales_once_for_all_encoders_and_is_a_new_stream(media, tmp
     with pytest.raises(Exception, match="decode-size cannot be combined"):
         run_extraction([clip], store, _options(encoders=[f"{VIDEO}@face"], decode_size=32),
                        progress=False)
+
+
+def test_a_finished_rerun_is_answered_from_the_store_without_building_encoders(
+        media, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import extract.encoders as encoders
+    from extract.resume import already_done
+
+    clips = [{"clip_id": f"c{i}", "video": str(media / "a25.mp4")} for i in range(3)]
+    clips_file = tmp_path / "clips.jsonl"
+    clips_file.write_text("\n".join(json.dumps(c) for c in clips) + "\n")
+    weights = get_encoder(VIDEO, _options(encoders=[VIDEO]), "cpu").save_weights(
+        tmp_path / "enet.safetensors")
+    store = str(tmp_path / "w.zarr")
+    args = ["extract", "--clips", str(clips_file), "--store", store, "--encoders", VIDEO,
+            "--weights", str(weights), "--reduced", "--device", "cpu"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0 and "3 done" in first.output, first.output
+
+    def no_build(*a, **k):
+        raise AssertionError("an encoder was built for a finished rerun")
+
+    monkeypatch.setattr(encoders, "create_encoder", no_build)
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert "3 skipped" in again.output
+    # A new clip, or a weights file that changed, means real work: the encoders get built.
+    options = _options(encoders=[VIDEO], weights=str(weights), dtype="float16")  # as the CLI
+    opened = open_store(store, "r")
+    assert already_done(clips, opened, options) is not None
+    more = [*clips, {"clip_id": "new", "video": str(media / "a25.mp4")}]
+    assert already_done(more, opened, options) is None
+    os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert already_done(clips, opened, options) is None
+    assert already_done(clips, opened, _options(encoders=[VIDEO], dtype="float16")) is None

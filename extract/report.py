@@ -1,0 +1,75 @@
+"""What a run is asked to do and what it reports: plain dataclasses, importable without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .plan import DEFAULT_VIDEO_FPS
+
+
+@dataclass
+class ExtractOptions:
+    encoders: list[str]
+    weights: str = "default"
+    device: str = "auto"
+    batch_size: int = 64
+    limit: int | None = None
+    reduced: bool = False
+    dtype: str = "float16"
+    fps: float = DEFAULT_VIDEO_FPS
+    # Shorter side to scale frames to while decoding (once, shared by every video encoder),
+    # before each encoder's own preprocessing; None keeps the decoded size (exact parity with
+    # the upstream transforms on full frames).
+    decode_size: int | None = None
+    clips_per_part: int = 32
+    decode_workers: int = 2
+    strict: bool = False
+    encoder_options: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class StreamStats:
+    alias: str
+    clips: int = 0
+    rows: int = 0
+    model_s: float = 0.0
+
+
+@dataclass
+class ExtractReport:
+    clips_total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    frames: int = 0
+    streams: dict[str, StreamStats] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+    ledger: str = ""
+
+    def merge(self, other: ExtractReport) -> None:
+        self.done += other.done
+        self.failed += other.failed
+        self.frames += other.frames
+        self.failures += other.failures
+        for key, s in other.streams.items():
+            mine = self.streams.setdefault(key, StreamStats(s.alias))
+            mine.clips += s.clips
+            mine.rows += s.rows
+            mine.model_s += s.model_s
+
+
+def format_report(report: ExtractReport) -> str:
+    lines = [
+        f"clips: {report.clips_total} total, {report.done} done, {report.skipped} skipped "
+        f"(already in the store), {report.failed} failed; {report.frames} frames in "
+        f"{report.seconds:.1f} s",
+        f"{'stream':<32} {'clips':>6} {'rows':>9} {'model s':>9} {'rows/s':>9}",
+    ]
+    for s in report.streams.values():
+        rate = s.rows / s.model_s if s.model_s > 0 else 0.0
+        lines.append(f"{s.alias:<32} {s.clips:>6} {s.rows:>9} {s.model_s:>9.2f} {rate:>9.1f}")
+    if report.failed:
+        lines.append(f"{report.failed} clip(s) failed; the failure ledger is at {report.ledger} "
+                     "(`affect store ledger STORE`)")
+    return "\n".join(lines)
