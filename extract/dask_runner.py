@@ -16,10 +16,10 @@ from .resume import record_plans
 from .runner import (
     ExtractOptions,
     ExtractReport,
-    StreamStats,
     Task,
     TaskRunner,
     build_plans,
+    finish_run,
     make_tasks,
     prepare_store,
     resolve_device,
@@ -86,10 +86,4 @@ def run_extraction_dask(
         client.close()
         if cluster is not None:
             cluster.close()
-    store.refresh()
-    store.finalize(prune_orphans=True)
-    report.seconds = time.perf_counter() - started
-    report.ledger = store.ledger_path()
-    for p in plans:
-        report.streams.setdefault(p.info.key, StreamStats(p.info.alias))
-    return report
+    return finish_run(report, store, plans, started)

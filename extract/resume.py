@@ -65,7 +65,8 @@ def record_plans(store: FeatureStore, plans, options: ExtractOptions) -> None:
             })
 
 
-def _has_input(clip: dict, modality: str) -> bool:
+def has_input(clip: dict, modality: str) -> bool:
+    """Does the clip give this modality anything to encode?"""
     if modality == "text":
         return bool(clip.get("text"))
     if modality == "audio":
@@ -88,7 +89,7 @@ def already_done(clips: list[dict], store: FeatureStore,
         return None
     for note in notes:
         committed = store.committed_clip_ids(note["key"])
-        if any(c["clip_id"] not in committed for c in clips if _has_input(c, note["modality"])):
+        if any(c["clip_id"] not in committed for c in clips if has_input(c, note["modality"])):
             return None
     return ExtractReport(
         clips_total=len(clips), skipped=len(clips), ledger=store.ledger_path(),

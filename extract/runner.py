@@ -31,7 +31,7 @@ from .media import MediaError, iter_audio, iter_video_frames, list_frame_folder
 from .media_video import _BoxLookup, crop
 from .plan import FACE_MARGIN_PX, StreamPlan, parse_request, stream_info
 from .report import ExtractOptions, ExtractReport, StreamStats, format_report
-from .resume import record_plans
+from .resume import has_input, record_plans
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ def make_tasks(
     done = {p.info.key: store.committed_clip_ids(p.info) for p in plans}
     todo, skipped = [], 0
     for clip in clips:
-        missing = [p for p in plans if clip["clip_id"] not in done[p.info.key] and _has_input(
-            clip, p)]
+        missing = [p for p in plans
+                   if clip["clip_id"] not in done[p.info.key] and has_input(clip, p.modality)]
         if missing:
             todo.append(clip)
         else:
@@ -114,20 +114,11 @@ def make_tasks(
         chunk = todo[start : start + clips_per_part]
         pending = {
             p.info.key: [c["clip_id"] for c in chunk
-                         if c["clip_id"] not in done[p.info.key] and _has_input(c, p)]
+                         if c["clip_id"] not in done[p.info.key] and has_input(c, p.modality)]
             for p in plans
         }
         tasks.append(Task(chunk, {k: v for k, v in pending.items() if v}))
     return tasks, skipped
-
-
-def _has_input(clip: dict, plan: StreamPlan) -> bool:
-    modality = plan.modality
-    if modality == "text":
-        return bool(clip.get("text"))
-    if modality == "audio":
-        return bool(clip.get("audio") or clip.get("video"))
-    return bool(clip.get("video") or clip.get("frames"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,7 +539,14 @@ def run_extraction(
             report.merge(runner.run(task))
     finally:
         bar.close()
-        store.finalize(prune_orphans=True)
+    return finish_run(report, store, plans, started)
+
+
+def finish_run(report: ExtractReport, store: FeatureStore, plans: list[StreamPlan],
+               started: float) -> ExtractReport:
+    """Finalize the store (this run's writers are all done) and complete the report."""
+    store.refresh()
+    store.finalize(prune_orphans=True)
     report.seconds = time.perf_counter() - started
     report.ledger = store.ledger_path()
     for p in plans:

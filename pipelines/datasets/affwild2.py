@@ -27,7 +27,6 @@ import numpy as np
 
 from .base import (
     Adapter,
-    Collector,
     LabelRows,
     LabelStream,
     Recipe,
@@ -95,9 +94,7 @@ class AffWild2Adapter(Adapter):
     def scan(self, data_root: str | Path) -> ScanResult:
         from features_store.errors import UserError
 
-        root = self._root(data_root)
-        result = ScanResult(dataset=self.name, data_root=str(root.resolve()))
-        out = Collector(result)
+        root, result, out = self._begin_scan(data_root)
         out.stream(LabelStream(
             alias="affwild2-va", dim=2, frame_shift_s=1 / NOMINAL_FPS,
             columns=["valence", "arousal"],

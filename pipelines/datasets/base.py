@@ -184,6 +184,12 @@ class Adapter(ABC):
         return {"name": self.name, "title": self.title, "reads": list(self.reads),
                 "recipe": self.recipe.to_dict()}
 
+    def _begin_scan(self, data_root: str | Path) -> tuple[Path, ScanResult, Collector]:
+        """The checked root, an empty ScanResult for it, and the Collector that fills it."""
+        root = self._root(data_root)
+        result = ScanResult(dataset=self.name, data_root=str(root.resolve()))
+        return root, result, Collector(result)
+
     def _root(self, data_root: str | Path) -> Path:
         from features_store.errors import UserError
 

@@ -25,7 +25,6 @@ import numpy as np
 
 from .base import (
     Adapter,
-    Collector,
     LabelStream,
     Recipe,
     ScanResult,
@@ -122,9 +121,7 @@ class CremaDAdapter(Adapter):
     def scan(self, data_root: str | Path) -> ScanResult:
         from features_store.errors import UserError
 
-        root = self._root(data_root)
-        result = ScanResult(dataset=self.name, data_root=str(root.resolve()))
-        out = Collector(result)
+        root, result, out = self._begin_scan(data_root)
         out.stream(LabelStream(alias="cremad-emotion", dim=1, dtype="int64", classes=EMOTION_NAMES,
                                description="emotion class id per clip (ANG DIS FEA HAP NEU SAD)",
                                preprocessing={"source": "file name"}))

@@ -80,9 +80,7 @@ class MeldAdapter(Adapter):
     def scan(self, data_root: str | Path) -> ScanResult:
         from features_store.errors import UserError
 
-        root = self._root(data_root)
-        result = ScanResult(dataset=self.name, data_root=str(root.resolve()))
-        out = Collector(result)
+        root, result, out = self._begin_scan(data_root)
         out.stream(LabelStream(alias="meld-emotion", dim=1, dtype="int64", classes=CLASSES,
                                description="emotion class id per utterance",
                                preprocessing={"source": "*_sent_emo.csv Emotion"}))

@@ -25,7 +25,6 @@ import numpy as np
 
 from .base import (
     Adapter,
-    Collector,
     LabelStream,
     Recipe,
     ScanResult,
@@ -105,9 +104,7 @@ class MoseiAdapter(Adapter):
     def scan(self, data_root: str | Path) -> ScanResult:
         from features_store.errors import UserError
 
-        root = self._root(data_root)
-        result = ScanResult(dataset=self.name, data_root=str(root.resolve()))
-        out = Collector(result)
+        root, result, out = self._begin_scan(data_root)
         out.stream(LabelStream(
             alias="mosei-labels", dim=7, columns=COLUMNS,
             description="6 emotion intensities then sentiment, per segment",

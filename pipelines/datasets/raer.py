@@ -99,9 +99,7 @@ class RaerAdapter(Adapter):
     def scan(self, data_root: str | Path) -> ScanResult:
         from features_store.errors import UserError
 
-        root = self._root(data_root)
-        result = ScanResult(dataset=self.name, data_root=str(root.resolve()))
-        out = Collector(result)
+        root, result, out = self._begin_scan(data_root)
         out.stream(LabelStream(alias="raer-class", dim=1, dtype="int64", classes=CLASSES,
                                description="class id per clip (0-based)",
                                preprocessing={"source": "annotation lists",

@@ -139,9 +139,7 @@ class ReactAdapter(Adapter):
     )
 
     def scan(self, data_root: str | Path) -> ScanResult:
-        root = self._root(data_root)
-        result = ScanResult(dataset=self.name, data_root=str(root.resolve()))
-        out = Collector(result)
+        root, result, out = self._begin_scan(data_root)
         out.stream(LabelStream(
             alias="react-emotion", dim=N_EMOTION, frame_shift_s=1 / FPS,
             columns=EMOTION_COLUMNS, description="facial reaction attributes per frame: "
