@@ -86,7 +86,10 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
     parent = path.rsplit("/", 1)[0]
     if is_local(fs):
         os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        # The temporary file sits one folder up (same filesystem, so it can be linked), out of
+        # the folder whose listing decides what is committed.
+        folder, name = os.path.split(path)
+        tmp = os.path.join(os.path.dirname(folder), f".{name}.tmp-{uuid.uuid4().hex[:8]}")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -120,7 +123,10 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> b
     parent = path.rsplit("/", 1)[0]
     if is_local(fs):
         os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        # The temporary file sits one folder up (same filesystem, so it can be linked), out of
+        # the folder whose listing decides what is committed.
+        folder, name = os.path.split(path)
+        tmp = os.path.join(os.path.dirname(folder), f".{name}.tmp-{uuid.uuid4().hex[:8]}")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
