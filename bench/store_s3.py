@@ -15,7 +15,7 @@ of it, so the one-time fetch is charged to the run that pays it:
 GET requests for feature parts are counted on the server. Prints a markdown table; every number
 comes from one run, so ratios hold on a shared machine.
 
-    .venv/bin/python bench/store_s3.py            # 200 clips, D = 512
+    .venv/bin/python bench/store_s3.py            # 100 clips, D = 512
     .venv/bin/python bench/store_s3.py --quick    # smoke run
 """
 
@@ -40,7 +40,7 @@ from features_store import StreamInfo, open_store  # noqa: E402
 
 @dataclass
 class Config:
-    clips: int = 200
+    clips: int = 100
     dim: int = 512
     min_frames: int = 500
     max_frames: int = 1000
