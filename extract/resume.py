@@ -16,7 +16,7 @@ import os
 from features_store import FeatureStore
 from features_store.fingerprint import fingerprint
 
-from .plan import EXTRACTOR_VERSION, parse_request
+from .plan import EXTRACTOR_VERSION, compute_identity, parse_request
 from .report import ExtractOptions, ExtractReport, StreamStats
 
 NOTE_PREFIX = "plans/"
@@ -32,15 +32,19 @@ def _weights_identity(weights: str) -> str | None:
 
 
 def request_fingerprint(request: str, options: ExtractOptions) -> str | None:
-    """The fingerprint of one requested stream, or None when it cannot be trusted offline."""
+    """The fingerprint of one requested stream, or None when it cannot be trusted offline.
+
+    The device must be resolved ("cpu", "cuda"): "auto" means different streams on different
+    machines."""
     weights = _weights_identity(options.weights)
-    if weights is None:
+    if weights is None or options.device == "auto":
         return None
     name, crop = parse_request(request)
     return fingerprint({
         "name": name, "crop": crop, "weights": weights, "reduced": options.reduced,
         "options": options.encoder_options.get(name, {}), "fps": options.fps,
         "dtype": options.dtype, "decode_size": options.decode_size,
+        "compute": compute_identity(options.device),
         "extractor": EXTRACTOR_VERSION, "affect": _package_version(),
     })
 

@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from features_store.fingerprint import fingerprint
 from .clips import clip_table_record
 from .media import MediaError, iter_audio, iter_video_frames, list_frame_folder
 from .media_video import _BoxLookup, crop
-from .plan import FACE_MARGIN_PX, StreamPlan, parse_request, stream_info
+from .plan import FACE_MARGIN_PX, StreamPlan, compute_identity, parse_request, stream_info
 from .report import ExtractOptions, ExtractReport, StreamStats, format_report
 from .resume import has_input, record_plans
 
@@ -48,8 +48,11 @@ def resolve_device(device: str) -> str:
 
 
 # Encoders built in this process, reused by later runs (a notebook, a test session, a dask
-# worker): building one can take seconds, and a warm rerun should not pay that twice.
+# worker): building one can take seconds, and a warm rerun should not pay that twice. Built
+# under a lock: two threads of one dask worker must share one copy, and a seeded random build
+# must not interleave its draws from torch's global generator with another build's.
 _ENCODERS: dict[tuple, object] = {}
+_BUILD_LOCK = threading.Lock()
 
 
 def get_encoder(name: str, options: ExtractOptions, device: str):
@@ -59,11 +62,12 @@ def get_encoder(name: str, options: ExtractOptions, device: str):
     key = (name, options.weights, device, options.reduced, repr(sorted(extra.items())))
     if options.weights not in ("default", "random") and os.path.exists(options.weights):
         key += (os.path.getmtime(options.weights),)  # a replaced weights file is a new encoder
-    if key not in _ENCODERS:
-        _ENCODERS[key] = create_encoder(
-            name, weights=options.weights, device=device, reduced=options.reduced, **extra
-        )
-    return _ENCODERS[key]
+    with _BUILD_LOCK:
+        if key not in _ENCODERS:
+            _ENCODERS[key] = create_encoder(
+                name, weights=options.weights, device=device, reduced=options.reduced, **extra
+            )
+        return _ENCODERS[key]
 
 
 def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
@@ -80,6 +84,7 @@ def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
         info = stream_info(encoder, crop_kind, fps, options.dtype)
         if encoder.spec.modality == "video" and options.decode_size:
             info.preprocessing["decode_shorter_side"] = options.decode_size
+        info.preprocessing["compute"] = compute_identity(device)
         plans.append(StreamPlan(request, encoder, crop_kind, fps, info))
     return plans
 
@@ -432,7 +437,7 @@ class TaskRunner:
         return next(p for p in self.plans if p.info.key == key)
 
     def _autocast(self):
-        if self.device.startswith("cuda"):
+        if compute_identity(self.device)["precision"] == "float16-autocast":
             return torch.autocast("cuda", dtype=torch.float16)
         return torch.autocast("cpu", enabled=False)
 
@@ -517,6 +522,7 @@ def run_extraction(
     if options.limit is not None:
         clips = clips[: options.limit]
     device = resolve_device(options.device)
+    options = replace(options, device=device)  # the stream keys hold the device used
     plans = build_plans(options, device)
     prepare_store(store, clips, plans)
     record_plans(store, plans, options)
