@@ -62,11 +62,8 @@ def default_local_workers(device: str, cpu_count: int, gpu_count: int) -> int:
     return max(1, cpu_count // 2)
 
 
-def _dashboard_address() -> str | None:
-    try:
-        import bokeh  # noqa: F401  (the dashboard needs it; without, no dashboard)
-    except ImportError:
-        return None
+def _dashboard_address() -> str:
+    # A free port: two runs on one machine must not fight over dask's default 8787.
     return "127.0.0.1:0"
 
 

@@ -289,10 +289,8 @@ def run_extraction_dask(
         hosts = workers_by_host(client)
         client.register_plugin(WorkerSetup(hosts))
         n = sum(hosts.values())
-        link = getattr(client, "dashboard_link", None) if _has_dashboard(client) else None
         print(f"dask: {client.scheduler.address}, workers: {n}, device: {options.device}; "
-              f"dashboard: {link or 'none (pip install bokeh for one)'}", file=sys.stderr,
-              flush=True)
+              f"dashboard: {_dashboard(client)}", file=sys.stderr, flush=True)
         resources = task_resources(options.device)
         plans = _remembered_plans(store, options)
         if plans is None:
@@ -353,8 +351,12 @@ def _plan_on_a_worker(client, options: ExtractOptions, resources) -> list[Remote
                         f"{detail[0] if detail else ''}); see the worker's log") from None
 
 
-def _has_dashboard(client) -> bool:
+def _dashboard(client) -> str:
+    services = client.scheduler_info(n_workers=0).get("services", {})
+    if not services.get("dashboard"):
+        return "none (the scheduler runs without one)"
     try:
-        return bool(client.scheduler_info(n_workers=0).get("services", {}).get("dashboard"))
-    except Exception:  # an older scheduler without services in its info
-        return False
+        import bokeh  # noqa: F401  (the dashboard's pages need it)
+    except ImportError:
+        return f"{client.dashboard_link} (its pages need bokeh: the [cluster] extra)"
+    return client.dashboard_link
