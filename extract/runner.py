@@ -503,6 +503,8 @@ def prepare_store(store: FeatureStore, clips: list[dict], plans: list[StreamPlan
     """Create the streams and add clips the clip table lacks (one process, before any task)."""
     for p in plans:
         p.info = store.create_stream(p.info)
+        # What this run means to commit, so `verify` can tell a complete stream from a cut one.
+        store.record_intent(p.info, [c["clip_id"] for c in clips if has_input(c, p.modality)])
     known = set(store.clip_ids())
     new = [clip_table_record(c) for c in clips if c["clip_id"] not in known]
     if new:
