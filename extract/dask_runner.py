@@ -114,12 +114,6 @@ def _task_runner(store_url: str, options: ExtractOptions):
     return runner
 
 
-def committed_part(store: FeatureStore, stream_key: str, part_id: str) -> bool:
-    """Is this part's manifest in the store now (never from a cached listing)?"""
-    store.fs.invalidate_cache()
-    return part_id in store.committed_parts(stream_key)
-
-
 def run_task(store_url: str, options: ExtractOptions, task) -> ExtractReport:
     """Run one task on a worker (a plain function so dask can ship it)."""
     _apply_torch_threads()
@@ -127,7 +121,7 @@ def run_task(store_url: str, options: ExtractOptions, task) -> ExtractReport:
     # A task recomputed after its worker died, or retried after it committed some streams,
     # must not write a committed part again: drop the streams already committed.
     pending = {key: ids for key, ids in task.pending.items()
-               if not committed_part(runner.store, key, task.part_id(key))}
+               if not runner.store.part_committed(key, task.part_id(key))}
     if not pending:
         return ExtractReport(done=len(task.clips))
     if len(pending) < len(task.pending):
