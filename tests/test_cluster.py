@@ -18,6 +18,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from dask_cluster import DaskCluster
+from servers import s3_env, s3_server, s3_store_url  # noqa: F401  (pytest fixtures)
 
 from extract.runner import ExtractOptions, run_extraction
 from features_store import open_store, verify
@@ -256,3 +257,18 @@ def test_a_clip_that_kills_its_worker_every_time_goes_to_the_ledger(
             np.testing.assert_array_equal(written.read_clip(info.key, clip_id),
                                           local_store.read_clip(info.key, clip_id))
     assert verify(written).ok  # finalized: the index is merged, nothing dangling
+
+
+@pytest.mark.slow
+def test_two_runs_through_a_two_worker_cluster_complete_a_store_on_s3(
+    clips_file, local_store, tmp_path, s3_store_url  # noqa: F811  (the fixture)
+):
+    """The second run finishes a partly extracted S3 store: nothing the workers committed in
+    either run is lost, nothing is extracted twice."""
+    url = s3_store_url("cluster.zarr")
+    with DaskCluster(tmp_path / "cluster", n_workers=2, nthreads=2) as cluster:
+        extract(clips_file, url, "--scheduler", cluster.address, "--limit", "3")
+        first = open_store(url, "r")
+        assert all(len(first.committed_clip_ids(s.key)) == 3 for s in first.streams())
+        extract(clips_file, url, "--scheduler", cluster.address)
+    assert_same_store(url, local_store)
