@@ -18,8 +18,10 @@ from collections import Counter
 import numpy as np
 import pytest
 from dask_cluster import DaskCluster
+from distributed import Client
 from servers import s3_env, s3_server, s3_store_url  # noqa: F401  (pytest fixtures)
 
+from extract.cluster import usable_cores
 from extract.runner import ExtractOptions, run_extraction
 from features_store import open_store, verify
 from pipelines.cli import main
@@ -73,7 +75,6 @@ def local_store(clips_file, tmp_path_factory):
     import torch
 
     from extract.clips import read_clips_file
-    from extract.cluster import usable_cores
 
     store = open_store(str(tmp_path_factory.mktemp("local") / "local.zarr"))
     threads = torch.get_num_threads()
@@ -116,6 +117,10 @@ def test_a_two_worker_cluster_writes_the_store_a_local_run_writes(
         assert f"{N_CLIPS} done" in out.out, out
         assert "workers: 2" in out.err, out.err           # progress names the cluster size
         assert not (cluster.worker_dir / "cluster.zarr").exists()  # the path was made absolute
+        with Client(cluster.address) as client:  # torch got each worker's share of the cores
+            threads = client.run(lambda: __import__("extract.dask_runner").dask_runner
+                                 ._TORCH_THREADS)
+        assert list(threads.values()) == [[max(1, usable_cores() // 2)]] * 2
     assert_same_store(str(client_dir / "cluster.zarr"), local_store)
 
 
