@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from features_store.errors import UserError
+from pipelines.storage_options import storage_option
 
 
 def _default_store(dataset: str) -> str:
@@ -29,6 +30,7 @@ def _print_metrics(payload: dict, as_json: bool, title: str | None = None) -> No
 
 
 @click.command()
+@storage_option
 @click.option("--head", "head_name", default=None, help="Head name (see the list on error).")
 @click.option("--store", default=None,
               help="Feature store (default: store/<head's dataset>.zarr).")
@@ -78,6 +80,7 @@ def train(head_name: str | None, store: str | None, out: str | None, epochs: int
 
 
 @click.command()
+@storage_option
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--split", default=None, help="Split to score (default: the run's validation "
               "split).")
@@ -95,6 +98,7 @@ def evaluate(run_dir: str, split: str | None, store: str | None, device: str,
 
 
 @click.command()
+@storage_option
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--split", default="test", show_default=True)
 @click.option("--export", "export_dir", default=None, type=click.Path(file_okay=False),
@@ -114,6 +118,7 @@ def predict(run_dir: str, split: str, export_dir: str | None, store: str | None,
 
 
 @click.command()
+@storage_option
 @click.option("--runs", required=True, help="Comma-separated run folders.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--export", "export_dir", required=True, type=click.Path(file_okay=False))
