@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable
 
 from features_store.errors import UserError
+from features_store.paths import check_clip_id
 
 MEDIA_FIELDS = ("video", "frames", "audio")
 KNOWN_FIELDS = ("clip_id", *MEDIA_FIELDS, "text", "start", "end", "split", "speaker", "boxes",
@@ -53,9 +54,9 @@ def read_clips_file(path: str) -> list[dict]:
 def check_clip(record: object, where: str) -> None:
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected a JSON object per line")
-    clip_id = record.get("clip_id")
-    if not isinstance(clip_id, str) or not clip_id.strip():
+    if record.get("clip_id") in (None, ""):
         raise UserError(f"{where}: missing or empty 'clip_id'")
+    clip_id = check_clip_id(record.get("clip_id"), where)
     if not any(record.get(k) for k in (*MEDIA_FIELDS, "text")):
         raise UserError(f"{where}: clip {clip_id!r} names no video, frames, audio or text")
     for key in ("start", "end", "fps"):

@@ -28,6 +28,7 @@ from .errors import UserError
 from .fsutil import exists, list_names, read_json, remove, url_to_fs, write_bytes_atomic, write_json
 from .index import StreamIndex
 from .manifest import SCHEMA_VERSION, ClipShape, PartManifest, StreamInfo
+from .paths import check_clip_id
 from .stream_array import StreamArray
 from .writer import PartWriter, now_iso
 
@@ -118,9 +119,7 @@ class FeatureStore:
         self._writable()
         rows = []
         for record in records:
-            clip_id = record.get("clip_id")
-            if not isinstance(clip_id, str) or not clip_id:
-                raise UserError(f"clip record without a clip_id string: {record!r}")
+            check_clip_id(record.get("clip_id"), f"{self.url}: clip record {record!r}"[:300])
             rows.append(record)
         if rows:
             name = f"batch-{now_iso().replace(':', '')}-{uuid.uuid4().hex[:8]}.json"

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from features_store.paths import safe_join
 from heads.base import Head, Recipe
 from heads.data import FrameSequences, load_frame_sequences
 from heads.registry import register_head
@@ -390,7 +391,7 @@ class RegnnHead(Head):
         """`<out_dir>/<split>/<clip_id>/result-<i>.pth`, float tensors [T, 25] (official)."""
         written: list[Path] = []
         for clip_id, reactions in predictions.items():
-            folder = Path(out_dir) / split / clip_id
+            folder = safe_join(out_dir, split, clip_id)
             folder.mkdir(parents=True, exist_ok=True)
             for i, reaction in enumerate(np.asarray(reactions, dtype=np.float32)):
                 path = folder / f"result-{i}.pth"
