@@ -103,3 +103,84 @@ def test_head_exports_refuse_paths_outside_their_folder(tmp_path):
 def test_safe_join_keeps_folders_of_a_clip_id():
     assert safe_join("/data/out", "test", "NoXI/a/1", suffix=".npy").as_posix() == \
         "/data/out/test/NoXI/a/1.npy"
+
+
+# --- 5: a clip id pointed at other media is not "already done" -------------------------------
+
+def _frames(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 200, size=(32, 32, 3))
+    return np.stack([(base + 3 * k) % 255 for k in range(n)]).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    from pipelines.synthetic.av_writer import write_video
+
+    root = tmp_path_factory.mktemp("videos")
+    write_video(root / "one.mp4", _frames(12, 0), fps=25)
+    write_video(root / "two.mp4", _frames(12, 1), fps=25)
+    return root
+
+
+def extract_args(clips: str, store: str) -> list[str]:
+    return ["extract", "--clips", clips, "--store", store, "--encoders", "hsemotion-enet-b0",
+            "--weights", "random", "--reduced", "--device", "cpu", "--decode-workers", "0",
+            "--dtype", "float32"]
+
+
+def test_a_clip_redefined_after_extraction_is_refused_not_silently_kept(videos, tmp_path,
+                                                                          capsys):
+    store = str(tmp_path / "s.zarr")
+    clips = write_lines(tmp_path / "clips.jsonl",
+                        {"clip_id": "c", "video": str(videos / "one.mp4")},
+                        {"clip_id": "d", "video": str(videos / "one.mp4"), "start": 0.0})
+    assert run_cli(*extract_args(clips, store), capsys=capsys)[0] == 0
+    before = open_store(store, mode="r").read_clip("hsemotion-enet-b0", "c").copy()
+
+    for changed, field in (({"clip_id": "c", "video": str(videos / "two.mp4")}, "source"),
+                           ({"clip_id": "c", "video": str(videos / "one.mp4"), "end": 0.2},
+                            "end")):
+        redefined = write_lines(tmp_path / "again.jsonl", changed)
+        code, out, err = run_cli(*extract_args(redefined, store), capsys=capsys)
+        assert code == 2 and "skipped" not in out
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "'c'" in errors[0] and field in errors[0]
+        assert "Traceback" not in err
+    after = open_store(store, mode="r")
+    np.testing.assert_array_equal(after.read_clip("hsemotion-enet-b0", "c"), before)
+    assert after.clips()[0]["video"] == str(videos / "one.mp4")
+
+
+def test_a_copied_source_is_the_same_clip_and_a_new_clip_gets_its_record(videos, tmp_path,
+                                                                         capsys):
+    import shutil
+
+    store = str(tmp_path / "s.zarr")
+    clips = write_lines(tmp_path / "clips.jsonl",
+                        {"clip_id": "c", "video": str(videos / "one.mp4")})
+    assert run_cli(*extract_args(clips, store), capsys=capsys)[0] == 0
+    moved = tmp_path / "moved.mp4"
+    shutil.copy(videos / "one.mp4", moved)  # new path, new mtime, same bytes
+    again = write_lines(tmp_path / "moved.jsonl", {"clip_id": "c", "video": str(moved)})
+    code, out, _ = run_cli(*extract_args(again, store), capsys=capsys)
+    assert code == 0 and "skipped" in out
+    assert open_store(store, mode="r").clips()[0]["video"] == str(moved)
+
+
+def test_an_encoder_version_bump_is_not_answered_by_the_warm_rerun(videos, tmp_path, capsys,
+                                                                    monkeypatch):
+    import extract.versions
+
+    store = str(tmp_path / "s.zarr")
+    clips = write_lines(tmp_path / "clips.jsonl",
+                        {"clip_id": "c", "video": str(videos / "one.mp4")})
+    assert run_cli(*extract_args(clips, store), capsys=capsys)[0] == 0
+    code, out, _ = run_cli(*extract_args(clips, store), capsys=capsys)
+    assert code == 0 and "1 skipped" in out  # the warm rerun, from metadata
+    # A change to an encoder's output, released with a bumped encoders version:
+    monkeypatch.setattr(extract.versions, "ENCODERS_VERSION", "encoders-bumped")
+    code, out, _ = run_cli(*extract_args(clips, store), capsys=capsys)
+    assert code == 0 and "1 done, 0 skipped" in out
+    streams = open_store(store, mode="r").streams()
+    assert len(streams) == 2  # re-extracted as a new stream; the old one stays
