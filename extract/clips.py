@@ -66,6 +66,9 @@ def _decoded_text(path: str) -> str:
     with open(path, "rb") as f:
         data = f.read()
     encoding = next((name for bom, name in BOMS if data.startswith(bom)), "utf-8")
+    if encoding == "utf-8" and data[:2] in (b"{\x00", b"\x00{"):
+        # UTF-16 without a BOM: every line starts with "{", so its NUL byte gives the order.
+        encoding = "utf-16-le" if data[:2] == b"{\x00" else "utf-16-be"
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:

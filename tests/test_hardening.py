@@ -184,3 +184,37 @@ def test_an_encoder_version_bump_is_not_answered_by_the_warm_rerun(videos, tmp_p
     assert code == 0 and "1 done, 0 skipped" in out
     streams = open_store(store, mode="r").streams()
     assert len(streams) == 2  # re-extracted as a new stream; the old one stays
+
+
+# --- 10: clips files as editors save them, odd fields ------------------------------------------
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be", "utf-32"])
+def test_clips_files_saved_with_a_bom_or_as_utf16_are_read(tmp_path, encoding):
+    text = json.dumps({"clip_id": "café/1", "video": "a.mp4"}, ensure_ascii=False) + "\r\n"
+    path = tmp_path / "clips.jsonl"
+    path.write_bytes(text.encode(encoding))
+    assert [c["clip_id"] for c in read_clips_file(str(path))] == ["café/1"]
+
+
+def test_a_clips_file_in_another_encoding_is_one_line(tmp_path):
+    path = tmp_path / "clips.jsonl"
+    path.write_bytes(b'{"clip_id": "caf\xe9", "video": "a.mp4"}\n')  # Latin-1, no BOM
+    with pytest.raises(UserError, match=r"clips.jsonl:1: not utf-8 text"):
+        read_clips_file(str(path))
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"start": True}, "'start' must be a number"),
+    ({"start": -1.0}, "'start' is -1 s"),
+    ({"fps": 0}, "'fps' is 0"),
+    ({"start": 2.0, "end": 1.0}, "'end' (1 s) must be after 'start' (2 s)"),
+    ({"end": float("nan")}, "'end' must be a number"),
+    ({"video": ["x"]}, "'video' must be a string"),
+])
+def test_odd_clip_fields_are_one_line_naming_clip_and_field(tmp_path, fields, named):
+    clips = write_lines(tmp_path / "clips.jsonl", {"clip_id": "ok", "video": "a.mp4"},
+                        {"clip_id": "odd", "video": "a.mp4", **fields})
+    with pytest.raises(UserError) as refused:
+        read_clips_file(clips)
+    assert str(refused.value).startswith(f"{clips}:2: clip 'odd': ")
+    assert named in str(refused.value)
