@@ -43,6 +43,11 @@ QUEUE_DEPTH = 8        # decoded batches buffered per clip ahead of the model
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a torch device (auto, cpu, cuda, cuda:1)") \
+            from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible to torch")
     return device

@@ -74,6 +74,9 @@ class FeatureStore:
         self._readers: dict[tuple[str, str], Any] = {}
         self._streams: dict[str, StreamInfo] | None = None
         meta_path = f"{self.path}/store.json"
+        if self.fs.isfile(self.path):
+            raise UserError(f"{self.url}: is a file, not a feature store (a store is a folder; "
+                            "name a new or existing store folder)")
         if exists(self.fs, meta_path):
             self.attrs = read_json(self.fs, meta_path)
             stored = self.attrs.get("backend", backend)

@@ -218,3 +218,70 @@ def test_odd_clip_fields_are_one_line_naming_clip_and_field(tmp_path, fields, na
         read_clips_file(clips)
     assert str(refused.value).startswith(f"{clips}:2: clip 'odd': ")
     assert named in str(refused.value)
+
+
+# --- 10: stores that cannot be written ----------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real, tiny file system (tmpfs), so a full disk and a read-only store are the kernel's
+    own errors. Needs root (CI runs as root); skipped elsewhere."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+
+    def mounted(size: str):
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                                 str(mount)], capture_output=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+        return mount
+
+    yield mounted
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def _remount_read_only(mount) -> None:
+    import subprocess
+
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+
+
+def test_a_read_only_store_is_one_line_for_finalize_import_and_extract(small_disk, tmp_path,
+                                                                       capsys):
+    disk = small_disk("16m")
+    store = small_store(str(disk / "s.zarr"), ["a", "b"])
+    folder = tmp_path / "features"
+    folder.mkdir()
+    np.save(folder / "c.npy", np.zeros((3, 4), np.float32))
+    text = write_lines(tmp_path / "clips.jsonl", {"clip_id": "t", "text": "hello"})
+    _remount_read_only(disk)
+    for args in (["store", "finalize", store.url],
+                 ["store", "import", str(folder), "--store", store.url, "--stream", "x"],
+                 ["extract", "--clips", text, "--store", store.url, "--encoders", "minilm-l6",
+                  "--weights", "random", "--reduced", "--device", "cpu"]):
+        code, _, err = run_cli(*args, capsys=capsys)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and "read-only" in errors[0], args
+        assert "Traceback" not in err and ".tmp-" not in errors[0]
+    assert open_store(store.url, mode="r").clip_ids() == ["a", "b"]
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_was_committed(small_disk, tmp_path, capsys):
+    from features_store import verify
+
+    disk = small_disk("3m")
+    store = small_store(str(disk / "s.zarr"), ["a"])
+    folder = tmp_path / "features"
+    folder.mkdir()
+    for i in range(8):
+        np.save(folder / f"c{i}.npy", np.random.default_rng(i).random((2000, 64), np.float32))
+    code, _, err = run_cli("store", "import", str(folder), "--store", store.url,
+                           "--stream", "big", "--frame-shift", "0.04", capsys=capsys)
+    assert code == 2 and err.startswith("error:") and "disk is full" in err
+    assert len(err.strip().splitlines()) == 1
+    after = open_store(store.url, mode="r")
+    assert verify(after).ok
+    assert after.read_clip("clip-vit-b16", "a").shape == (3, 4)
+    assert not [p for p in disk.rglob("*") if ".tmp-" in p.name]
