@@ -33,7 +33,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from heads.base import SCHEDULES, Head, HeadConfig, config_from_dict, config_to_dict
+from heads.base import (
+    SCHEDULES,
+    Head,
+    HeadConfig,
+    check_config,
+    config_from_dict,
+    config_to_dict,
+)
 from heads.plots import plot_curves, read_metrics
 from heads.registry import get_head
 
@@ -459,8 +466,7 @@ def train(
                           "new --out")
     if resume and not paths.last.exists():
         raise _user_error(f"{paths.last}: nothing to resume (no last checkpoint)")
-    if config.grad_accum < 1:
-        raise _user_error(f"grad_accum={config.grad_accum}: must be >= 1")
+    check_config(config)
     dev = resolve_device(device)
 
     seed_everything(config.seed)

@@ -285,3 +285,27 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_committed(small_disk, tmp_pa
     assert verify(after).ok
     assert after.read_clip("clip-vit-b16", "a").shape == (3, 4)
     assert not [p for p in disk.rglob("*") if ".tmp-" in p.name]
+
+
+# --- 10: training settings out of range ---------------------------------------------------------
+
+@pytest.mark.parametrize("setting, named", [("batch_size=0", "batch_size=0: must be at least 1"),
+                                            ("lr=-1", "lr=-1.0: must be a learning rate"),
+                                            ("epochs=0", "epochs=0: must be at least 1"),
+                                            ("lr=nan", "lr=nan")])
+def test_training_settings_out_of_range_are_one_line_before_anything_runs(tmp_path, capsys,
+                                                                          setting, named):
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", "--head", "transformer-lstm", "--store",
+                           str(tmp_path / "none.zarr"), "--out", str(run), "--set", setting,
+                           capsys=capsys)
+    assert code == 2 and err.startswith(f"error: {named}") and len(err.splitlines()) == 1
+    assert not run.exists()
+
+
+def test_every_heads_paper_defaults_are_in_range():
+    from heads.base import check_config
+    from heads.registry import get_head, list_heads
+
+    for name in list_heads():
+        check_config(get_head(name).config_cls())
