@@ -309,3 +309,38 @@ def test_every_heads_paper_defaults_are_in_range():
 
     for name in list_heads():
         check_config(get_head(name).config_cls())
+
+
+# --- 10: clips too short for the REACT metrics are refused before any training -----------------
+
+def test_demo_with_clips_too_short_for_tlcc_refuses_before_doing_anything(tmp_path, capsys):
+    code, _, err = run_cli("demo", "--seconds", "2", "--out", str(tmp_path / "demo"),
+                           capsys=capsys)
+    assert code == 2 and err.startswith("error: --seconds 2:") and "TLCC" in err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_regnn_refuses_validation_clips_too_short_for_tlcc_before_training(tmp_path):
+    from test_regnn import tiny_config, toy_react_store
+
+    from heads.registry import get_head
+
+    store = toy_react_store(str(tmp_path / "short.zarr"), {"train": 2, "val": 2}, frames=40)
+    head = get_head("regnn")(tiny_config(out_dim=25, top_k=3, batch_size=4))
+    with pytest.raises(UserError, match="split 'val' has clips of 40 frames; REACT's TLCC"):
+        head.build_data(store)
+
+
+def test_store_import_of_two_files_for_one_clip_is_one_line_and_leaves_no_stream(tmp_path,
+                                                                                 capsys):
+    store = small_store(str(tmp_path / "s.zarr"), ["a"])
+    folder = tmp_path / "features"
+    folder.mkdir()
+    np.save(folder / "a.npy", np.zeros((3, 4), np.float32))
+    import torch
+
+    torch.save(torch.zeros(3, 4), folder / "a.pth")
+    code, _, err = run_cli("store", "import", str(folder), "--store", store.url, "--stream", "x",
+                           capsys=capsys)
+    assert code == 2 and "clip 'a' is also in" in err and len(err.splitlines()) == 1
+    assert [s.alias for s in open_store(store.url, mode="r").streams()] == ["clip-vit-b16"]
