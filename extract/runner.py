@@ -27,6 +27,7 @@ from features_store.errors import UserError
 from features_store.fingerprint import fingerprint
 
 from .clips import clip_table_record
+from .definition import needs_new_record, refuse_changed_clips
 from .media import MediaError, iter_audio, iter_video_frames, list_frame_folder
 from .media_video import _BoxLookup, crop
 from .plan import FACE_MARGIN_PX, StreamPlan, compute_identity, parse_request, stream_info
@@ -42,6 +43,11 @@ QUEUE_DEPTH = 8        # decoded batches buffered per clip ahead of the model
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a torch device (auto, cpu, cuda, cuda:1)") \
+            from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible to torch")
     return device
@@ -501,12 +507,13 @@ class TaskRunner:
 
 def prepare_store(store: FeatureStore, clips: list[dict], plans: list[StreamPlan]) -> None:
     """Create the streams and add clips the clip table lacks (one process, before any task)."""
+    refuse_changed_clips(store, clips)  # before anything is written
     for p in plans:
         p.info = store.create_stream(p.info)
         # What this run means to commit, so `verify` can tell a complete stream from a cut one.
         store.record_intent(p.info, [c["clip_id"] for c in clips if has_input(c, p.modality)])
-    known = set(store.clip_ids())
-    new = [clip_table_record(c) for c in clips if c["clip_id"] not in known]
+    records = {r["clip_id"]: r for r in store.clips()}
+    new = [clip_table_record(c) for c in clips if needs_new_record(records.get(c["clip_id"]), c)]
     if new:
         store.add_clips(new)
 

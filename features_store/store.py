@@ -44,6 +44,7 @@ from .fsutil import (
 )
 from .index import StreamIndex
 from .manifest import SCHEMA_VERSION, ClipShape, PartManifest, StreamInfo
+from .paths import check_clip_id
 from .stream_array import StreamArray
 from .writer import PartWriter, now_iso
 
@@ -117,6 +118,9 @@ class FeatureStore:
         meta_path = f"{self.path}/store.json"
         try:
             self._check_reachable()
+            if self.fs.isfile(self.path):
+                raise UserError(f"{self.url}: is a file, not a feature store (a store is a "
+                                "folder; name a new or existing store folder)")
             found = exists(self.fs, meta_path)
         except UserError:
             raise
@@ -199,9 +203,7 @@ class FeatureStore:
         self._writable()
         rows = []
         for record in records:
-            clip_id = record.get("clip_id")
-            if not isinstance(clip_id, str) or not clip_id:
-                raise UserError(f"clip record without a clip_id string: {record!r}")
+            check_clip_id(record.get("clip_id"), f"{self.url}: clip record {record!r}"[:300])
             rows.append(record)
         if rows:
             name = f"batch-{now_iso().replace(':', '')}-{uuid.uuid4().hex[:8]}.json"

@@ -33,7 +33,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from heads.base import SCHEDULES, Head, HeadConfig, config_from_dict, config_to_dict
+from heads.base import (
+    SCHEDULES,
+    Head,
+    HeadConfig,
+    check_config,
+    config_from_dict,
+    config_to_dict,
+)
 from heads.plots import plot_curves, read_metrics
 from heads.registry import get_head
 
@@ -72,9 +79,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _rng_state() -> dict[str, Any]:
+    # Only types torch.load(weights_only=True) accepts: numpy's key array becomes a tensor.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -84,10 +94,32 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    saved = state["numpy"]
+    np.random.set_state((saved["name"], saved["keys"].numpy().astype(np.uint32), saved["pos"],
+                         saved["has_gauss"], saved["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A run checkpoint read with weights_only=True: tensors and plain values, never code.
+
+    A run folder may come from someone else; a pickle that names any other Python object is
+    refused with one line before anything in it runs.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # torch's own text first suggests weights_only=False; keep only the line naming what
+        # the file tried to load.
+        named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+        reason = (named or lines or [type(error).__name__])[0]
+        raise _user_error(f"{path}: not a checkpoint this tool loads safely (only tensors and "
+                          f"plain values are read, nothing is unpickled): {reason}") from None
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -434,8 +466,7 @@ def train(
                           "new --out")
     if resume and not paths.last.exists():
         raise _user_error(f"{paths.last}: nothing to resume (no last checkpoint)")
-    if config.grad_accum < 1:
-        raise _user_error(f"grad_accum={config.grad_accum}: must be >= 1")
+    check_config(config)
     dev = resolve_device(device)
 
     seed_everything(config.seed)
@@ -454,7 +485,7 @@ def train(
     best_epoch: int | None = None
     bad_evals = 0
     if resume:
-        checkpoint = torch.load(paths.last, map_location=dev, weights_only=False)
+        checkpoint = load_checkpoint(paths.last, dev)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
@@ -594,7 +625,7 @@ def train(
 
     final_metrics: dict[str, Any] = {}
     if paths.best.exists() and (stopped_early or epochs_done == config.epochs):
-        best = torch.load(paths.best, map_location=dev, weights_only=False)
+        best = load_checkpoint(paths.best, dev)
         final_metrics = dict(best["metrics"])
         write_json(paths.eval_file(config.val_split),
                    {"split": config.val_split, "checkpoint": "best", "epoch": best["epoch"],
@@ -701,7 +732,7 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", store: Any = None
     store_obj, location = open_store_for(store if store is not None else saved["store"])
     data = head.build_data(store_obj)
     model = head.build_model(data).to(dev)
-    state = torch.load(file, map_location=dev, weights_only=False)
+    state = load_checkpoint(file, dev)
     model.load_state_dict(state["model"])
     head.load_extra_state(state.get("head_state", {}))
     model.eval()
