@@ -100,5 +100,5 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         report = run_extraction(clips, store, options)
     click.echo(format_report(report))
     # Non-zero only when nothing could be extracted at all, or with --strict.
-    if report.failed and (strict or report.done + report.skipped == 0):
+    if report.failed and (strict or report.done + report.skipped + report.partial == 0):
         sys.exit(1)
