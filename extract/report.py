@@ -77,3 +77,11 @@ def format_report(report: ExtractReport) -> str:
         lines.append(f"{report.failed} clip(s) failed{kept}; the failure ledger is at "
                      f"{report.ledger} (`affect store ledger STORE`)")
     return "\n".join(lines)
+
+
+def interrupted_message(store_url: str, clips_this_run: int | None = None) -> str:
+    """What Ctrl-C leaves behind: every committed part stays, the task in flight is dropped."""
+    done = (f"the {clips_this_run} clip(s) finished in this run and all earlier ones"
+            if clips_this_run is not None else "every committed part")
+    return (f"{done} are kept in {store_url} (only the part in flight is dropped); rerun the "
+            "same command to resume: finished clips are skipped")

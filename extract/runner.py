@@ -23,14 +23,20 @@ import numpy as np
 import torch
 
 from features_store import FeatureStore
-from features_store.errors import UserError
+from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
 
 from .clips import clip_table_record
 from .media import MediaError, iter_timed_audio, iter_video_frames, list_frame_folder
 from .media_video import _BoxLookup, crop
 from .plan import FACE_MARGIN_PX, StreamPlan, parse_request, stream_info
-from .report import ExtractOptions, ExtractReport, StreamStats, format_report
+from .report import (
+    ExtractOptions,
+    ExtractReport,
+    StreamStats,
+    format_report,
+    interrupted_message,
+)
 from .resume import has_input, record_plans
 
 log = logging.getLogger(__name__)
@@ -599,6 +605,8 @@ def run_extraction(
     try:
         for task in tasks:
             report.merge(runner.run(task))
+    except KeyboardInterrupt as exc:
+        raise Interrupted(interrupted_message(store.url, report.done + report.partial)) from exc
     finally:
         bar.close()
     return finish_run(report, store, plans, started)

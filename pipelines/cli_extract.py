@@ -7,7 +7,7 @@ import sys
 import click
 
 from features_store import open_store
-from features_store.errors import UserError
+from features_store.errors import Interrupted, UserError
 
 
 def _split_list(value: str | None) -> list[str]:
@@ -91,9 +91,15 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         return
     if scheduler:
         from extract.dask_runner import run_extraction_dask
+        from extract.report import interrupted_message
 
-        report = run_extraction_dask(clips, store.url, options,
-                                     None if scheduler == "local" else scheduler)
+        try:
+            report = run_extraction_dask(clips, store.url, options,
+                                         None if scheduler == "local" else scheduler)
+        except Interrupted:
+            raise
+        except KeyboardInterrupt as exc:
+            raise Interrupted(interrupted_message(store.url)) from exc
     else:
         from extract.runner import run_extraction
 

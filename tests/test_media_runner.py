@@ -7,6 +7,14 @@ clip, the stream and the file, while the rest of the run goes on.
 
 from __future__ import annotations
 
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -104,3 +112,32 @@ def test_a_video_without_audio_keeps_its_video_features(media, tmp_path):
     again = run_extraction(clips, store, _options(), progress=False)
     assert again.skipped == 1 and again.failed == 1
     assert store.committed_clip_ids(VIDEO) == {"talk", "silent"}
+
+
+@pytest.mark.timeout(240)
+def test_ctrl_c_says_committed_parts_are_kept_and_a_rerun_resumes(media, tmp_path):
+    clips = [{"clip_id": f"c{i}", "video": str(media / "talk.mp4")} for i in range(30)]
+    clips_file = tmp_path / "clips.jsonl"
+    clips_file.write_text("\n".join(json.dumps(c) for c in clips) + "\n")
+    store = str(tmp_path / "s.zarr")
+    cmd = [sys.executable, "-m", "pipelines", "extract", "--clips", str(clips_file), "--store",
+           store, "--encoders", VIDEO, "--weights", "random", "--reduced", "--device", "cpu",
+           "--clips-per-part", "1", "--decode-workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if len(glob.glob(os.path.join(store, "streams", "*", "manifests", "*.json"))) >= 2:
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted:") and "kept" in last and "rerun" in last, err
+    assert "Traceback" not in err
+    kept = open_store(store, "r").committed_clip_ids(VIDEO)
+    assert 2 <= len(kept) < len(clips)
+    again = run_extraction(clips[:len(kept) + 1], open_store(store),
+                           _options(encoders=[VIDEO], dtype="float16"),  # as the CLI
+                           progress=False)
+    assert (again.skipped, again.done) == (len(kept), 1)
