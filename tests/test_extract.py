@@ -128,8 +128,9 @@ def test_bad_clips_land_in_the_ledger_and_the_run_goes_on(media, tmp_path):
     assert ledger["silent"]["stage"] == "no_audio"
     assert "cut.mkv" in ledger["cut"]["message"]
     assert (report.done, report.failed) == (1, 4)
-    # Nothing of a failed clip is visible, even the video rows of the silent clip.
-    assert store.committed_clip_ids(VIDEO) == {"good"}
+    # Nothing of a failed stream is visible; the silent clip keeps its video rows.
+    assert store.committed_clip_ids(VIDEO) == {"good", "silent"}
+    assert store.committed_clip_ids(AUDIO) == {"good"}
     assert verify(store).ok
 
 
