@@ -603,6 +603,7 @@ def train(
                             "head_state": head.extra_state()}, paths.best)
             else:
                 bad_evals += 1
+            head.on_evaluated(model, metrics, paths.checkpoints, epoch + 1)
             _append_jsonl(paths.metrics, {
                 "kind": "eval", "epoch": epoch + 1, "step": global_step, "split": config.val_split,
                 "metrics": _json_ready(metrics), "best": improved,
@@ -736,6 +737,7 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", store: Any = None
     model.load_state_dict(state["model"])
     head.load_extra_state(state.get("head_state", {}))
     model.eval()
+    head.on_loaded(model, paths.checkpoints, file.stem)
     return LoadedRun(paths=paths, head=head, data=data, model=model, store=store_obj,
                      store_location=location, checkpoint=file.stem, epoch=int(state["epoch"]))
 
