@@ -53,6 +53,14 @@ StreamRef = str | StreamInfo
 BACKEND_BY_SUFFIX = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr"}
 
 
+_BUILD_MARKERS = ("random", "reduced")
+
+
+def _without_build_markers(alias: str) -> str:
+    """`name@random@reduced@face` -> `name@face`: the alias an extraction request asks for."""
+    return "@".join(p for p in alias.split("@") if p not in _BUILD_MARKERS)
+
+
 def backend_for(url: str) -> str:
     for suffix, name in BACKEND_BY_SUFFIX.items():
         if url.rstrip("/").endswith(suffix):
@@ -270,6 +278,9 @@ class FeatureStore:
         for match in (
             [s for s in streams if s.key == ref],
             [s for s in streams if s.alias == ref],
+            # A recipe's request (`clip-vit-b16@face`) names the stream an extraction with
+            # random or reduced weights made as `clip-vit-b16@random@reduced@face`.
+            [s for s in streams if _without_build_markers(s.alias) == ref],
             [s for s in streams if s.name == ref],
             [s for s in streams if s.key.startswith(ref)],
         ):

@@ -370,16 +370,34 @@ def _resolve_recipe(head: Head, store: Any) -> dict[str, Any]:
     """alias -> stream key for every stream the head reads (provenance for config.json)."""
     recipe = head.recipe()
     streams: dict[str, str] = {}
+    labels = set(recipe.labels)
     for alias in [*recipe.features, *recipe.labels]:
         try:
             info = store.resolve(alias)
-        except Exception as error:
+        except Exception:
             raise _user_error(
-                f"store {_store_location(store)}: head {head.name} needs stream {alias!r} "
-                f"({error})"
+                f"store {_store_location(store)}: head {head.name} needs stream {alias!r}, "
+                f"which the store lacks (it has: {_aliases(store)}); make it with: "
+                f"{_make_stream_command(store, alias, alias in labels)}"
             ) from None
         streams[alias] = getattr(info, "key", alias)
     return {"streams": streams, "aux": list(recipe.aux)}
+
+
+def _aliases(store: Any) -> str:
+    try:
+        return ", ".join(sorted({s.alias for s in store.streams()})) or "no streams"
+    except Exception:  # a store too broken to list: the missing stream is the message
+        return "?"
+
+
+def _make_stream_command(store: Any, alias: str, is_label: bool) -> str:
+    """The `affect` command that writes a missing stream into this store."""
+    dataset = (getattr(store, "attrs", None) or {}).get("dataset") or "DATASET"
+    where = f"--dataset {dataset} --data-root DATA --store {_store_location(store)}"
+    if is_label:
+        return f"affect ingest {where}"
+    return f"affect extract {where} --encoders {alias}"
 
 
 def _store_location(store: Any) -> str:
