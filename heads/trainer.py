@@ -10,6 +10,7 @@ Run folder layout:
     RUN/curves.png               loss and validation metric curves
     RUN/eval-<split>.json        metrics of the best checkpoint on a split
     RUN/predictions/             default export folder of `predict`
+    RUN/tb/                      the same scalars for TensorBoard (when it is installed)
 
 A resumed run continues from the end of the last finished epoch and gives the same result as an
 uninterrupted one: per-epoch batches come from an rng seeded by (seed, epoch), and the torch /
@@ -43,6 +44,7 @@ from heads.base import (
 )
 from heads.plots import plot_curves, read_metrics
 from heads.registry import get_head
+from heads.tb_log import ScalarLog
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -518,6 +520,7 @@ def train(
         _truncate_metrics(paths.metrics, start_epoch)
     else:
         paths.metrics.write_text("")
+    scalars = ScalarLog(paths.root / "tb", purge_step=global_step if resume else None)
 
     write_json(paths.config, {
         "head": head.name,
@@ -579,11 +582,13 @@ def train(
                 epoch_loss += loss_value
                 epoch_items += 1
                 if stepped and global_step % log_every == 0:
-                    _append_jsonl(paths.metrics, {
+                    record = {
                         "kind": "step", "epoch": epoch + 1, "step": global_step,
                         "loss": loss_value, "lr": schedule.lrs()[0],
                         "data_wait_s": t1 - t0, "compute_s": t2 - t1,
-                    })
+                    }
+                    _append_jsonl(paths.metrics, record)
+                    scalars.record(record, schedule.lrs())
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 iteration += 1
@@ -599,13 +604,15 @@ def train(
         total_compute += epoch_compute
         total_steps += epoch_items
         busy = epoch_wait + epoch_compute
-        _append_jsonl(paths.metrics, {
+        record = {
             "kind": "epoch", "epoch": epoch + 1, "step": global_step,
             "train_loss": epoch_loss / max(epoch_items, 1), "lr": schedule.lrs()[0],
             "iterations": epoch_items, "data_wait_s": epoch_wait, "compute_s": epoch_compute,
             "data_wait_share": epoch_wait / busy if busy > 0 else 0.0,
             "steps_per_s": epoch_items / busy if busy > 0 else 0.0,
-        })
+        }
+        _append_jsonl(paths.metrics, record)
+        scalars.record(record)
 
         metric_value: float | None = None
         if (epoch + 1) % max(config.eval_every, 1) == 0 or epoch == last_epoch:
@@ -622,10 +629,12 @@ def train(
             else:
                 bad_evals += 1
             head.on_evaluated(model, metrics, paths.checkpoints, epoch + 1)
-            _append_jsonl(paths.metrics, {
+            record = {
                 "kind": "eval", "epoch": epoch + 1, "step": global_step, "split": config.val_split,
                 "metrics": _json_ready(metrics), "best": improved,
-            })
+            }
+            _append_jsonl(paths.metrics, record)
+            scalars.record(record)
         schedule.end_epoch(metric_value)
         epochs_done = epoch + 1
         torch.save({
@@ -642,6 +651,7 @@ def train(
             stopped_early = True
             break
 
+    scalars.close()
     final_metrics: dict[str, Any] = {}
     if paths.best.exists() and (stopped_early or epochs_done == config.epochs):
         best = load_checkpoint(paths.best, dev)
