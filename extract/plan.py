@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from features_store import StreamInfo
 from features_store.errors import UserError
 
-EXTRACTOR_VERSION = "1"
+from . import versions
+
+EXTRACTOR_VERSION = versions.PLAN_VERSION  # kept for importers; bump it in extract.versions
 CROPS = ("face", "body")
 DEFAULT_VIDEO_FPS = 25.0
 FACE_MARGIN_PX = 20  # RAER crops faces with a 20 px margin
@@ -51,7 +53,8 @@ def parse_request(request: str) -> tuple[str, str | None]:
 def stream_info(encoder, crop: str | None, fps: float | None, dtype: str) -> StreamInfo:
     spec = encoder.spec
     fingerprint = encoder.fingerprint()
-    preprocessing = {"encoder": fingerprint, "extractor_version": EXTRACTOR_VERSION}
+    preprocessing = {"encoder": fingerprint,
+                     "extractor_version": versions.stream_key_versions()["plan"]}
     if spec.modality == "video":
         preprocessing.update({"fps": fps, "crop": crop,
                               "crop_margin_px": FACE_MARGIN_PX if crop == "face" else 0})
@@ -71,7 +74,7 @@ def stream_info(encoder, crop: str | None, fps: float | None, dtype: str) -> Str
         weights=weights,
         weights_sha256=fingerprint.get("weights_sha256"),
         preprocessing=preprocessing,
-        code_version=f"affect-extract-{EXTRACTOR_VERSION}",
+        code_version=f"affect-extract-{versions.stream_key_versions()['plan']}",
         extra={"library": spec.library, "modality": spec.modality,
                "random_weights": weights == "random", "request": spec.name},
     )

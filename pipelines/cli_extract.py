@@ -8,7 +8,7 @@ import sys
 import click
 
 from features_store import open_store
-from features_store.errors import UserError
+from features_store.errors import Interrupted, UserError
 from pipelines.storage_options import storage_option
 
 
@@ -105,8 +105,14 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         return
     if cluster is not None:
         from extract.dask_runner import run_extraction_dask
+        from extract.report import interrupted_message
 
-        report = run_extraction_dask(clips, store.url, options, cluster)
+        try:
+            report = run_extraction_dask(clips, store.url, options, cluster)
+        except Interrupted:
+            raise
+        except KeyboardInterrupt as exc:
+            raise Interrupted(interrupted_message(store.url)) from exc
     else:
         from extract.runner import resolve_device, run_extraction
 
@@ -117,5 +123,5 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
             report = run_extraction(clips, store, options)
     click.echo(format_report(report))
     # Non-zero only when nothing could be extracted at all, or with --strict.
-    if report.failed and (strict or report.done + report.skipped == 0):
+    if report.failed and (strict or report.done + report.skipped + report.partial == 0):
         sys.exit(1)
