@@ -390,7 +390,7 @@ def test_vggish_frontend_and_network_match_an_independent_reference(
     state = torchvggish_state()
     path = tmp_path / "vggish.pth"
     torch.save(state, path)
-    encoder = create_encoder(name, weights=str(path), reduced=True)
+    encoder = create_encoder(name, weights=str(path), reduced=True, embedding="raw")
     example_samples = int(round(example_s * sample_rate))
     window, hop = int(round(0.025 * sample_rate)), int(round(hop_s * sample_rate))
     n_examples = 3 if name == "vggish" else 12
@@ -410,7 +410,7 @@ def test_vggish_frontend_and_network_match_an_independent_reference(
 
 
 def test_vggish_react_gives_one_row_per_25_fps_frame_and_chunks_line_up():
-    encoder = create_encoder("vggish-react", weights="random", reduced=True)
+    encoder = create_encoder("vggish-react", weights="random", reduced=True, embedding="raw")
     wav = tone(24000, 2.0)
     whole = encoder.encode_audio(wav)
     assert whole.shape == (50, 128)
@@ -422,28 +422,83 @@ def test_vggish_react_gives_one_row_per_25_fps_frame_and_chunks_line_up():
     assert encoder.encode_audio(wav[:959]).shape == (0, 128)
 
 
-def test_vggish_pca_postprocessing_quantises_like_audioset(tmp_path):
+def audioset_postprocess_reference(embeddings, matrix, means):
+    """torchvggish's Postprocessor, restated from its documented definition (the PyPI package
+    needs resampy and soundfile and downloads its PCA file when constructed, so it is not a test
+    dependency): PCA with whitening, pca_matrix @ (embedding^T - pca_means), transposed back;
+    then clip to [-2, 2] and quantise to round((x + 2) * 255 / 4). In float64."""
+    projected = (matrix.astype(np.float64) @ (embeddings.astype(np.float64).T
+                                             - means.reshape(-1, 1).astype(np.float64))).T
+    return projected, np.round((np.clip(projected, -2.0, 2.0) + 2.0) * (255.0 / 4.0))
+
+
+def test_vggish_react_post_processes_like_torchvggish_by_default():
+    from extract.encoders.vggish import pca_project
+
+    wav = tone(24000, 1.0)
+    encoder = create_encoder("vggish-react", weights="random", reduced=True)
+    raw = create_encoder("vggish-react", weights="random", reduced=True, embedding="raw")
+    got = encoder.encode_audio(wav)
+    assert got.shape == (25, 128)
+    # 8-bit levels as float: integers in 0..255, and not all in one level
+    assert got.dtype == np.float32 and np.all(got == np.round(got))
+    assert got.min() >= 0 and got.max() <= 255 and len(np.unique(got)) > 20
+    # random weights come with random PCA parameters of the published shapes
+    matrix, means = (t.numpy() for t in encoder.pca)
+    assert matrix.shape == (128, 128) and means.shape == (128, 1)
+    embeddings = raw.encode_audio(wav)
+    projected, quantised = audioset_postprocess_reference(embeddings, matrix, means)
+    ours = pca_project(torch.from_numpy(embeddings), *encoder.pca).numpy()
+    np.testing.assert_allclose(ours, projected, rtol=1e-6, atol=1e-6)
+    # after quantisation: equal, except a value within float error of a rounding boundary
+    levels = (np.clip(projected, -2, 2) + 2) * 255 / 4
+    near_boundary = np.abs(levels - np.floor(levels) - 0.5) < 1e-4
+    assert np.array_equal(got[~near_boundary], quantised[~near_boundary])
+    # the choice is part of the stream: its own alias and fingerprint
+    assert encoder.alias == "vggish-react@random@reduced"
+    assert raw.alias == "vggish-react@raw@random@reduced"
+    assert encoder.fingerprint() != raw.fingerprint()
+    assert encoder.preprocessing["postprocess"] == "pca+quantize8"
+    assert raw.preprocessing["postprocess"] == "raw"
+
+
+def test_vggish_pca_parameters_come_with_the_weights(tmp_path):
     state = torchvggish_state()
-    torch.save(state, tmp_path / "vggish.pth")
+    wav = tone(16000, 2.5)
+    # a full torchvggish state dict carries its postprocessor (pproc.*): used by default
+    torch.save(state, tmp_path / "full.pth")
+    full = create_encoder("vggish", weights=str(tmp_path / "full.pth"), reduced=True)
+    assert full.options["embedding"] == "postprocessed"
+    # the network alone, with torchvggish's published PCA file beside it
     rng = np.random.default_rng(1)
     matrix = rng.normal(0, 0.3, (128, 128)).astype(np.float32)
-    means = rng.normal(0, 0.1, 128).astype(np.float32)
-    np.savez(tmp_path / "pca.npz", pca_eigen_vectors=matrix, pca_means=means)
-    wav = tone(16000, 2.5)
-    raw = create_encoder("vggish", weights=str(tmp_path / "vggish.pth"), reduced=True)
-    pca = create_encoder(
-        "vggish",
-        weights=str(tmp_path / "vggish.pth"),
-        reduced=True,
-        pca_params=str(tmp_path / "pca.npz"),
-    )
-    embeddings = raw.encode_audio(wav).astype(np.float64)
-    expected = np.round((np.clip((embeddings - means) @ matrix.T, -2, 2) + 2) * 255 / 4)
+    means = rng.normal(0, 0.1, (128, 1)).astype(np.float32)
+    net_dir = tmp_path / "published"
+    net_dir.mkdir()
+    torch.save({k: v for k, v in state.items() if not k.startswith("pproc.")},
+               net_dir / "vggish-10086976.pth")
+    torch.save({"pca_eigen_vectors": torch.from_numpy(matrix),
+                "pca_means": torch.from_numpy(means[:, 0])},
+               net_dir / "vggish_pca_params-970ea276.pth")
+    pca = create_encoder("vggish", weights=str(net_dir / "vggish-10086976.pth"), reduced=True)
+    raw = create_encoder("vggish", weights=str(net_dir / "vggish-10086976.pth"), reduced=True,
+                         embedding="raw")
+    _, expected = audioset_postprocess_reference(raw.encode_audio(wav), matrix, means)
     got = pca.encode_audio(wav)
     np.testing.assert_allclose(got, expected, atol=1)  # rounding at .5 may differ by one step
-    assert np.all(got == np.round(got)) and got.min() >= 0 and got.max() <= 255
-    assert pca.alias == "vggish@pca@reduced"
-    assert pca.fingerprint() != raw.fingerprint()
+    assert np.mean(got == expected) > 0.99
+    assert pca.alias == "vggish@reduced" and raw.alias == "vggish@raw@reduced"
+    assert pca.options["pca_params"].startswith("sha256:")
+    # an explicit pca_params file wins; a network without PCA parameters stays raw, unless
+    # post-processing is demanded
+    alone = tmp_path / "alone.pth"
+    torch.save({k: v for k, v in state.items() if not k.startswith("pproc.")}, alone)
+    explicit = create_encoder("vggish", weights=str(alone), reduced=True,
+                              pca_params=str(net_dir / "vggish_pca_params-970ea276.pth"))
+    np.testing.assert_array_equal(explicit.encode_audio(wav), got)
+    assert create_encoder("vggish", weights=str(alone), reduced=True).options["embedding"] == "raw"
+    with pytest.raises(UserError, match="vggish_pca_params-970ea276.pth"):
+        create_encoder("vggish", weights=str(alone), reduced=True, embedding="postprocessed")
 
 
 # ---- wav2vec2 and Dasheng --------------------------------------------------------------------
