@@ -232,6 +232,37 @@ def test_swin_matches_timm_on_the_same_checkpoint(frames, tmp_path):
     got = ours.encode_batch(batch)
     assert got.shape == (2, 256) and ours.spec.dim == 256
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert ours.preprocessing["transform"] == "react"  # a local file: the REACT FER checkpoint
+
+
+def test_swin_with_timms_imagenet_weights_uses_timms_data_config(frames, tmp_path, monkeypatch):
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    from extract.encoders.swin import HF_REPO, MODEL, REDUCED_KWARGS
+
+    # timm's checkpoint in the hub cache, as `huggingface-cli download` leaves it
+    snapshot = tmp_path / "hub" / f"models--{HF_REPO.replace('/', '--')}" / "snapshots" / "r1"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("r1")
+    create_encoder("swin-t", weights="random", reduced=True).save_weights(
+        snapshot / "model.safetensors")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    ours = create_encoder("swin-t", weights="default", reduced=True)
+    model = timm.create_model(MODEL, pretrained=False, num_classes=0, **REDUCED_KWARGS)
+    timm_eval = create_transform(**resolve_data_config({}, model=model))  # 248 bicubic, 224
+    expected = torch.stack([timm_eval(Image.fromarray(f)) for f in frames])
+    torch.testing.assert_close(ours.preprocess(frames), expected, atol=1e-6, rtol=0)
+    assert ours.preprocessing["transform"] == "timm"
+    assert ours.preprocessing["mean"] == [0.485, 0.456, 0.406]
+    # the same weights with the REACT transform are another stream
+    react = create_encoder("swin-t", weights="default", reduced=True, preprocess="react")
+    assert react.preprocessing["transform"] == "react"
+    assert react.fingerprint() != ours.fingerprint()
+    with pytest.raises(UserError, match="preprocess"):
+        create_encoder("swin-t", weights="random", reduced=True, preprocess="imagenet")
 
 
 def test_hsemotion_matches_timm_efficientnet_on_a_state_dict(frames, tmp_path):
