@@ -196,6 +196,52 @@ def test_clip_matches_open_clip_on_the_same_checkpoint(frames, tmp_path):
     assert pooled.shape == (2, 64) and pre.spec.dim == 64
     assert pre.alias == "clip-vit-b16@preproj@reduced"
     torch.testing.assert_close(pooled @ model.visual.proj.detach(), expected, atol=1e-5, rtol=1e-5)
+    assert ours.arch["activation"] == "QuickGELU"  # a plain file: the default tag, openai
+
+
+def _clip_activation(encoder) -> str:
+    return type(encoder.visual.transformer.resblocks[0].mlp.gelu).__name__
+
+
+def test_clip_activation_follows_the_weights_open_clip_tag(frames, tmp_path, monkeypatch):
+    import open_clip
+
+    from extract.encoders.clip import REDUCED_CFG
+
+    path = create_encoder("clip-vit-b16", weights="random", reduced=True).save_weights(
+        tmp_path / "clip.pt")
+    # LAION's ViT-B/16 in the hub cache, where open_clip's laion2b_s34b_b88k tag resolves
+    repo = tmp_path / "hub" / "models--laion--CLIP-ViT-B-16-laion2B-s34B-b88K"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("r1")
+    (repo / "snapshots" / "r1").mkdir(parents=True)
+    cached = repo / "snapshots" / "r1" / "open_clip_pytorch_model.bin"
+    cached.write_bytes(path.read_bytes())
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    laion = create_encoder("clip-vit-b16", weights="default", reduced=True,
+                           pretrained_tag="laion2b_s34b_b88k")
+    by_path = create_encoder("clip-vit-b16", weights=str(cached), reduced=True)
+    openai = create_encoder("clip-vit-b16", weights=str(path), reduced=True)
+    assert _clip_activation(laion) == _clip_activation(by_path) == "GELU"
+    assert _clip_activation(openai) == "QuickGELU"
+    assert laion.arch["activation_source"] == "open_clip tag laion2b_s34b_b88k"
+    # what open_clip itself builds for GELU weights, on the same file
+    model = open_clip.create_model("ViT-B-16", pretrained=str(path), **REDUCED_CFG).eval()
+    batch = laion.preprocess(frames)
+    with torch.no_grad():
+        expected = model.encode_image(batch)
+    torch.testing.assert_close(laion.encode_batch(batch), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(openai.encode_batch(batch), expected, atol=1e-4)
+    assert laion.fingerprint() != openai.fingerprint()
+    # a local file: say which weights it is, or set the activation itself
+    named = create_encoder("clip-vit-b16", weights=str(path), reduced=True,
+                           pretrained_tag="laion2b_s34b_b88k")
+    forced = create_encoder("clip-vit-b16", weights=str(cached), reduced=True, quick_gelu=True)
+    assert _clip_activation(named) == "GELU" and _clip_activation(forced) == "QuickGELU"
+    assert forced.arch["activation_source"] == "option quick_gelu"
+    with pytest.raises(UserError, match="pretrained_tag"):
+        create_encoder("clip-vit-b16", weights="random", reduced=True, pretrained_tag="laion")
 
 
 def test_swin_matches_timm_on_the_same_checkpoint(frames, tmp_path):
