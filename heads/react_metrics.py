@@ -56,6 +56,7 @@ N_DIMS = 25
 # (start, stop, weight) of the three attribute groups FRD sums: AUs, valence/arousal, expressions.
 FRD_GROUPS = ((0, 15, 1.0 / 15.0), (15, 17, 1.0), (17, 25, 1.0 / 8.0))
 MAX_LAG = 49  # TLCC lags -49..49 frames: 2 s at 25 fps, as the challenge code
+MIN_FRAMES = MAX_LAG + 2  # the shortest sequence TLCC can score (every lag needs an overlap)
 LANES = 16  # DTW jobs per SIMD batch: 16 float32 = one AVX-512 register, two AVX2 ones
 METRIC_NAMES = ("FRC", "FRD", "S_MSE", "FRVar", "FRDvs", "TLCC")  # the official script's
 CORRECTED_NAMES = ("TLCC_all",)  # ours, reported beside the official ones (module docstring)
@@ -347,7 +348,7 @@ def _check_inputs(gt: np.ndarray, spk: np.ndarray, nb: np.ndarray) -> None:
     n, n_t = gt.shape[:2]
     if nb.shape != (n, n):
         raise ValueError(f"nb must be [{n}, {n}], got {nb.shape}")
-    if n_t < MAX_LAG + 2:
+    if n_t < MIN_FRAMES:
         raise ValueError(f"sequences must be longer than {MAX_LAG + 1} frames for TLCC, got {n_t}")
     empty = np.flatnonzero(~nb.any(axis=1))
     if empty.size:

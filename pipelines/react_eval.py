@@ -194,6 +194,11 @@ def evaluate_react_dir(
     "baselines": {name: {metric: float}}};
     "baselines" is empty when `baselines` is False.
     """
+    from heads.react_metrics import MIN_FRAMES
+
+    if n_frames < MIN_FRAMES:
+        raise _user_error(f"--frames {n_frames}: REACT's TLCC metric needs sequences of at least "
+                        f"{MIN_FRAMES} frames")
     data = load_react_split(data_root, split, n_frames)
     pred = load_predictions(pred_dir, split, data.speaker_paths, n_frames)
     result: dict = dict(react_metrics(pred, data.gt, data.spk, data.nb, workers=workers))
