@@ -84,7 +84,12 @@ def tag_config(tag: str) -> dict[str, Any]:
     return config
 
 
+DEFAULT_TAG = "openai"
+
+
 def tag_hf_repo(tag: str) -> str:
+    if tag == DEFAULT_TAG:  # known without importing open_clip (a fast missing-weights error)
+        return HF_REPO
     return str(tag_config(tag).get("hf_hub", "")).strip("/") or HF_REPO
 
 
@@ -163,7 +168,8 @@ def build(
     spec: EncoderSpec, weights: str, reduced: bool, projected: bool, pretrained_tag: str,
     quick_gelu: bool | None,
 ) -> ClipEncoder:
-    tag_config(pretrained_tag)  # an unknown tag is a user error before anything else
+    if pretrained_tag != DEFAULT_TAG:
+        tag_config(pretrained_tag)  # an unknown tag is a user error before anything else
     choice: Weights = resolve(spec.name, weights, _locator(pretrained_tag))
     import open_clip  # after resolving: a missing-weights error should not wait for it
 
@@ -218,7 +224,7 @@ REGISTRATIONS = [
     Registration(
         spec=SPEC,
         # quick_gelu None: follow the weights' open_clip tag (OpenAI: QuickGELU, LAION: GELU)
-        options={"projected": True, "pretrained_tag": "openai", "quick_gelu": None},
+        options={"projected": True, "pretrained_tag": DEFAULT_TAG, "quick_gelu": None},
         build=build,
         available=available,
     )
