@@ -282,3 +282,20 @@ def test_trainer_scalars_are_mirrored_to_tensorboard(runs_dir):
                (runs_dir / "trm" / "seed-0" / "metrics.jsonl").read_text().splitlines()]
     expected = [r["metrics"]["ccc_mean"] for r in records if r["kind"] == "eval"]
     assert logged == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_regnn_report_shows_reaction_channels_against_the_listener(tmp_path):
+    from test_regnn import tiny_config, toy_react_store
+
+    from heads.registry import get_head
+
+    store = toy_react_store(str(tmp_path / "react.zarr"), {"train": 3, "val": 2})
+    head = get_head("regnn")(tiny_config(out_dim=25, top_k=5, epochs=1, batch_size=8,
+                                         iterations_per_epoch=2, n_samples=3))
+    train(head, store, tmp_path / "regnn", device="cpu", progress=False)
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "regnn")])
+    assert result.exit_code == 0, result.output
+    parsed = check_page(tmp_path / "regnn" / "report.html")
+    assert any("Reactions over time (val" in h for h in parsed.headings), parsed.headings
+    assert len(parsed.images) == 2
