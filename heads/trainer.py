@@ -34,7 +34,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from heads.base import SCHEDULES, Head, HeadConfig, config_from_dict, config_to_dict
+from heads.base import (
+    SCHEDULES,
+    Head,
+    HeadConfig,
+    check_config,
+    config_from_dict,
+    config_to_dict,
+)
 from heads.plots import plot_curves, read_metrics
 from heads.registry import get_head
 from heads.tb_log import ScalarLog
@@ -74,9 +81,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _rng_state() -> dict[str, Any]:
+    # Only types torch.load(weights_only=True) accepts: numpy's key array becomes a tensor.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -86,10 +96,32 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    saved = state["numpy"]
+    np.random.set_state((saved["name"], saved["keys"].numpy().astype(np.uint32), saved["pos"],
+                         saved["has_gauss"], saved["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A run checkpoint read with weights_only=True: tensors and plain values, never code.
+
+    A run folder may come from someone else; a pickle that names any other Python object is
+    refused with one line before anything in it runs.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # torch's own text first suggests weights_only=False; keep only the line naming what
+        # the file tried to load.
+        named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+        reason = (named or lines or [type(error).__name__])[0]
+        raise _user_error(f"{path}: not a checkpoint this tool loads safely (only tensors and "
+                          f"plain values are read, nothing is unpickled): {reason}") from None
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -340,27 +372,34 @@ def _resolve_recipe(head: Head, store: Any) -> dict[str, Any]:
     """alias -> stream key for every stream the head reads (provenance for config.json)."""
     recipe = head.recipe()
     streams: dict[str, str] = {}
+    labels = set(recipe.labels)
     for alias in [*recipe.features, *recipe.labels]:
         try:
             info = store.resolve(alias)
-        except Exception as error:
+        except Exception:
             raise _user_error(
                 f"store {_store_location(store)}: head {head.name} needs stream {alias!r}, "
-                f"which it lacks; {_make_stream_hint(store, alias, alias in recipe.labels)} "
-                f"({error})"
+                f"which the store lacks (it has: {_aliases(store)}); make it with: "
+                f"{_make_stream_command(store, alias, alias in labels)}"
             ) from None
         streams[alias] = getattr(info, "key", alias)
     return {"streams": streams, "aux": list(recipe.aux)}
 
 
-def _make_stream_hint(store: Any, alias: str, is_label: bool) -> str:
-    """The command that writes a missing stream: labels come from ingest, features from
-    extraction (the encoder's name is the alias without its @variant suffixes)."""
+def _aliases(store: Any) -> str:
+    try:
+        return ", ".join(sorted({s.alias for s in store.streams()})) or "no streams"
+    except Exception:  # a store too broken to list: the missing stream is the message
+        return "?"
+
+
+def _make_stream_command(store: Any, alias: str, is_label: bool) -> str:
+    """The `affect` command that writes a missing stream into this store."""
     dataset = (getattr(store, "attrs", None) or {}).get("dataset") or "DATASET"
-    where = f"--dataset {dataset} --data-root DATA_ROOT --store {_store_location(store)}"
+    where = f"--dataset {dataset} --data-root DATA --store {_store_location(store)}"
     if is_label:
-        return f"write it with `affect ingest {where}`"
-    return f"extract it with `affect extract {where} --encoders {alias.split('@')[0]}`"
+        return f"affect ingest {where}"
+    return f"affect extract {where} --encoders {alias}"
 
 
 def _store_location(store: Any) -> str:
@@ -447,8 +486,7 @@ def train(
                           "new --out")
     if resume and not paths.last.exists():
         raise _user_error(f"{paths.last}: nothing to resume (no last checkpoint)")
-    if config.grad_accum < 1:
-        raise _user_error(f"grad_accum={config.grad_accum}: must be >= 1")
+    check_config(config)
     dev = resolve_device(device)
 
     seed_everything(config.seed)
@@ -467,7 +505,7 @@ def train(
     best_epoch: int | None = None
     bad_evals = 0
     if resume:
-        checkpoint = torch.load(paths.last, map_location=dev, weights_only=False)
+        checkpoint = load_checkpoint(paths.last, dev)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
@@ -591,6 +629,7 @@ def train(
                             "head_state": head.extra_state()}, paths.best)
             else:
                 bad_evals += 1
+            head.on_evaluated(model, metrics, paths.checkpoints, epoch + 1)
             record = {
                 "kind": "eval", "epoch": epoch + 1, "step": global_step, "split": config.val_split,
                 "metrics": _json_ready(metrics), "best": improved,
@@ -616,7 +655,7 @@ def train(
     scalars.close()
     final_metrics: dict[str, Any] = {}
     if paths.best.exists() and (stopped_early or epochs_done == config.epochs):
-        best = torch.load(paths.best, map_location=dev, weights_only=False)
+        best = load_checkpoint(paths.best, dev)
         final_metrics = dict(best["metrics"])
         write_json(paths.eval_file(config.val_split),
                    {"split": config.val_split, "checkpoint": "best", "epoch": best["epoch"],
@@ -723,10 +762,11 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", store: Any = None
     store_obj, location = open_store_for(store if store is not None else saved["store"])
     data = head.build_data(store_obj)
     model = head.build_model(data).to(dev)
-    state = torch.load(file, map_location=dev, weights_only=False)
+    state = load_checkpoint(file, dev)
     model.load_state_dict(state["model"])
     head.load_extra_state(state.get("head_state", {}))
     model.eval()
+    head.on_loaded(model, paths.checkpoints, file.stem)
     return LoadedRun(paths=paths, head=head, data=data, model=model, store=store_obj,
                      store_location=location, checkpoint=file.stem, epoch=int(state["epoch"]))
 
