@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -299,3 +301,18 @@ def test_regnn_report_shows_reaction_channels_against_the_listener(tmp_path):
     parsed = check_page(tmp_path / "regnn" / "report.html")
     assert any("Reactions over time (val" in h for h in parsed.headings), parsed.headings
     assert len(parsed.images) == 2
+
+
+@pytest.mark.slow
+def test_demo_runs_any_head_on_its_own_sample(tmp_path):
+    from pipelines.cli_demo import HEAD_DEMO_SETTINGS
+
+    assert "trm" in HEAD_DEMO_SETTINGS
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines", "demo", "--head", "trm", "--out", str(tmp_path),
+         "--epochs", "2", "--device", "cpu"], capture_output=True, text=True, timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "affect report" in result.stdout
+    check_page(tmp_path / "runs" / "trm" / "report.html")
+    assert json.loads((tmp_path / "runs" / "trm" / "eval-test.json").read_text())["metrics"]

@@ -177,3 +177,30 @@ def test_loss_is_standard_ccc_plus_a_quarter_mse_and_the_original_formula_is_sel
     assert float(trm_loss(pred, target, mask, 0.25)) == pytest.approx(expected, rel=1e-5)
     original = float(trm_loss(pred, target, mask, 0.25, "original"))
     assert original != pytest.approx(expected, rel=1e-3)  # the extra sigma_x * sigma_y factor
+
+
+def test_every_head_trains_on_what_make_extract_writes_for_its_default_dataset():
+    """`make extract DATASET=<d>` runs the dataset's recipe; `make train HEAD=<h>` reads
+    store/<h's default dataset>.zarr: each shipped head's streams are in that recipe."""
+    from heads.registry import list_heads
+    from pipelines.datasets import get_adapter
+
+    shipped = [name for name in list_heads() if get_head(name).__module__.startswith("heads.")]
+    assert "trm" in shipped
+    for name in shipped:
+        cls = get_head(name)
+        recipe = cls().recipe()
+        adapter_recipe = get_adapter(cls.default_dataset).recipe
+        assert set(recipe.features) <= set(adapter_recipe.encoders), (name, recipe.features)
+        assert set(recipe.labels) <= set(adapter_recipe.labels), (name, recipe.labels)
+
+
+def test_train_without_store_reads_the_default_dataset_store(small_store, tmp_path, monkeypatch):
+    """What `make train HEAD=trm` runs: `affect train --head trm --out runs/trm`."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(small_store, tmp_path / "store" / "cremad.zarr")
+    result = CliRunner().invoke(cli, ["train", "--head", "trm", "--out", "runs/trm", "--epochs",
+                                      "1", "--quiet", *(a for s in SMALL for a in ("--set", s))])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "runs" / "trm" / "config.json").read_text())
+    assert config["store"] == "store/cremad.zarr"
