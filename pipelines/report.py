@@ -305,16 +305,25 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, split: s
     if run is not None:
         parts.append("<h2>Stream provenance</h2>"
                      + _provenance(run.store, dict(saved.get("streams", {}))))
-        chosen = split or _plot_split(run, saved)
-        try:
-            title, image, caption = head_plot(run, chosen)
+        val = saved["config"].get("val_split", "val")
+        # the test split when it is labelled, else validation
+        candidates = [split] if split else list(dict.fromkeys(["test", val]))
+        plot, chosen, failure = None, candidates[0], ""
+        for chosen in candidates:
+            try:
+                plot = head_plot(run, chosen)
+                break
+            except Exception as error:  # noqa: BLE001 - unlabelled split: try the next one
+                failure = str(error)
+        if plot is not None:
+            title, image, caption = plot
             parts.append(f"<h2>{html.escape(title)} ({html.escape(chosen)}, "
                          f"{html.escape(run.checkpoint)} checkpoint)</h2>"
                          f'<img alt="{html.escape(title)}" src="data:image/png;base64,{image}">'
                          f"<p>{html.escape(caption)}</p>")
-        except Exception as error:  # noqa: BLE001
+        else:
             parts.append(f"<p class=note>no prediction plot for split {html.escape(chosen)}: "
-                         f"{html.escape(str(error))}</p>")
+                         f"{html.escape(failure)}</p>")
 
     parts.append("<h2>Config</h2>" + _table(sorted(saved["config"].items())))
     page = ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
@@ -324,14 +333,3 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, split: s
     out_path.write_text(page)
     return out_path
 
-
-def _plot_split(run: Any, saved: dict[str, Any]) -> str:
-    """The test split if its clips carry labels the head can be scored on, else validation."""
-    from heads.trainer import evaluate_model
-
-    val = saved["config"].get("val_split", "val")
-    try:
-        evaluate_model(run.head, run.model, run.data, "test")
-        return "test"
-    except Exception:  # noqa: BLE001 - no labelled test split: show validation
-        return val
