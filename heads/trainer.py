@@ -493,6 +493,7 @@ def train(
     store_obj, store_location = open_store_for(store)
     provenance = _resolve_recipe(head, store_obj)
     data = head.build_data(store_obj)
+    provenance = _resolve_recipe(head, store_obj)  # a head may settle its recipe from the store
     paths.checkpoints.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
     model = head.build_model(data).to(dev)
     optimizer = build_optimizer(config, head.param_groups(model))
