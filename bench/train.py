@@ -96,7 +96,28 @@ def build_cremad_store(path: Path) -> tuple[Path, str]:
     return path, "7,442 clips x ~63 frames x (768 + 1280 + 768), float16"
 
 
-SIZED = {"trm": build_cremad_store}
+def build_raer_store(path: Path) -> tuple[Path, str]:
+    """RAER: 2,700 clips of about 48 frames (an assumption: the clip length is not published
+    with the annotation lists), CLIP ViT-B/16 face and body 512-d per frame, float16."""
+    from pipelines.synthetic.feature_stores import raer_like_store
+
+    if not (path / "store.json").exists():
+        raer_like_store(path, 2700, frames=48)
+    return path, "2,700 clips x ~48 frames x (512 face + 512 body), float16"
+
+
+def build_iemocap_store(path: Path) -> tuple[Path, str]:
+    """IEMOCAP: 7,400 utterances of about 4.5 s: wav2vec2-base 768-d at 50 Hz and CLIP 512-d at
+    the recipe's 2 fps, float16."""
+    from pipelines.synthetic.feature_stores import iemocap_like_store
+
+    if not (path / "store.json").exists():
+        iemocap_like_store(path, 7400, seconds=4.5)
+    return path, "7,400 utterances x ~4.5 s (768-d at 50 Hz + 512-d at 2 fps), float16"
+
+
+SIZED = {"trm": build_cremad_store, "temporal_attention": build_raer_store,
+         "tpn_awm": build_iemocap_store}
 
 
 class _Timed:

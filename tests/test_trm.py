@@ -112,9 +112,14 @@ def test_trm_learns_from_aligned_streams_of_different_rates(small_store, tmp_pat
     test = evaluate_run(tmp_path / "run", "test", device="cpu")["metrics"]
     # held-out actors (val picks the checkpoint, test is unseen): CCC 0 is a constant predictor
     assert result.best_metric > 0.5 and test["ccc_mean"] > 0.5, (result.best_metric, test)
+    keys = stream_keys(small_store)
     second = train(trm("epochs=6", "per_frame=false", "text="), small_store, tmp_path / "orig",
                    device="cpu", progress=False)
-    assert second.best_metric > 0.3
+    assert second.best_metric > 0.3  # the original mode on the same cached features
+    streams = json.loads((tmp_path / "orig" / "config.json").read_text())["streams"]
+    assert streams == {alias: keys[alias] for alias in
+                       ("dasheng-base", "hsemotion-enet-b0", "cremad-va")}
+    assert stream_keys(small_store) == keys
 
 
 def test_resumed_trm_run_ends_exactly_like_an_uninterrupted_one(small_store, tmp_path):
@@ -204,3 +209,28 @@ def test_train_without_store_reads_the_default_dataset_store(small_store, tmp_pa
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "runs" / "trm" / "config.json").read_text())
     assert config["store"] == "store/cremad.zarr"
+
+
+@pytest.mark.slow
+def test_one_iemocap_store_serves_tpn_awm_and_trm_without_extracting_again(tmp_path):
+    """Two different heads on one store: AWTPN classifies the utterances' emotions and TRM,
+    configured on IEMOCAP's streams, regresses their valence/activation ratings."""
+    from pipelines.synthetic.feature_stores import iemocap_like_store
+
+    store = iemocap_like_store(tmp_path / "iemocap.zarr", 60, seconds=1.5, audio_dim=16,
+                               video_dim=12)
+    keys_before = stream_keys(store)
+    cls = get_head("tpn_awm")
+    tpn = train(cls(apply_overrides(cls.config_cls(), [
+        "epochs=2", "shared_dim=32", "lr=3e-3", "batch_size=8"])), store, tmp_path / "tpn",
+        device="cpu", progress=False)
+    assert tpn.best_metric is not None
+    regression = train(trm("epochs=4", "audio=wav2vec2-base", "video=clip-vit-b16", "text=",
+                           "labels=iemocap-vad", "val_split=test"), store, tmp_path / "trm",
+                       device="cpu", progress=False)
+    assert regression.best_metric > 0.3
+    read = [json.loads((tmp_path / run / "config.json").read_text())["streams"]
+            for run in ("tpn", "trm")]
+    for alias in ("wav2vec2-base", "clip-vit-b16"):
+        assert read[0][alias] == read[1][alias] == keys_before[alias]
+    assert stream_keys(store) == keys_before
