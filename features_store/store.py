@@ -44,12 +44,21 @@ from .fsutil import (
 )
 from .index import StreamIndex
 from .manifest import SCHEMA_VERSION, ClipShape, PartManifest, StreamInfo
+from .paths import check_clip_id
 from .stream_array import StreamArray
 from .writer import PartWriter, now_iso
 
 StreamRef = str | StreamInfo
 
 BACKEND_BY_SUFFIX = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr"}
+
+
+_BUILD_MARKERS = ("random", "reduced")
+
+
+def _without_build_markers(alias: str) -> str:
+    """`name@random@reduced@face` -> `name@face`: the alias an extraction request asks for."""
+    return "@".join(p for p in alias.split("@") if p not in _BUILD_MARKERS)
 
 
 def backend_for(url: str) -> str:
@@ -117,6 +126,9 @@ class FeatureStore:
         meta_path = f"{self.path}/store.json"
         try:
             self._check_reachable()
+            if self.fs.isfile(self.path):
+                raise UserError(f"{self.url}: is a file, not a feature store (a store is a "
+                                "folder; name a new or existing store folder)")
             found = exists(self.fs, meta_path)
         except UserError:
             raise
@@ -209,9 +221,7 @@ class FeatureStore:
         self._writable()
         rows = []
         for record in records:
-            clip_id = record.get("clip_id")
-            if not isinstance(clip_id, str) or not clip_id:
-                raise UserError(f"clip record without a clip_id string: {record!r}")
+            check_clip_id(record.get("clip_id"), f"{self.url}: clip record {record!r}"[:300])
             rows.append(record)
         if rows:
             name = f"batch-{now_iso().replace(':', '')}-{uuid.uuid4().hex[:8]}.json"
@@ -278,6 +288,9 @@ class FeatureStore:
         for match in (
             [s for s in streams if s.key == ref],
             [s for s in streams if s.alias == ref],
+            # A recipe's request (`clip-vit-b16@face`) names the stream an extraction with
+            # random or reduced weights made as `clip-vit-b16@random@reduced@face`.
+            [s for s in streams if _without_build_markers(s.alias) == ref],
             [s for s in streams if s.name == ref],
             [s for s in streams if s.key.startswith(ref)],
         ):

@@ -23,6 +23,7 @@ import numpy as np
 from . import commit as protocol
 from .errors import UserError
 from .manifest import ClipEntry, PartManifest, StreamInfo
+from .paths import check_clip_id
 
 if TYPE_CHECKING:
     from .store import FeatureStore
@@ -71,6 +72,7 @@ class PartWriter:
     def begin_clip(self, clip_id: str, t0: float = 0.0) -> None:
         if self._open_clip is not None:
             raise RuntimeError(f"clip {self._open_clip.clip_id!r} is still open")
+        check_clip_id(clip_id, f"stream {self.info.alias}, part {self.part_id}")
         if clip_id in self._clip_ids:
             raise ValueError(f"clip {clip_id!r} written twice to part {self.part_id}")
         self._open_clip = ClipEntry(clip_id=clip_id, row_start=self.rows, n_rows=0, t0=float(t0))
