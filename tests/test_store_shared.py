@@ -221,3 +221,22 @@ def test_verify_tells_a_complete_stream_from_an_incomplete_one(tmp_path):
     assert "incomplete: 1 of 3 intended clip(s) not committed ('clip02')" in report.problems[0]
     store.add_failures([{"clip_id": "clip02", "stage": "decode", "message": "corrupt"}])
     assert verify(store).ok  # a failure in the ledger is accounted for
+
+
+def test_a_writer_whose_part_was_pruned_never_publishes_a_manifest(tmp_path):
+    """A writer that stalled past its TTL and was judged dead must fail at commit, not publish
+    a manifest naming rows that are gone."""
+    url = str(tmp_path / "x.zarr")
+    store, audio, _ = new_store(url)
+    writer = store.part_writer(audio, "s0")
+    writer.write_clip("clip00", rows_of(0))
+    # Another run's clean-up judged it dead (here: as its own finished run) and removed it.
+    pruner = open_store(url, run_id=store.run_id)
+    assert protocol.delete_dead_part(pruner, audio.key, "s0", own_run_id=store.run_id)
+    with pytest.raises(protocol.LeaseLost):  # it notices by its next flush's worth of rows
+        writer.write_clip("clip01", rows_of(1))
+    with pytest.raises(protocol.LeaseLost):
+        writer.commit()
+    assert not store.part_committed(audio, "s0")
+    assert "s0" not in store.backend.list_parts(audio.key)
+    assert verify(store).ok
