@@ -146,6 +146,10 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> b
         fs.pipe_file(path, data, mode="create")
     except FileExistsError:
         return False
+    except TypeError:  # a filesystem without exclusive writes: check, then write (not atomic)
+        if fs.exists(path):
+            return False
+        fs.pipe_file(path, data)
     except OSError as exc:  # s3fs reports a failed precondition as an OSError subclass
         if "precondition" in str(exc).lower() or getattr(exc, "errno", None) == 17:
             return False
