@@ -240,3 +240,37 @@ def test_a_writer_whose_part_was_pruned_never_publishes_a_manifest(tmp_path):
     assert not store.part_committed(audio, "s0")
     assert "s0" not in store.backend.list_parts(audio.key)
     assert verify(store).ok
+
+
+@pytest.mark.slow  # two real extraction runs at once: a minute or more on two cores
+@pytest.mark.parametrize("name", BACKENDS)
+def test_two_affect_extract_runs_on_one_store_at_once_both_complete(tmp_path, name):
+    """One person extracts audio while another extracts video, into the same store."""
+    from pipelines.synthetic.av_writer import write_video
+
+    rng = np.random.default_rng(0)
+    clips = []
+    for i in range(6):
+        frames = rng.integers(0, 255, size=(40, 48, 48, 3)).astype(np.uint8)
+        tone = (0.3 * np.sin(np.arange(25600) * (0.05 + 0.01 * i))).astype(np.float32)
+        write_video(tmp_path / f"v{i}.mp4", frames, fps=25, audio=tone)
+        clips.append({"clip_id": f"v{i}", "video": str(tmp_path / f"v{i}.mp4")})
+    clips_file = tmp_path / "clips.jsonl"
+    clips_file.write_text("".join(json.dumps(c) + "\n" for c in clips))
+    url = str(tmp_path / name)
+    open_store(url)  # both runs open an existing store
+    runs = [subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "extract", "--clips", str(clips_file), "--store",
+         url, "--encoders", encoder, "--weights", "random", "--reduced", "--device", "cpu",
+         "--clips-per-part", "1", "--decode-workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for encoder in ("vggish", "hsemotion-enet-b0")]
+    for run in runs:
+        out, err = run.communicate(timeout=900)
+        assert run.returncode == 0, err[-2000:]
+    store = open_store(url, mode="r")
+    assert len(store.streams()) == 2
+    for info in store.streams():
+        assert store.committed_clip_ids(info) == {c["clip_id"] for c in clips}, info.alias
+    report = verify(store)
+    assert report.ok, report.problems
