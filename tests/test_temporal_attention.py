@@ -147,3 +147,15 @@ def test_the_text_tower_is_the_image_stream_clip(raer_store):
     built = build_clip(source)
     assert torch.equal(built.token_embedding.weight, reference.token_embedding.weight)
     assert torch.equal(built.visual.conv1.weight, reference.visual.conv1.weight)
+
+
+def test_a_recipe_request_finds_the_stream_a_random_reduced_extraction_made(tmp_path):
+    from features_store import StreamInfo
+
+    store = open_store(str(tmp_path / "s.zarr"), "a")
+    for crop in ("face", "body"):
+        store.create_stream(StreamInfo(name="clip-vit-b16", dim=4, frame_shift_s=0.04,
+                                       alias=f"clip-vit-b16@random@reduced@{crop}",
+                                       preprocessing={"crop": crop}))
+    assert store.resolve("clip-vit-b16@face").alias == "clip-vit-b16@random@reduced@face"
+    assert store.resolve("clip-vit-b16@body").alias == "clip-vit-b16@random@reduced@body"
