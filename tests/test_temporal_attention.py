@@ -159,3 +159,39 @@ def test_a_recipe_request_finds_the_stream_a_random_reduced_extraction_made(tmp_
                                        preprocessing={"crop": crop}))
     assert store.resolve("clip-vit-b16@face").alias == "clip-vit-b16@random@reduced@face"
     assert store.resolve("clip-vit-b16@body").alias == "clip-vit-b16@random@reduced@body"
+
+
+def test_published_weights_are_found_by_the_image_stream_provenance_and_checked(tmp_path):
+    """A stream extracted with `--weights FILE` records the file and its sha256: the text tower
+    is loaded from that file, and a file with other contents is refused in one line."""
+    import hashlib
+
+    import open_clip
+
+    from features_store import StreamInfo, UserError
+    from heads.temporal_attention.text import (
+        REDUCED_CFG,
+        build_clip,
+        checkpoint_path,
+        describe_source,
+    )
+
+    torch.manual_seed(3)
+    model = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True,
+                                   **REDUCED_CFG)
+    file = tmp_path / "clip.pt"
+    torch.save(model.state_dict(), file)
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    info = StreamInfo(name="clip-vit-b16", dim=512, alias="clip-vit-b16@reduced@face",
+                      weights=str(file), weights_sha256=digest,
+                      preprocessing={"encoder": {"weights": f"sha256:{digest}", "arch": {
+                          "model": "ViT-B-16", "reduced": True, "quick_gelu": True}}})
+    source = describe_source(info)
+    assert not source["random"] and checkpoint_path(source, "") == file
+    built = build_clip(source)
+    assert torch.equal(built.token_embedding.weight, model.token_embedding.weight)
+    other = tmp_path / "other.pt"
+    other.write_bytes(file.read_bytes() + b"\0")
+    with pytest.raises(UserError, match="sha256 differs"):
+        checkpoint_path(describe_source(StreamInfo(**{**info.to_dict(),
+                                                      "weights": str(other)})), "")

@@ -46,7 +46,12 @@ from heads.temporal_attention.model import (
     mi_loss,
 )
 from heads.temporal_attention.prompts import prompts_for
-from heads.temporal_attention.text import ClipTextTower, build_clip, describe_source
+from heads.temporal_attention.text import (
+    ClipTextTower,
+    build_clip,
+    checkpoint_path,
+    describe_source,
+)
 
 
 def _user_error(message: str) -> Exception:
@@ -217,8 +222,11 @@ class TemporalAttentionHead(Head):
         if empty:
             raise _user_error(f"{store.url}: clip {empty[0]!r} has no frames in "
                               f"{face_info.alias} or {body_info.alias}")
+        source = describe_source(face_info)
+        if c.text_weights or not source["random"]:  # find the weights before any training
+            source["checkpoint"] = str(checkpoint_path(source, c.text_weights))
         return SegmentData(face=face.data, body=body.data, splits=splits, classes=classes,
-                           dim=int(face_info.dim), source=describe_source(face_info))
+                           dim=int(face_info.dim), source=source)
 
     def build_model(self, data: SegmentData) -> nn.Module:
         c = self.config

@@ -90,7 +90,8 @@ def build_clip(source: dict[str, Any], text_weights: str = "") -> nn.Module:
             torch.manual_seed(source["seed"])
             return open_clip.create_model(source["model"], pretrained=None,
                                           force_quick_gelu=source["quick_gelu"], **overrides)
-    path = _checkpoint_path(source, text_weights)
+    path = Path(source["checkpoint"]) if source.get("checkpoint") else \
+        checkpoint_path(source, text_weights)
     try:
         return open_clip.create_model(source["model"], pretrained=str(path),
                                       force_quick_gelu=source["quick_gelu"], **overrides)
@@ -100,7 +101,8 @@ def build_clip(source: dict[str, Any], text_weights: str = "") -> nn.Module:
                           ) from None
 
 
-def _checkpoint_path(source: dict[str, Any], text_weights: str) -> Path:
+def checkpoint_path(source: dict[str, Any], text_weights: str) -> Path:
+    """The checkpoint file of the image stream's CLIP (sha256-checked), or a UserError."""
     if text_weights:
         path = Path(text_weights).expanduser()
         if not path.is_file():
