@@ -201,3 +201,21 @@ def test_meld_and_mosei_learn_from_their_stores(tmp_path_factory, tmp_path, layo
           f"{baseline:.3f}), w-ACC {metrics['w-ACC']:.3f}")
     assert n_classes == classes
     assert metrics["w-F1"] > baseline
+
+
+def test_the_dataset_settles_labels_batch_and_validation_split(tmp_path):
+    from features_store import UserError, open_store
+
+    store = open_store(str(tmp_path / "s.zarr"), "a", dataset="iemocap")
+    store.add_clips([{"clip_id": "a", "split": "train"}, {"clip_id": "b", "split": "test"}])
+    head = get_head("tpn_awm")()
+    head._settle(store)
+    c = head.config
+    assert (c.dataset, c.label_stream, c.batch_size, c.val_split) == \
+        ("iemocap", "iemocap-emotion", 8, "test")
+    assert head.recipe().labels == ["iemocap-emotion"]
+    with pytest.raises(UserError, match="preset_batch_size=false"):
+        _head("batch_size=32")._settle(store)
+    own = _head("batch_size=32", "preset_batch_size=false")
+    own._settle(store)
+    assert own.config.batch_size == 32
