@@ -100,11 +100,11 @@ def test_learns_the_planted_classes_from_the_store_alone(raer_store, tmp_path):
 
 
 def test_resume_gives_the_uninterrupted_result(raer_store, tmp_path):
-    whole = train(_head("epochs=3"), str(raer_store), tmp_path / "whole", device="cpu",
+    whole = train(_head("epochs=2"), str(raer_store), tmp_path / "whole", device="cpu",
                   progress=False)
-    train(_head("epochs=3"), str(raer_store), tmp_path / "parts", device="cpu", progress=False,
+    train(_head("epochs=2"), str(raer_store), tmp_path / "parts", device="cpu", progress=False,
           stop_after=1)
-    resumed = train(_head("epochs=3"), str(raer_store), tmp_path / "parts", device="cpu",
+    resumed = train(_head("epochs=2"), str(raer_store), tmp_path / "parts", device="cpu",
                     progress=False, resume=True)
     assert resumed.final_metrics["UAR"] == whole.final_metrics["UAR"]
     a = torch.load(tmp_path / "whole/checkpoints/last.pt", weights_only=False)["model"]

@@ -96,6 +96,9 @@ def test_learns_the_planted_emotions_from_the_store_alone(iemocap_store, tmp_pat
           f"{baseline:.3f}), w-ACC {metrics['w-ACC']:.3f}")
     assert classes == 6
     assert metrics["w-F1"] >= baseline + 0.4
+    _ok(runner.invoke(cli, ["predict", "--run", str(run), "--split", "test"]))
+    rows = (run / "predictions/test/test_predictions.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["clip_id", "predicted", "hap"] and len(rows) == 13
     # the released code's inter-loss sign: a second configuration on the same cached streams
     other = tmp_path / "original-sign"
     train(_head("inter_sign=original", "epochs=1"), str(iemocap_store), other, device="cpu",
