@@ -105,6 +105,9 @@ def test_learns_the_planted_emotions_from_the_store_alone(iemocap_store, tmp_pat
           progress=False)
     assert json.loads((other / "config.json").read_text())["streams"] == config["streams"]
     assert _store_files(iemocap_store) == before
+    merged = _ok(runner.invoke(cli, ["ensemble", "--runs", f"{run},{other}", "--split", "test",
+                                     "--export", str(tmp_path / "ensemble"), "--json"]))
+    assert (tmp_path / "ensemble/test_predictions.csv").exists() and '"w-F1"' in merged
 
 
 def test_resume_gives_the_uninterrupted_result(iemocap_store, tmp_path):

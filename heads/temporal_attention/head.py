@@ -24,7 +24,6 @@ alpha 0.2; class-balanced sampling with replacement; best checkpoint by validati
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from heads.base import Head, Recipe
+from heads.class_predictions import mean_of_runs, write_csv
 from heads.data import split_clip_ids
 from heads.metrics import confusion_matrix, uar, war
 from heads.registry import register_head
@@ -299,20 +299,7 @@ class TemporalAttentionHead(Head):
 
     def export(self, predictions: dict[str, Any], data: SegmentData, split: str,
                out_dir: Path) -> list[Path]:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{split}_predictions.csv"
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["clip_id", "predicted", *data.classes])
-            for clip_id, probs in zip(predictions["clip_ids"], predictions["probabilities"]):
-                writer.writerow([clip_id, data.classes[int(np.argmax(probs))],
-                                 *(f"{p:.6f}" for p in probs)])
-        return [path]
+        return write_csv(predictions, data.classes, split, out_dir)
 
     def ensemble(self, predictions: list[dict[str, Any]]) -> dict[str, Any]:
-        first = predictions[0]["clip_ids"]
-        if any(p["clip_ids"] != first for p in predictions):
-            raise _user_error("temporal_attention: runs predicted different clips")
-        return {"clip_ids": list(first),
-                "probabilities": np.mean([p["probabilities"] for p in predictions], axis=0)}
+        return mean_of_runs(predictions, self.name)

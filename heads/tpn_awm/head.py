@@ -21,7 +21,6 @@ Best checkpoint by weighted F1 on the validation split; accuracy (w-ACC) reporte
 
 from __future__ import annotations
 
-import csv
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from heads.base import Head, Recipe
+from heads.class_predictions import mean_of_runs, write_csv
 from heads.data import split_clip_ids
 from heads.metrics import confusion_matrix, war, weighted_f1
 from heads.registry import register_head
@@ -296,20 +296,7 @@ class TpnAwmHead(Head):
 
     def export(self, predictions: dict[str, Any], data: UtteranceData, split: str,
                out_dir: Path) -> list[Path]:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{split}_predictions.csv"
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["clip_id", "predicted", *data.classes])
-            for clip_id, probs in zip(predictions["clip_ids"], predictions["probabilities"]):
-                writer.writerow([clip_id, data.classes[int(np.argmax(probs))],
-                                 *(f"{p:.6f}" for p in probs)])
-        return [path]
+        return write_csv(predictions, data.classes, split, out_dir)
 
     def ensemble(self, predictions: list[dict[str, Any]]) -> dict[str, Any]:
-        first = predictions[0]["clip_ids"]
-        if any(p["clip_ids"] != first for p in predictions):
-            raise _user_error("tpn_awm: runs predicted different utterances")
-        return {"clip_ids": list(first),
-                "probabilities": np.mean([p["probabilities"] for p in predictions], axis=0)}
+        return mean_of_runs(predictions, self.name)
