@@ -525,6 +525,7 @@ def train(
 
     write_json(paths.config, {
         "head": head.name,
+        "metric": head.metric_name, "metric_mode": head.metric_mode,
         "config": config_to_dict(config),
         "store": store_location,
         **provenance,
@@ -613,7 +614,7 @@ def train(
             "steps_per_s": epoch_items / busy if busy > 0 else 0.0,
         }
         _append_jsonl(paths.metrics, record)
-        scalars.record(record)
+        scalars.record(record, schedule.lrs())
 
         metric_value: float | None = None
         if (epoch + 1) % max(config.eval_every, 1) == 0 or epoch == last_epoch:

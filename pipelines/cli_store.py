@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from features_store import open_store, verify
 from features_store.exchange import FORMATS, export_stream, import_folder
+from pipelines.storage_options import storage_option
 
 
 def _fmt_shift(value: float | None) -> str:
@@ -29,6 +30,7 @@ def store() -> None:
 
 
 @store.command("ls")
+@storage_option
 @click.argument("store_url")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
 def ls(store_url: str, as_json: bool) -> None:
@@ -51,6 +53,7 @@ def ls(store_url: str, as_json: bool) -> None:
 
 
 @store.command("info")
+@storage_option
 @click.argument("store_url")
 @click.argument("stream")
 @click.option("--json", "as_json", is_flag=True)
@@ -75,6 +78,7 @@ def info(store_url: str, stream: str, as_json: bool) -> None:
 
 
 @store.command("verify")
+@storage_option
 @click.argument("store_url")
 @click.option("--no-values", is_flag=True, help="Skip the NaN/Inf and chunk-decoding scan.")
 def verify_cmd(store_url: str, no_values: bool) -> None:
@@ -93,6 +97,7 @@ def verify_cmd(store_url: str, no_values: bool) -> None:
 
 
 @store.command("finalize")
+@storage_option
 @click.argument("store_url")
 @click.option("--prune", is_flag=True, help="Delete uncommitted parts (no writer may be running).")
 def finalize_cmd(store_url: str, prune: bool) -> None:
@@ -102,6 +107,7 @@ def finalize_cmd(store_url: str, prune: bool) -> None:
 
 
 @store.command("ledger")
+@storage_option
 @click.argument("store_url")
 @click.option("--json", "as_json", is_flag=True)
 def ledger(store_url: str, as_json: bool) -> None:
@@ -116,6 +122,7 @@ def ledger(store_url: str, as_json: bool) -> None:
 
 
 @store.command("export")
+@storage_option
 @click.argument("store_url")
 @click.argument("stream")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="npy", show_default=True)
@@ -131,6 +138,7 @@ def export(store_url: str, stream: str, fmt: str, out_dir: str, dtype: str | Non
 
 
 @store.command("import")
+@storage_option
 @click.argument("folder", type=click.Path())
 @click.option("--store", "store_url", required=True)
 @click.option("--stream", "name", required=True, help="Name (and alias) of the new stream.")

@@ -220,8 +220,11 @@ def test_the_dataset_settles_labels_batch_and_validation_split(tmp_path):
     assert (c.dataset, c.label_stream, c.batch_size, c.val_split) == \
         ("iemocap", "iemocap-emotion", 8, "test")
     assert head.recipe().labels == ["iemocap-emotion"]
-    with pytest.raises(UserError, match="preset_batch_size=false"):
-        _head("batch_size=32")._settle(store)
-    own = _head("batch_size=32", "preset_batch_size=false")
+    own = _head("batch_size=32")
     own._settle(store)
-    assert own.config.batch_size == 32
+    assert own.config.batch_size == 32  # a batch size of one's own is kept
+    sixteen = _head("preset_batch_size=false")
+    sixteen._settle(store)
+    assert sixteen.config.batch_size == 16
+    with pytest.raises(UserError, match="inter_sign"):
+        _head("inter_sign=reversed")._settle(store)

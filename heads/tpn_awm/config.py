@@ -25,9 +25,9 @@ INTER_SIGNS = ("correct", "original")
 class TpnAwmConfig(HeadConfig):
     epochs: int = 10
     batch_size: int = 16
-    # True: the paper's batch for the store's dataset replaces batch_size (8 IEMOCAP, 16 MELD
-    # and MOSEI); the run records the settled value with this flag off. Your own batch:
-    # --set preset_batch_size=false --set batch_size=N
+    # True: a batch_size left at its default becomes the paper's for the store's dataset (8
+    # IEMOCAP, 16 MELD and MOSEI); any other batch_size is used as given. The run records the
+    # settled value with this flag off (false: 16 on every dataset).
     preset_batch_size: bool = True
     lr: float = 1e-4
     optimizer: str = "adamw"

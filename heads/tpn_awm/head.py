@@ -179,10 +179,8 @@ class TpnAwmHead(Head):
         preset = PRESETS.get(c.dataset, {})
         c.label_stream = c.label_stream or str(preset["labels"])
         if c.preset_batch_size:
-            if c.batch_size != TpnAwmConfig.batch_size:
-                raise _user_error(f"batch_size={c.batch_size}: the dataset's paper batch "
-                                  "replaces it; add --set preset_batch_size=false to use yours")
-            c.batch_size = int(preset.get("batch_size", c.batch_size))
+            if c.batch_size == TpnAwmConfig.batch_size:  # left at its default: the paper's
+                c.batch_size = int(preset.get("batch_size", c.batch_size))
             c.preset_batch_size = False  # settled: a resumed or reloaded run keeps this value
         if c.val_split == "auto":
             present = {clip.get("split") for clip in store.clips()}
