@@ -85,11 +85,14 @@ def _local_cluster(n_workers: int, device: str):
                                 dashboard_address=dashboard)
     from distributed import Nanny, Scheduler, SpecCluster
 
-    # Without dask-cuda: the same placement by hand, one CUDA_VISIBLE_DEVICES per worker.
+    # Without dask-cuda: the same placement by hand, one visible GPU per worker (the i-th of
+    # the GPUs this process may use), so "cuda" in a worker is its own GPU.
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    visible = visible or [str(i) for i in range(_gpu_count())]
     workers = {
         f"gpu-{i}": {"cls": Nanny, "options": {
             "nthreads": 1, "resources": resources, "host": "127.0.0.1",
-            "env": {"CUDA_VISIBLE_DEVICES": str(i)}}}
+            "env": {"CUDA_VISIBLE_DEVICES": visible[i % len(visible)]}}}
         for i in range(n_workers)
     }
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1",
