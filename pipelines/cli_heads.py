@@ -193,5 +193,7 @@ def ensemble(runs: str, split: str, export_dir: str, store: str | None, device: 
         metrics = head.score(combined, data, split)
     except UserError:
         return  # an unlabelled split (the challenge test set): nothing to score
-    payload = {"split": split, "runs": run_dirs, "metrics": metrics}
+    from heads.trainer import _json_ready  # a confusion matrix is an array: JSON lists
+
+    payload = {"split": split, "runs": run_dirs, "metrics": _json_ready(metrics)}
     _print_metrics(payload, as_json, f"split {split} (ensemble of {len(run_dirs)} runs)")
