@@ -2,7 +2,8 @@
 
 The store is a folder (named `*.h5`) holding the same JSON metadata as the Zarr backend and one
 HDF5 file per part with a chunked, resizable dataset `rows`. Remote stores (fsspec URLs) write
-the part to a local temporary file first and upload it whole on close.
+the part to a local temporary file first and upload it whole on close, and read a part by
+fetching it whole into a local temporary file.
 """
 
 from __future__ import annotations
@@ -67,12 +68,27 @@ class _Hdf5PartWriter:
 class _Hdf5PartReader:
     def __init__(self, fs, path: str) -> None:
         self.location = path
-        self._handle = None if is_local(fs) else fs.open(path, "rb")
+        local = path
+        if not is_local(fs):
+            # A remote part is fetched whole (parts are read whole: training caches them) and
+            # opened as a local file. h5py reading through a Python file object holds its global
+            # lock while fsspec's event-loop thread serves the read; a garbage collection there
+            # that frees any h5py object then waits for that lock: a deadlock seen on S3.
+            handle, local = tempfile.mkstemp(suffix=PART_SUFFIX)
+            os.close(handle)
+            try:
+                fs.get_file(path, local)
+            except BaseException:
+                os.unlink(local)
+                raise
         try:
-            self.file = h5py.File(path if self._handle is None else self._handle, "r")
+            self.file = h5py.File(local, "r")
             self.dataset = self.file[DATASET]
         except (OSError, KeyError) as exc:
             raise UserError(f"{path}: cannot open array ({type(exc).__name__}: {exc})") from None
+        finally:
+            if local != path:
+                os.unlink(local)  # the open file stays readable; nothing is left behind
         self.shape = tuple(self.dataset.shape)
         self.dtype = self.dataset.dtype
 
