@@ -393,8 +393,9 @@ class FeatureStore:
         """Several streams of one clip on one timeline `t0 + k * frame_shift_s`.
 
         `method` is "nearest", "mean" (average of the rows inside each target frame) or
-        "linear", or a dict alias -> method. Returns ({alias: [T, D]}, mask [T]) where the mask
-        is True where every stream has data.
+        "linear", or a dict stream -> method (named as in `streams`, or by alias). Returns
+        ({stream as the caller named it: [T, D]}, mask [T]) where the mask is True where every
+        stream has data; a StreamInfo passed in is named by its alias.
         """
         infos = [self.resolve(s) for s in streams]
         spans = []
@@ -413,11 +414,13 @@ class FeatureStore:
         targets = t0 + np.arange(n_frames) * frame_shift_s
         out: dict[str, np.ndarray] = {}
         mask = np.ones(n_frames, dtype=bool)
-        for info, (src_t0, _, _, shift) in zip(infos, spans):
+        for ref, info, (src_t0, _, _, shift) in zip(streams, infos, spans):
+            name = ref if isinstance(ref, str) else info.alias
             rows = self.read_clip(info, clip_id)
-            how = method.get(info.alias, "nearest") if isinstance(method, dict) else method
+            how = (method.get(name, method.get(info.alias, "nearest"))
+                   if isinstance(method, dict) else method)
             values, valid = align.to_timeline(rows, src_t0, shift, targets, frame_shift_s, how)
-            out[info.alias] = values
+            out[name] = values
             mask &= valid
         return out, mask
 
