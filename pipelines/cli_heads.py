@@ -138,10 +138,16 @@ def ensemble(runs: str, split: str, export_dir: str, store: str | None, device: 
     head, data = first
     combined = head.ensemble(all_predictions)
     files = head.export(combined, data, split, Path(export_dir))
-    click.echo(f"wrote {len(files)} file(s) to {export_dir}")
+    wrote = f"wrote {len(files)} file(s) to {export_dir}"
     try:
         metrics = head.score(combined, data, split)
     except UserError:
-        return  # an unlabelled split (the challenge test set): nothing to score
-    payload = {"split": split, "runs": run_dirs, "metrics": metrics}
-    _print_metrics(payload, as_json, f"split {split} (ensemble of {len(run_dirs)} runs)")
+        metrics = None  # an unlabelled split (the challenge test set): nothing to score
+    if as_json:  # stdout is one JSON document, nothing else
+        click.echo(json.dumps({"split": split, "runs": run_dirs, "export": str(export_dir),
+                               "files": len(files), "metrics": metrics}, indent=2))
+        return
+    click.echo(wrote)
+    if metrics is not None:
+        _print_metrics({"split": split, "runs": run_dirs, "metrics": metrics}, False,
+                       f"split {split} (ensemble of {len(run_dirs)} runs)")

@@ -344,3 +344,74 @@ def test_store_import_of_two_files_for_one_clip_is_one_line_and_leaves_no_stream
                            capsys=capsys)
     assert code == 2 and "clip 'a' is also in" in err and len(err.splitlines()) == 1
     assert [s.alias for s in open_store(store.url, mode="r").streams()] == ["clip-vit-b16"]
+
+
+# --- 12: --json means stdout is one JSON document ------------------------------------------------
+
+def _json_commands() -> set[str]:
+    """Every command path that has a --json option."""
+    import click
+
+    from pipelines.cli import cli
+
+    found = set()
+
+    def walk(command, path):
+        if isinstance(command, click.Group):
+            ctx = click.Context(command)
+            for name in command.list_commands(ctx):
+                walk(command.get_command(ctx, name), [*path, name])
+        elif any("--json" in p.opts for p in command.params):
+            found.add(" ".join(path))
+
+    walk(cli, [])
+    return found
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    from test_trainer import TinyHead, build_tiny_store, tiny
+
+    from heads.registry import register_head
+    from heads.trainer import train
+
+    @register_head
+    class TinyEnsembleHead(TinyHead):
+        name = "tiny-ensemble-head"
+
+        def ensemble(self, predictions):
+            return np.mean(predictions, axis=0)
+
+        def export(self, predictions, data, split, out_dir):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            np.save(out_dir / f"{split}.npy", predictions)
+            return [out_dir / f"{split}.npy"]
+
+    root = tmp_path_factory.mktemp("runs")
+    store = build_tiny_store(root / "tiny.zarr")
+    runs = []
+    for seed in (0, 1):
+        head = TinyEnsembleHead(tiny(epochs=1, seed=seed).config)
+        train(head, store, root / f"run{seed}", device="cpu", progress=False)
+        runs.append(str(root / f"run{seed}"))
+    return store, runs, root
+
+
+def test_every_json_option_prints_only_json(two_runs, tmp_path, capsys):
+    store, runs, root = two_runs
+    invocations = {
+        "store ls": ["store", "ls", store, "--json"],
+        "store info": ["store", "info", store, "tiny-x", "--json"],
+        "store ledger": ["store", "ledger", store, "--json"],
+        "encoders ls": ["encoders", "ls", "--json"],
+        "datasets ls": ["datasets", "ls", "--json"],
+        "evaluate": ["evaluate", "--run", runs[0], "--json", "--device", "cpu"],
+        "ensemble": ["ensemble", "--runs", ",".join(runs), "--split", "val", "--export",
+                     str(tmp_path / "ens"), "--json", "--device", "cpu"],
+    }
+    # `metrics react` needs a REACT tree; its --json path is covered in test_react_metrics.
+    assert _json_commands() - {"metrics react"} == set(invocations)
+    for name, args in invocations.items():
+        code, out, _ = run_cli(*args, capsys=capsys)
+        assert code == 0, name
+        json.loads(out)  # nothing but the document
