@@ -415,3 +415,40 @@ def test_every_json_option_prints_only_json(two_runs, tmp_path, capsys):
         code, out, _ = run_cli(*args, capsys=capsys)
         assert code == 0, name
         json.loads(out)  # nothing but the document
+
+
+# --- 16: help without torch ----------------------------------------------------------------------
+
+def _fresh_python(code: str) -> tuple[str, float]:
+    import subprocess
+    import sys
+    import time
+
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()}, check=True)
+    return result.stdout.strip(), time.perf_counter() - started
+
+
+HEAVY = ("torch", "zarr", "h5py", "timm", "transformers", "open_clip", "av", "numpy")
+
+
+def test_affect_help_imports_no_model_or_array_library():
+    code = ("import sys\nfrom pipelines.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\n"
+            f"print('loaded:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out, seconds = _fresh_python(code)
+    assert out.splitlines()[-1] == "loaded:"  # none of them
+    assert "Commands:" in out and "extract" in out
+    assert seconds < 10  # about 0.25 s on the 2-core CI machine (BENCHMARKS.md); generous
+
+
+def test_the_help_lines_listed_without_imports_are_the_commands_own():
+    import click
+
+    from pipelines.cli import COMMANDS, cli
+
+    ctx = click.Context(cli)
+    for _, name, listed in COMMANDS:
+        own = cli.get_command(ctx, name).get_short_help_str(limit=500)
+        assert listed == own, name
