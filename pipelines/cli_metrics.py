@@ -11,13 +11,11 @@ from heads.react_metrics import METRIC_NAMES
 
 def _table(rows: dict[str, dict[str, float]]) -> str:
     """One line per predictor, one column per metric."""
-    name_w = max(len(n) for n in rows)
-    cols = [max(len(m), 9) for m in METRIC_NAMES]
-    lines = ["  ".join([" " * name_w, *(m.rjust(w) for m, w in zip(METRIC_NAMES, cols))])]
-    for name, values in rows.items():
-        cells = (f"{values[m]:.4f}".rjust(w) for m, w in zip(METRIC_NAMES, cols))
-        lines.append("  ".join([name.ljust(name_w), *cells]))
-    return "\n".join(lines)
+    from features_store.tables import format_table
+
+    shown = [{"predictor": name, **{m: values[m] for m in METRIC_NAMES}}
+             for name, values in rows.items()]
+    return format_table(shown, ["predictor", *METRIC_NAMES], {"predictor": ""})
 
 
 @click.group()

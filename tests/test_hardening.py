@@ -452,3 +452,67 @@ def test_the_help_lines_listed_without_imports_are_the_commands_own():
     for _, name, listed in COMMANDS:
         own = cli.get_command(ctx, name).get_short_help_str(limit=500)
         assert listed == own, name
+
+
+# --- 17 and 7: tables that line up, and one name per stream ------------------------------------
+
+def test_tables_align_long_names_print_counts_as_ints_and_say_1_clip():
+    from features_store.tables import format_table, plural
+
+    table = format_table([{"alias": "swin-t@random@reduced-and-then-some", "clips": 1,
+                           "speakers": 2, "FRC": 0.123456},
+                          {"alias": "v", "clips": 12, "speakers": 10, "FRC": 1.5}],
+                         ["alias", "clips", "speakers", "FRC"])
+    header, first, second = table.splitlines()
+    assert len({line.index("clips") + 5 for line in [header]} |
+               {first.index(" 1 ") + 2, second.index("12") + 2}) == 1  # right edges agree
+    assert "2.0000" not in table and " 2 " in first and "0.1235" in first
+    assert plural(1, "clip") == "1 clip" and plural(2, "clip") == "2 clips"
+
+
+def test_store_ls_gives_every_stream_a_unique_name_to_use(tmp_path, capsys):
+    store = open_store(str(tmp_path / "s.zarr"))
+    store.add_clips({"clip_id": c, "split": "train"} for c in ("a", "b", "c"))
+    infos = []
+    for clips, seed in ((["a"], 1), (["a", "b", "c"], 2)):  # a --limit 1 run, then a full one
+        info = store.create_stream(StreamInfo(name="swin-t", alias="swin-t@random@reduced",
+                                              dim=2, frame_shift_s=0.04,
+                                              preprocessing={"run": seed}))
+        with store.part_writer(info, "p0") as writer:
+            for c in clips:
+                writer.write_clip(c, np.zeros((2, 2), np.float32))
+        infos.append(info)
+    store.finalize()
+    code, out, _ = run_cli("store", "ls", store.url, "--json", capsys=capsys)
+    rows = json.loads(out)
+    assert len({r["use"] for r in rows}) == 2
+    newest = store.resolve("swin-t@random@reduced")
+    assert {r["use"] for r in rows} == {"swin-t@random@reduced",
+                                        next(i.key for i in infos if i.key != newest.key)}
+    code, out, _ = run_cli("store", "ls", store.url, capsys=capsys)
+    assert "3 clips in the clip table" in out
+    lines = out.splitlines()
+    assert len({line.index(" float32") for line in lines[1:3]}) == 1  # columns line up
+
+
+def test_a_head_refuses_a_partial_stream_and_names_the_complete_one(tmp_path):
+    from test_trainer import build_tiny_store, tiny
+
+    from heads.trainer import train
+
+    url = build_tiny_store(tmp_path / "tiny.zarr")
+    store = open_store(url)
+    full = store.resolve("tiny-x")
+    partial = store.create_stream(StreamInfo(name="tiny-x", dim=6, frame_shift_s=0.1,
+                                             preprocessing={"limit": 2},
+                                             created="2999-01-01T00:00:00+00:00"))
+    with store.part_writer(partial, "p0") as writer:  # a later `--limit 2` run: newest
+        for clip_id in ("c00", "c01"):
+            writer.write_clip(clip_id, np.zeros((5, 6), np.float32))
+    store.finalize()
+    assert store.resolve("tiny-x").key == partial.key
+    with pytest.raises(UserError) as refused:
+        train(tiny(epochs=1), url, tmp_path / "run", device="cpu", progress=False)
+    assert f"resolves to {partial.key}, which has 2 of the 8 clips of split 'train'" in str(
+        refused.value)
+    assert full.key in str(refused.value)
