@@ -382,6 +382,7 @@ class TaskRunner:
                  device: str, on_clip: Callable[[int, int], None] | None = None) -> None:
         self.store, self.plans, self.options, self.device = store, plans, options, device
         self.on_clip = on_clip
+        self._pending_by_clip: dict[str, set[str]] = {}
 
     def run(self, task: Task) -> ExtractReport:
         report = ExtractReport()
@@ -398,6 +399,7 @@ class TaskRunner:
         for key, ids in task.pending.items():
             for clip_id in ids:
                 pending_by_clip[clip_id].add(key)
+        self._pending_by_clip = pending_by_clip
         media_clips = [c for c in task.clips
                        if any(self._plan(k).modality != "text" for k in pending_by_clip[
                            c["clip_id"]])]
@@ -469,7 +471,10 @@ class TaskRunner:
                     writers[key].drop_clip()
                 record = {"clip_id": clip_id, "stage": item.stage, "message": item.message}
                 report.failures.append(record)
-                self.store.add_failures([record])
+                # One ledger entry per stream the clip was to be written to.
+                pending = self._pending_by_clip.get(clip_id, set())
+                self.store.add_failures([{**record, "stream": key} for key in sorted(pending)
+                                         if self._plan(key).modality != "text"])
                 log.warning("%s", item.message)
                 return None
             else:  # _ClipEnd

@@ -476,11 +476,39 @@ class FeatureStore:
             name = f"{now_iso().replace(':', '')}-{uuid.uuid4().hex[:8]}.json"
             write_json(self.fs, f"{self.path}/ledger/{name}", rows)
 
-    def failures(self) -> list[dict[str, Any]]:
+    def failures(self, history: bool = False) -> list[dict[str, Any]]:
+        """The failure ledger now: the latest entry per (clip, stream), without clips that a
+        later run committed to that stream. `history=True`: every entry ever written.
+
+        Entries are only ever added (one file per batch, so writers never contend); what is
+        current is worked out here, so a rerun neither duplicates entries nor keeps clips that
+        have since succeeded.
+        """
         out: list[dict[str, Any]] = []
-        for name in list_names(self.fs, f"{self.path}/ledger"):
+        for name in list_names(self.fs, f"{self.path}/ledger"):  # names sort by time
             out.extend(read_json(self.fs, f"{self.path}/ledger/{name}"))
-        return out
+        if history:
+            return out
+        latest: dict[tuple, dict[str, Any]] = {}
+        for record in out:
+            stream = record.get("stream")
+            # Entries without a stream (ingest problems) are told apart by stage and file.
+            key = ((record.get("clip_id"), stream) if stream else
+                   (record.get("clip_id"), None, record.get("stage"), record.get("file")))
+            latest.pop(key, None)
+            latest[key] = record
+        known = {s.key for s in self.streams()}
+        committed: dict[str, set[str]] = {}
+
+        def succeeded(record: dict[str, Any]) -> bool:
+            stream = record.get("stream")
+            if not stream or stream not in known:
+                return False
+            if stream not in committed:
+                committed[stream] = self.committed_clip_ids(stream)
+            return record.get("clip_id") in committed[stream]
+
+        return [r for r in latest.values() if not succeeded(r)]
 
     def ledger_path(self) -> str:
         return f"{self.url}/ledger"

@@ -119,9 +119,12 @@ def finalize_cmd(store_url: str, prune: bool) -> None:
 @store.command("ledger")
 @click.argument("store_url")
 @click.option("--json", "as_json", is_flag=True)
-def ledger(store_url: str, as_json: bool) -> None:
-    """The failure ledger: clips that failed, at which stage, and why."""
-    failures = open_store(store_url, mode="r").failures()
+@click.option("--history", is_flag=True,
+              help="Every entry ever written, including clips that later succeeded.")
+def ledger(store_url: str, as_json: bool, history: bool) -> None:
+    """The failure ledger: clips that failed (and have not succeeded since), at which stage,
+    and why."""
+    failures = open_store(store_url, mode="r").failures(history=history)
     if as_json:
         click.echo(json.dumps(failures, indent=1))
         return

@@ -516,3 +516,30 @@ def test_a_head_refuses_a_partial_stream_and_names_the_complete_one(tmp_path):
     assert f"resolves to {partial.key}, which has 2 of the 8 clips of split 'train'" in str(
         refused.value)
     assert full.key in str(refused.value)
+
+
+# --- 13: the failure ledger says what is failing now ---------------------------------------------
+
+def test_the_ledger_keeps_one_current_entry_per_clip_and_stream_and_forgets_successes(
+        videos, tmp_path, capsys):
+    import shutil
+
+    store = str(tmp_path / "s.zarr")
+    late = tmp_path / "late.mp4"  # arrives after the first two runs
+    clips = write_lines(tmp_path / "clips.jsonl",
+                        {"clip_id": "good", "video": str(videos / "one.mp4")},
+                        {"clip_id": "late", "video": str(late)})
+    for _ in range(2):
+        run_cli(*extract_args(clips, store), capsys=capsys)
+    s = open_store(store, mode="r")
+    assert [(f["clip_id"], f["stage"]) for f in s.failures()] == [("late", "open")]
+    assert s.failures()[0]["stream"] == s.resolve("hsemotion-enet-b0").key
+    assert len(s.failures(history=True)) == 2
+
+    shutil.copy(videos / "two.mp4", late)
+    code, out, _ = run_cli(*extract_args(clips, store), capsys=capsys)
+    assert code == 0 and "1 done" in out
+    s = open_store(store, mode="r")
+    assert s.failures() == [] and len(s.failures(history=True)) == 2
+    code, out, _ = run_cli("store", "ledger", store, capsys=capsys)
+    assert out.strip() == "0 failures"
