@@ -543,3 +543,26 @@ def test_the_ledger_keeps_one_current_entry_per_clip_and_stream_and_forgets_succ
     assert s.failures() == [] and len(s.failures(history=True)) == 2
     code, out, _ = run_cli("store", "ledger", store, capsys=capsys)
     assert out.strip() == "0 failures"
+
+
+# --- 18: a second dataset in a store only on purpose ----------------------------------------------
+
+def test_ingesting_a_second_dataset_needs_add_dataset(tmp_path, capsys):
+    from pipelines.samples import generate_sample
+
+    generate_sample("cremad", tmp_path / "crema", clips=4, seconds=0.5, seed=1, size=32)
+    generate_sample("meld", tmp_path / "meld", clips=4, seconds=0.5, seed=1, size=32)
+    store = str(tmp_path / "s.zarr")
+    ingest = ["ingest", "--store", store, "--dataset"]
+    assert run_cli(*ingest, "cremad", "--data-root", str(tmp_path / "crema"),
+                   capsys=capsys)[0] == 0
+    before = open_store(store, mode="r").clip_ids()
+    code, _, err = run_cli(*ingest, "meld", "--data-root", str(tmp_path / "meld"), capsys=capsys)
+    assert code == 2 and "is a cremad store" in err and "--add-dataset" in err
+    assert len(err.splitlines()) == 1
+    assert open_store(store, mode="r").clip_ids() == before
+    assert run_cli(*ingest, "meld", "--data-root", str(tmp_path / "meld"), "--add-dataset",
+                   capsys=capsys)[0] == 0
+    assert len(open_store(store, mode="r").clip_ids()) > len(before)
+    # Once added, a rerun (or `extract --dataset meld`) is not refused again.
+    assert run_cli(*ingest, "meld", "--data-root", str(tmp_path / "meld"), capsys=capsys)[0] == 0
