@@ -33,6 +33,16 @@ class StreamPlan:
         return self.encoder.spec.modality
 
 
+def compute_identity(device: str) -> dict[str, str]:
+    """Where and at which precision a model runs: part of every stream key.
+
+    fp16 autocast on a GPU and fp32 on a CPU give different values, so they are different
+    streams; which GPU (`cuda:0` or `cuda:3`) does not matter.
+    """
+    kind = device.split(":", 1)[0]
+    return {"device": kind, "precision": "float16-autocast" if kind == "cuda" else "float32"}
+
+
 def parse_request(request: str) -> tuple[str, str | None]:
     name, _, crop = request.strip().partition("@")
     if crop and crop not in CROPS:

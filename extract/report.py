@@ -43,6 +43,7 @@ class ExtractReport:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    partial: int = 0  # failed clips that kept some of their streams (e.g. video, not audio)
     seconds: float = 0.0
     frames: int = 0
     streams: dict[str, StreamStats] = field(default_factory=dict)
@@ -52,6 +53,7 @@ class ExtractReport:
     def merge(self, other: ExtractReport) -> None:
         self.done += other.done
         self.failed += other.failed
+        self.partial += other.partial
         self.frames += other.frames
         self.failures += other.failures
         for key, s in other.streams.items():
@@ -73,7 +75,16 @@ def format_report(report: ExtractReport) -> str:
     lines.append(format_table(rows, ["stream", "clips", "rows", "model s", "rows/s"],
                               decimals=2))
     if report.failed:
-        lines.append(f"{plural(report.failed, 'clip')} failed; the failure ledger is at "
-                     f"{report.ledger} "
-                     "(`affect store ledger STORE`)")
+        kept = (f" ({report.partial} of them kept their other streams)" if report.partial
+                else "")
+        lines.append(f"{plural(report.failed, 'clip')} failed{kept}; the failure ledger is at "
+                     f"{report.ledger} (`affect store ledger STORE`)")
     return "\n".join(lines)
+
+
+def interrupted_message(store_url: str, clips_this_run: int | None = None) -> str:
+    """What Ctrl-C leaves behind: every committed part stays, the task in flight is dropped."""
+    done = (f"the {clips_this_run} clip(s) finished in this run and all earlier ones"
+            if clips_this_run is not None else "every committed part")
+    return (f"{done} are kept in {store_url} (only the part in flight is dropped); rerun the "
+            "same command to resume: finished clips are skipped")

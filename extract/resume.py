@@ -18,7 +18,7 @@ from features_store.fingerprint import fingerprint
 
 from . import versions
 from .definition import needs_new_record
-from .plan import parse_request
+from .plan import compute_identity, parse_request
 from .report import ExtractOptions, ExtractReport, StreamStats
 
 NOTE_PREFIX = "plans/"
@@ -34,15 +34,19 @@ def _weights_identity(weights: str) -> str | None:
 
 
 def request_fingerprint(request: str, options: ExtractOptions) -> str | None:
-    """The fingerprint of one requested stream, or None when it cannot be trusted offline."""
+    """The fingerprint of one requested stream, or None when it cannot be trusted offline.
+
+    The device must be resolved ("cpu", "cuda"): "auto" means different streams on different
+    machines."""
     weights = _weights_identity(options.weights)
-    if weights is None:
+    if weights is None or options.device == "auto":
         return None
     name, crop = parse_request(request)
     return fingerprint({
         "name": name, "crop": crop, "weights": weights, "reduced": options.reduced,
         "options": options.encoder_options.get(name, {}), "fps": options.fps,
         "dtype": options.dtype, "decode_size": options.decode_size,
+        "compute": compute_identity(options.device),
         "versions": versions.stream_key_versions(), "affect": _package_version(),
     })
 

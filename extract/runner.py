@@ -17,21 +17,27 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from features_store import FeatureStore
-from features_store.errors import UserError
+from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
 
 from .clips import clip_table_record
 from .definition import needs_new_record, refuse_changed_clips
-from .media import MediaError, iter_audio, iter_video_frames, list_frame_folder
+from .media import MediaError, iter_timed_audio, iter_video_frames, list_frame_folder
 from .media_video import _BoxLookup, crop
-from .plan import FACE_MARGIN_PX, StreamPlan, parse_request, stream_info
-from .report import ExtractOptions, ExtractReport, StreamStats, format_report
+from .plan import FACE_MARGIN_PX, StreamPlan, compute_identity, parse_request, stream_info
+from .report import (
+    ExtractOptions,
+    ExtractReport,
+    StreamStats,
+    format_report,
+    interrupted_message,
+)
 from .resume import has_input, record_plans
 
 log = logging.getLogger(__name__)
@@ -54,8 +60,11 @@ def resolve_device(device: str) -> str:
 
 
 # Encoders built in this process, reused by later runs (a notebook, a test session, a dask
-# worker): building one can take seconds, and a warm rerun should not pay that twice.
+# worker): building one can take seconds, and a warm rerun should not pay that twice. Built
+# under a lock: two threads of one dask worker must share one copy, and a seeded random build
+# must not interleave its draws from torch's global generator with another build's.
 _ENCODERS: dict[tuple, object] = {}
+_BUILD_LOCK = threading.Lock()
 
 
 def get_encoder(name: str, options: ExtractOptions, device: str):
@@ -65,11 +74,12 @@ def get_encoder(name: str, options: ExtractOptions, device: str):
     key = (name, options.weights, device, options.reduced, repr(sorted(extra.items())))
     if options.weights not in ("default", "random") and os.path.exists(options.weights):
         key += (os.path.getmtime(options.weights),)  # a replaced weights file is a new encoder
-    if key not in _ENCODERS:
-        _ENCODERS[key] = create_encoder(
-            name, weights=options.weights, device=device, reduced=options.reduced, **extra
-        )
-    return _ENCODERS[key]
+    with _BUILD_LOCK:
+        if key not in _ENCODERS:
+            _ENCODERS[key] = create_encoder(
+                name, weights=options.weights, device=device, reduced=options.reduced, **extra
+            )
+        return _ENCODERS[key]
 
 
 def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
@@ -86,6 +96,7 @@ def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
         info = stream_info(encoder, crop_kind, fps, options.dtype)
         if encoder.spec.modality == "video" and options.decode_size:
             info.preprocessing["decode_shorter_side"] = options.decode_size
+        info.preprocessing["compute"] = compute_identity(device)
         plans.append(StreamPlan(request, encoder, crop_kind, fps, info))
     return plans
 
@@ -141,12 +152,22 @@ class _VideoItem:
 @dataclass
 class _AudioItem:
     stream_key: str
+    time_s: float  # media time of the first sample
     samples: np.ndarray
 
 
 @dataclass
 class _ClipEnd:
     pass
+
+
+@dataclass
+class _StreamError:
+    """Some streams of a clip cannot be made (the others go on): which, where, why."""
+
+    stream_keys: tuple[str, ...]
+    stage: str
+    message: str
 
 
 @dataclass
@@ -166,9 +187,28 @@ def _box_lookup(clip: dict, crop_kind: str, source: str) -> _BoxLookup:
     return _BoxLookup(boxes, names, source)
 
 
+def _failure(exc: Exception, source: object) -> tuple[str, str]:
+    """(stage, message) for an exception met while decoding one clip for some streams.
+
+    Anything may be raised here (a malformed clip record from the Python API, a bug in a
+    decoder or a preprocess step), and all of it must reach the consumer: a decode thread that
+    dies silently leaves the run waiting for it forever.
+    """
+    if isinstance(exc, MediaError):
+        return exc.stage, str(exc)
+    if isinstance(exc, UserError | ValueError | OSError):
+        return "decode", f"{source}: {exc}"
+    log.debug("unexpected error decoding %s", source, exc_info=exc)
+    return "decode", f"{source}: unexpected {type(exc).__name__}: {exc}"
+
+
 def _decode_clip(clip: dict, plans: list[StreamPlan], pending: set[str], out: queue.Queue,
                  stop: threading.Event, decode_size: int | None = None) -> None:
-    """Producer: decode one clip for every stream that needs it, put items on `out`."""
+    """Producer: decode one clip for every stream that needs it, put items on `out`.
+
+    A source that fails fails only the streams fed from it (a video without an audio track
+    keeps its video features); whatever is raised becomes a `_StreamError` for those streams.
+    """
 
     def put(item) -> None:
         while not stop.is_set():
@@ -178,13 +218,13 @@ def _decode_clip(clip: dict, plans: list[StreamPlan], pending: set[str], out: qu
             except queue.Full:
                 continue
 
-    try:
-        video_plans = [p for p in plans if p.modality == "video" and p.info.key in pending]
-        by_fps: dict[float, list[StreamPlan]] = {}
-        for p in video_plans:
-            by_fps.setdefault(p.fps, []).append(p)
-        for fps, group in by_fps.items():  # one decode per distinct frame rate
-            source = _video_source(clip)
+    video_plans = [p for p in plans if p.modality == "video" and p.info.key in pending]
+    by_fps: dict[float, list[StreamPlan]] = {}
+    for p in video_plans:
+        by_fps.setdefault(p.fps, []).append(p)
+    for fps, group in by_fps.items():  # one decode per distinct frame rate
+        source = _video_source(clip)
+        try:
             lookups = {p.info.key: _box_lookup(clip, p.crop, source) for p in group if p.crop}
             for batch in iter_video_frames(
                 source, fps=fps, batch_size=DECODE_BATCH, start_s=clip.get("start"),
@@ -207,21 +247,23 @@ def _decode_clip(clip: dict, plans: list[StreamPlan], pending: set[str], out: qu
                 put(_VideoItem((fps,), inputs, batch.times_s))
                 if stop.is_set():
                     return
-        for p in plans:
-            if p.modality != "audio" or p.info.key not in pending:
-                continue
-            source = clip.get("audio") or clip.get("video")
-            chunk_s = p.encoder.spec.chunk_s or 30.0
-            for samples in iter_audio(source, p.encoder.spec.sample_rate, chunk_s=chunk_s,
-                                      start_s=clip.get("start"), end_s=clip.get("end")):
-                put(_AudioItem(p.info.key, samples))
+        except Exception as exc:  # every failure must reach the consumer
+            put(_StreamError(tuple(p.info.key for p in group), *_failure(exc, source)))
+    for p in plans:
+        if p.modality != "audio" or p.info.key not in pending:
+            continue
+        source = clip.get("audio") or clip.get("video")
+        chunk_s = p.encoder.spec.chunk_s or 30.0
+        try:
+            for time_s, samples in iter_timed_audio(
+                    source, p.encoder.spec.sample_rate, chunk_s=chunk_s,
+                    start_s=clip.get("start"), end_s=clip.get("end")):
+                put(_AudioItem(p.info.key, time_s, samples))
                 if stop.is_set():
                     return
-        put(_ClipEnd())
-    except MediaError as exc:
-        put(_ClipError(exc.stage, str(exc)))
-    except (UserError, ValueError, OSError) as exc:
-        put(_ClipError("decode", f"{_video_source(clip) or clip.get('audio')}: {exc}"))
+        except Exception as exc:  # every failure must reach the consumer
+            put(_StreamError((p.info.key,), *_failure(exc, source)))
+    put(_ClipEnd())
 
 
 def _crop_or_full(frame: np.ndarray, box, margin: int) -> np.ndarray:
@@ -253,14 +295,21 @@ class _DecodeAhead:
         for i in range(min(self.workers, len(self.clips))):
             self._start(i)
         for i, clip in enumerate(self.clips):
-            yield clip, self._items(self.queues[i])
+            yield clip, self._items(self.queues[i], self.threads[i])
             if i + self.workers < len(self.clips):
                 self._start(i + self.workers)
 
     @staticmethod
-    def _items(q: queue.Queue) -> Iterator:
+    def _items(q: queue.Queue, thread: threading.Thread) -> Iterator:
         while True:
-            item = q.get()
+            try:
+                item = q.get(timeout=0.5)
+            except queue.Empty:
+                if thread.is_alive() or not q.empty():
+                    continue
+                # The worker catches everything it can; this is the last line of defence.
+                yield _ClipError("decode", "the decode worker ended without a result")
+                return
             yield item
             if isinstance(item, _ClipEnd | _ClipError):
                 return
@@ -382,7 +431,6 @@ class TaskRunner:
                  device: str, on_clip: Callable[[int, int], None] | None = None) -> None:
         self.store, self.plans, self.options, self.device = store, plans, options, device
         self.on_clip = on_clip
-        self._pending_by_clip: dict[str, set[str]] = {}
 
     def run(self, task: Task) -> ExtractReport:
         report = ExtractReport()
@@ -399,7 +447,6 @@ class TaskRunner:
         for key, ids in task.pending.items():
             for clip_id in ids:
                 pending_by_clip[clip_id].add(key)
-        self._pending_by_clip = pending_by_clip
         media_clips = [c for c in task.clips
                        if any(self._plan(k).modality != "text" for k in pending_by_clip[
                            c["clip_id"]])]
@@ -409,13 +456,16 @@ class TaskRunner:
         try:
             with torch.inference_mode(), self._autocast():
                 for clip, items in ahead:
-                    frames = self._consume(clip, items, batchers, writers, stats, report)
-                    if frames is None:
+                    frames, failed_keys = self._consume(
+                        clip, items, pending_by_clip[clip["clip_id"]], batchers, writers, stats,
+                        report)
+                    if failed_keys:
                         failed.add(clip["clip_id"])
-                    else:
-                        report.frames += frames
+                        if len(failed_keys) < len(pending_by_clip[clip["clip_id"]]):
+                            report.partial += 1
+                    report.frames += frames
                     if self.on_clip:
-                        self.on_clip(1, frames or 0)
+                        self.on_clip(1, frames)
                 for batcher in batchers.values():
                     batcher.flush()
                 self._encode_texts(task, plans, writers, stats)
@@ -440,14 +490,37 @@ class TaskRunner:
         return next(p for p in self.plans if p.info.key == key)
 
     def _autocast(self):
-        if self.device.startswith("cuda"):
+        if compute_identity(self.device)["precision"] == "float16-autocast":
             return torch.autocast("cuda", dtype=torch.float16)
         return torch.autocast("cpu", enabled=False)
 
-    def _consume(self, clip, items, batchers, writers, stats, report) -> int | None:
+    def _consume(self, clip, items, keys: set[str], batchers, writers, stats,
+                 report) -> tuple[int, set[str]]:
+        """Feed one clip's decoded items to the models: (frames fed, stream keys that failed).
+
+        A failure ends only the streams it names; the clip's other streams are kept.
+        """
         clip_id = clip["clip_id"]
         rows_fed: dict[str, int] = {}
         audio_open: set[str] = set()
+        failed: set[str] = set()
+
+        def fail(keys, stage: str, message: str) -> None:
+            for key in keys:
+                if key in batchers:
+                    batchers[key].drop_clip(clip_id)
+                    rows_fed.pop(key, None)
+                elif key in audio_open:
+                    writers[key].drop_clip()
+                    audio_open.discard(key)
+                failed.add(key)
+                record = {"clip_id": clip_id, "stream": self._plan(key).info.alias,
+                          "stream_key": key, "stage": stage, "message": message}
+                report.failures.append(record)
+                self.store.add_failures([record])
+                log.warning("failed: clip %r, stream %s: %s", clip_id, record["stream"],
+                            message)
+
         for item in items:
             if isinstance(item, _VideoItem):
                 for key, inputs in item.inputs.items():
@@ -457,26 +530,21 @@ class TaskRunner:
                 writer = writers[item.stream_key]
                 plan = self._plan(item.stream_key)
                 if item.stream_key not in audio_open:
-                    writer.begin_clip(clip_id, float(clip.get("start") or 0.0))
+                    # t0 from the audio's own timestamps: a track that starts after the video
+                    # (ffprobe start_time > 0) must not be aligned as if it started with it.
+                    writer.begin_clip(clip_id, float(item.time_s))
                     audio_open.add(item.stream_key)
                 started = time.perf_counter()
                 rows = plan.encoder.encode_audio(item.samples)
                 stats[item.stream_key].model_s += time.perf_counter() - started
                 stats[item.stream_key].rows += len(rows)
                 writer.append(np.asarray(rows, dtype=np.float32))
+            elif isinstance(item, _StreamError):
+                fail(item.stream_keys, item.stage, item.message)
             elif isinstance(item, _ClipError):
-                for batcher in batchers.values():
-                    batcher.drop_clip(clip_id)
-                for key in audio_open:
-                    writers[key].drop_clip()
-                record = {"clip_id": clip_id, "stage": item.stage, "message": item.message}
-                report.failures.append(record)
-                # One ledger entry per stream the clip was to be written to.
-                pending = self._pending_by_clip.get(clip_id, set())
-                self.store.add_failures([{**record, "stream": key} for key in sorted(pending)
-                                         if self._plan(key).modality != "text"])
-                log.warning("%s", item.message)
-                return None
+                fail([k for k in sorted(keys) if k not in failed
+                      and self._plan(k).modality != "text"], item.stage, item.message)
+                return 0, failed
             else:  # _ClipEnd
                 for key, batcher in batchers.items():
                     if key in rows_fed:
@@ -484,8 +552,8 @@ class TaskRunner:
                 for key in audio_open:
                     writers[key].end_clip()
                     stats[key].clips += 1
-                return max(rows_fed.values(), default=0)
-        return None
+                return max(rows_fed.values(), default=0), failed
+        return 0, failed
 
     def _encode_texts(self, task, plans, writers, stats) -> None:
         for p in plans:
@@ -510,6 +578,8 @@ def prepare_store(store: FeatureStore, clips: list[dict], plans: list[StreamPlan
     refuse_changed_clips(store, clips)  # before anything is written
     for p in plans:
         p.info = store.create_stream(p.info)
+        # What this run means to commit, so `verify` can tell a complete stream from a cut one.
+        store.record_intent(p.info, [c["clip_id"] for c in clips if has_input(c, p.modality)])
     records = {r["clip_id"]: r for r in store.clips()}
     new = [clip_table_record(c) for c in clips if needs_new_record(records.get(c["clip_id"]), c)]
     if new:
@@ -529,6 +599,7 @@ def run_extraction(
     if options.limit is not None:
         clips = clips[: options.limit]
     device = resolve_device(options.device)
+    options = replace(options, device=device)  # the stream keys hold the device used
     plans = build_plans(options, device)
     prepare_store(store, clips, plans)
     record_plans(store, plans, options)
@@ -549,6 +620,8 @@ def run_extraction(
     try:
         for task in tasks:
             report.merge(runner.run(task))
+    except KeyboardInterrupt as exc:
+        raise Interrupted(interrupted_message(store.url, report.done + report.partial)) from exc
     finally:
         bar.close()
     return finish_run(report, store, plans, started)

@@ -193,6 +193,16 @@ class Head(ABC):
 
         raise UserError(f"head {self.name!r} does not support ensembles of runs")
 
+    # --- checkpoints a head keeps besides the trainer's ---------------------------------------
+    def on_evaluated(self, model: nn.Module, metrics: dict[str, Any], checkpoints: Path,  # noqa: B027 (optional hook, no-op by default)
+                     epoch: int) -> None:
+        """Called by the trainer after each validation (epoch counted from 1), with the run's
+        checkpoint folder: e.g. to keep the best epoch of each target separately."""
+
+    def on_loaded(self, model: nn.Module, checkpoints: Path, checkpoint: str) -> None:  # noqa: B027 (optional hook, no-op by default)
+        """Called when a run is opened for evaluation or prediction, after `model` got the
+        weights of `checkpoint` ("best" or "last"); a head may load its own checkpoints."""
+
     # --- resumable head state ---------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         """Head state that a checkpoint must keep besides the model (e.g. a loss threshold)."""

@@ -10,6 +10,7 @@ Run folder layout:
     RUN/curves.png               loss and validation metric curves
     RUN/eval-<split>.json        metrics of the best checkpoint on a split
     RUN/predictions/             default export folder of `predict`
+    RUN/tb/                      the same scalars for TensorBoard (when it is installed)
 
 A resumed run continues from the end of the last finished epoch and gives the same result as an
 uninterrupted one: per-epoch batches come from an rng seeded by (seed, epoch), and the torch /
@@ -44,6 +45,7 @@ from heads.base import (
 )
 from heads.plots import plot_curves, read_metrics
 from heads.registry import get_head
+from heads.tb_log import ScalarLog
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -371,13 +373,15 @@ def _resolve_recipe(head: Head, store: Any) -> dict[str, Any]:
     """alias -> stream key for every stream the head reads (provenance for config.json)."""
     recipe = head.recipe()
     streams: dict[str, str] = {}
+    labels = set(recipe.labels)
     for alias in [*recipe.features, *recipe.labels]:
         try:
             info = store.resolve(alias)
-        except Exception as error:
+        except Exception:
             raise _user_error(
-                f"store {_store_location(store)}: head {head.name} needs stream {alias!r} "
-                f"({error})"
+                f"store {_store_location(store)}: head {head.name} needs stream {alias!r}, "
+                f"which the store lacks (it has: {_aliases(store)}); make it with: "
+                f"{_make_stream_command(store, alias, alias in labels)}"
             ) from None
         streams[alias] = getattr(info, "key", alias)
         if alias in recipe.features:
@@ -415,6 +419,22 @@ def _check_covers_training_split(head: Head, store: Any, ref: str, info: Any) ->
             f"{best_count}: use {how}")
     warnings.warn(f"stream {ref!r} ({info.key}) has {have} of the {len(wanted)} clips of split "
                   f"{split!r}; training on those", stacklevel=2)
+
+
+def _aliases(store: Any) -> str:
+    try:
+        return ", ".join(sorted({s.alias for s in store.streams()})) or "no streams"
+    except Exception:  # a store too broken to list: the missing stream is the message
+        return "?"
+
+
+def _make_stream_command(store: Any, alias: str, is_label: bool) -> str:
+    """The `affect` command that writes a missing stream into this store."""
+    dataset = (getattr(store, "attrs", None) or {}).get("dataset") or "DATASET"
+    where = f"--dataset {dataset} --data-root DATA --store {_store_location(store)}"
+    if is_label:
+        return f"affect ingest {where}"
+    return f"affect extract {where} --encoders {alias}"
 
 
 def _store_location(store: Any) -> str:
@@ -535,6 +555,7 @@ def train(
         _truncate_metrics(paths.metrics, start_epoch)
     else:
         paths.metrics.write_text("")
+    scalars = ScalarLog(paths.root / "tb", purge_step=global_step if resume else None)
 
     write_json(paths.config, {
         "head": head.name,
@@ -596,11 +617,13 @@ def train(
                 epoch_loss += loss_value
                 epoch_items += 1
                 if stepped and global_step % log_every == 0:
-                    _append_jsonl(paths.metrics, {
+                    record = {
                         "kind": "step", "epoch": epoch + 1, "step": global_step,
                         "loss": loss_value, "lr": schedule.lrs()[0],
                         "data_wait_s": t1 - t0, "compute_s": t2 - t1,
-                    })
+                    }
+                    _append_jsonl(paths.metrics, record)
+                    scalars.record(record, schedule.lrs())
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 iteration += 1
@@ -616,13 +639,15 @@ def train(
         total_compute += epoch_compute
         total_steps += epoch_items
         busy = epoch_wait + epoch_compute
-        _append_jsonl(paths.metrics, {
+        record = {
             "kind": "epoch", "epoch": epoch + 1, "step": global_step,
             "train_loss": epoch_loss / max(epoch_items, 1), "lr": schedule.lrs()[0],
             "iterations": epoch_items, "data_wait_s": epoch_wait, "compute_s": epoch_compute,
             "data_wait_share": epoch_wait / busy if busy > 0 else 0.0,
             "steps_per_s": epoch_items / busy if busy > 0 else 0.0,
-        })
+        }
+        _append_jsonl(paths.metrics, record)
+        scalars.record(record)
 
         metric_value: float | None = None
         if (epoch + 1) % max(config.eval_every, 1) == 0 or epoch == last_epoch:
@@ -638,10 +663,13 @@ def train(
                             "head_state": head.extra_state()}, paths.best)
             else:
                 bad_evals += 1
-            _append_jsonl(paths.metrics, {
+            head.on_evaluated(model, metrics, paths.checkpoints, epoch + 1)
+            record = {
                 "kind": "eval", "epoch": epoch + 1, "step": global_step, "split": config.val_split,
                 "metrics": _json_ready(metrics), "best": improved,
-            })
+            }
+            _append_jsonl(paths.metrics, record)
+            scalars.record(record)
         schedule.end_epoch(metric_value)
         epochs_done = epoch + 1
         torch.save({
@@ -658,6 +686,7 @@ def train(
             stopped_early = True
             break
 
+    scalars.close()
     final_metrics: dict[str, Any] = {}
     if paths.best.exists() and (stopped_early or epochs_done == config.epochs):
         best = load_checkpoint(paths.best, dev)
@@ -771,6 +800,7 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", store: Any = None
     model.load_state_dict(state["model"])
     head.load_extra_state(state.get("head_state", {}))
     model.eval()
+    head.on_loaded(model, paths.checkpoints, file.stem)
     return LoadedRun(paths=paths, head=head, data=data, model=model, store=store_obj,
                      store_location=location, checkpoint=file.stem, epoch=int(state["epoch"]))
 

@@ -6,16 +6,17 @@ import json
 
 import click
 
-from heads.react_metrics import METRIC_NAMES
+from heads.react_metrics import ALL_METRIC_NAMES, METRIC_NAMES
 
 
 def _table(rows: dict[str, dict[str, float]]) -> str:
-    """One line per predictor, one column per metric."""
+    """One line per predictor, one column per metric: the official ones, then `|` and ours."""
     from features_store.tables import format_table
 
-    shown = [{"predictor": name, **{m: values[m] for m in METRIC_NAMES}}
+    official, ours = list(METRIC_NAMES), [m for m in ALL_METRIC_NAMES if m not in METRIC_NAMES]
+    shown = [{"predictor": name, **{m: values[m] for m in ALL_METRIC_NAMES}, "|": "|"}
              for name, values in rows.items()]
-    return format_table(shown, ["predictor", *METRIC_NAMES], {"predictor": ""})
+    return format_table(shown, ["predictor", *official, "|", *ours], {"predictor": ""})
 
 
 @click.group()
@@ -41,7 +42,8 @@ def react(pred_dir: str, data_root: str, split: str, workers: int | None, baseli
     folder, next to the naive baselines (ground truth, random, mime, mean sequence, mean frame).
 
     FRC higher is better (max 10), FRD and TLCC lower is better; S_MSE, FRVar, FRDvs measure
-    diversity.
+    diversity. The six are the official script's numbers; after `|` come our corrected variants
+    (TLCC_all: every prediction scored, constant channels as correlation 0).
     """
     from pipelines.react_eval import evaluate_react_dir
 
@@ -50,5 +52,5 @@ def react(pred_dir: str, data_root: str, split: str, workers: int | None, baseli
     if as_json:
         click.echo(json.dumps(result))
         return
-    rows = {"model": {m: result[m] for m in METRIC_NAMES}, **result["baselines"]}
+    rows = {"model": {m: result[m] for m in ALL_METRIC_NAMES}, **result["baselines"]}
     click.echo(_table(rows))
