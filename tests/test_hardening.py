@@ -566,3 +566,16 @@ def test_ingesting_a_second_dataset_needs_add_dataset(tmp_path, capsys):
     assert len(open_store(store, mode="r").clip_ids()) > len(before)
     # Once added, a rerun (or `extract --dataset meld`) is not refused again.
     assert run_cli(*ingest, "meld", "--data-root", str(tmp_path / "meld"), capsys=capsys)[0] == 0
+
+
+def test_split_named_exports_refuse_a_split_that_climbs_out(tmp_path):
+    from types import SimpleNamespace
+
+    from heads.registry import get_head
+
+    for name in ("trm", "temporal_attention"):
+        head = get_head(name)()
+        stub = SimpleNamespace(clips=lambda split: [], classes=[])
+        with pytest.raises(UserError, match="'..'"):
+            head.export({}, stub, "../../escaped", tmp_path / "out")
+    assert not (tmp_path.parent / "escaped_va.csv").exists()

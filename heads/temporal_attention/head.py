@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from features_store.paths import safe_join
 from heads.base import Head, Recipe
 from heads.data import split_clip_ids
 from heads.metrics import confusion_matrix, uar, war
@@ -293,7 +294,7 @@ class TemporalAttentionHead(Head):
                out_dir: Path) -> list[Path]:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{split}_predictions.csv"
+        path = safe_join(out_dir, split, suffix="_predictions.csv")  # --split is user text
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["clip_id", "predicted", *data.classes])
