@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -579,3 +580,40 @@ def test_split_named_exports_refuse_a_split_that_climbs_out(tmp_path):
         with pytest.raises(UserError, match="'..'"):
             head.export({}, stub, "../../escaped", tmp_path / "out")
     assert not (tmp_path.parent / "escaped_va.csv").exists()
+
+
+def test_encoders_ls_imports_no_model_library():
+    code = ("import sys\nfrom pipelines.cli import main\ntry:\n    main(['encoders', 'ls'])\n"
+            "except SystemExit:\n    pass\n"
+            f"print('loaded:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out, _ = _fresh_python(code)
+    assert "minilm-l6" in out and out.splitlines()[-1] == "loaded:"
+
+
+def test_each_family_builds_exactly_what_the_torch_free_catalog_lists():
+    import importlib
+
+    from extract.encoders.specs import CATALOG
+
+    for entry in CATALOG:
+        family = importlib.import_module(f"extract.encoders.{entry.family}")
+        built = {r.spec.name: r for r in family.REGISTRATIONS}
+        registration = built[entry.spec.name]
+        assert registration.spec is entry.spec and dict(registration.options) == dict(
+            entry.options) and registration.available is entry.available, entry.spec.name
+    families = {e.family for e in CATALOG}
+    assert sum(len(importlib.import_module(f"extract.encoders.{f}").REGISTRATIONS)
+               for f in families) == len(CATALOG)
+
+
+@pytest.mark.parametrize("env", [{"TORCH_HOME": "/tmp/th"}, {"XDG_CACHE_HOME": "/tmp/xdg"}, {}])
+def test_the_torch_free_hub_folder_is_torchs(monkeypatch, env):
+    import torch
+
+    from extract.encoders.specs import torch_hub_dir_from_env
+
+    for name in ("TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert torch_hub_dir_from_env() == Path(torch.hub.get_dir())

@@ -16,6 +16,11 @@ from extract.encoders.base import (
     alias_for,
     with_dim,
 )
+from extract.encoders.specs import CLIP_HF_FILES as HF_FILES
+from extract.encoders.specs import CLIP_HF_REPO as HF_REPO
+from extract.encoders.specs import CLIP_OPTIONS
+from extract.encoders.specs import CLIP_SPEC as SPEC
+from extract.encoders.specs import clip_available as available
 from extract.encoders.weights import (
     Weights,
     hf_cached_file,
@@ -28,21 +33,6 @@ from extract.encoders.weights import (
 from features_store.errors import UserError
 
 ARCH = "ViT-B-16"
-HF_REPO = "timm/vit_base_patch16_clip_224.openai"  # where open_clip's 'openai' tag resolves
-HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-SPEC = EncoderSpec(
-    name="clip-vit-b16",
-    modality="video",
-    dim=512,
-    frame_shift_s=None,
-    fps=None,
-    sample_rate=None,
-    chunk_s=None,
-    library="open_clip",
-    default_weights=f"open_clip 'openai' (HF {HF_REPO})",
-    description="CLIP ViT-B/16 image embedding per frame (512-d projected; 768-d pre-projection)",
-)
 
 # open_clip's eval transform for the OpenAI weights: shortest side to 224 (bicubic), centre
 # crop, OpenAI mean/std.
@@ -72,10 +62,6 @@ def _locate_default() -> tuple[Path, str]:
             hf_hub_cache(),
         )
     return hit, HF_REPO
-
-
-def available() -> bool:
-    return hf_cached_file(HF_REPO, HF_FILES) is not None
 
 
 class ClipEncoder(VideoEncoder):
@@ -156,9 +142,7 @@ def build(
 REGISTRATIONS = [
     Registration(
         spec=SPEC,
-        # quick_gelu: the OpenAI weights were trained with QuickGELU; open_clip's 'openai'
-        # tag switches it on, so a checkpoint file needs it said explicitly.
-        options={"projected": True, "quick_gelu": True},
+        options=CLIP_OPTIONS,
         build=build,
         available=available,
     )
