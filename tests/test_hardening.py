@@ -617,3 +617,21 @@ def test_the_torch_free_hub_folder_is_torchs(monkeypatch, env):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert torch_hub_dir_from_env() == Path(torch.hub.get_dir())
+
+
+def test_a_store_that_is_a_file_and_an_unknown_device_are_one_line(tmp_path, capsys):
+    text = write_lines(tmp_path / "clips.jsonl", {"clip_id": "t", "text": "hello"})
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a store")
+    base = ["extract", "--clips", text, "--encoders", "minilm-l6", "--weights", "random",
+            "--reduced"]
+    for extra, expected in ((["--store", str(afile)], "is a file, not a feature store"),
+                            (["--store", str(tmp_path / "s.zarr"), "--device", "tpu"],
+                             "--device tpu: not a torch device")):
+        code, _, err = run_cli(*base, *extra, capsys=capsys)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and expected in errors[0]
+        assert "Traceback" not in err
+    code, _, err = run_cli("store", "ls", str(afile), capsys=capsys)
+    assert code == 2 and "is a file" in err
+    assert afile.read_text() == "not a store"
