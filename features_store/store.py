@@ -654,9 +654,13 @@ class FeatureStore:
             out.extend(read_json(self.fs, f"{self.path}/ledger/{name}"))
         if history:
             return out
+        def stream_of(record: dict[str, Any]) -> str | None:
+            # Extraction names the stream by key (`stream_key`) and alias (`stream`).
+            return record.get("stream_key") or record.get("stream")
+
         latest: dict[tuple, dict[str, Any]] = {}
         for record in out:
-            stream = record.get("stream")
+            stream = stream_of(record)
             # Entries without a stream (ingest problems) are told apart by stage and file.
             key = ((record.get("clip_id"), stream) if stream else
                    (record.get("clip_id"), None, record.get("stage"), record.get("file")))
@@ -666,7 +670,7 @@ class FeatureStore:
         committed: dict[str, set[str]] = {}
 
         def succeeded(record: dict[str, Any]) -> bool:
-            stream = record.get("stream")
+            stream = stream_of(record)
             if not stream or stream not in known:
                 return False
             if stream not in committed:

@@ -52,7 +52,8 @@ def verify(
 ) -> VerifyReport:
     report = VerifyReport()
     store.refresh()
-    failed = {(f.get("clip_id"), f.get("stream")) for f in store.failures()}
+    failed = {(f.get("clip_id"), f.get("stream_key") or f.get("stream"))
+              for f in store.failures()}
     for info in store.streams():
         report.streams += 1
         if progress:
