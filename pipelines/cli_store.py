@@ -11,6 +11,7 @@ from tqdm import tqdm
 from features_store import open_store, verify
 from features_store.exchange import FORMATS, export_stream, import_folder
 from features_store.tables import format_table, plural
+from pipelines.storage_options import storage_option
 
 
 def _fmt_shift(value: float | None) -> str:
@@ -34,6 +35,7 @@ def store() -> None:
 
 
 @store.command("ls")
+@storage_option
 @click.argument("store_url")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
 def ls(store_url: str, as_json: bool) -> None:
@@ -66,6 +68,7 @@ def ls(store_url: str, as_json: bool) -> None:
 
 
 @store.command("info")
+@storage_option
 @click.argument("store_url")
 @click.argument("stream")
 @click.option("--json", "as_json", is_flag=True)
@@ -90,6 +93,7 @@ def info(store_url: str, stream: str, as_json: bool) -> None:
 
 
 @store.command("verify")
+@storage_option
 @click.argument("store_url")
 @click.option("--no-values", is_flag=True, help="Skip the NaN/Inf and chunk-decoding scan.")
 def verify_cmd(store_url: str, no_values: bool) -> None:
@@ -108,6 +112,7 @@ def verify_cmd(store_url: str, no_values: bool) -> None:
 
 
 @store.command("finalize")
+@storage_option
 @click.argument("store_url")
 @click.option("--prune", is_flag=True, help="Delete uncommitted parts (no writer may be running).")
 def finalize_cmd(store_url: str, prune: bool) -> None:
@@ -117,6 +122,7 @@ def finalize_cmd(store_url: str, prune: bool) -> None:
 
 
 @store.command("ledger")
+@storage_option
 @click.argument("store_url")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--history", is_flag=True,
@@ -134,6 +140,7 @@ def ledger(store_url: str, as_json: bool, history: bool) -> None:
 
 
 @store.command("export")
+@storage_option
 @click.argument("store_url")
 @click.argument("stream")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="npy", show_default=True)
@@ -149,6 +156,7 @@ def export(store_url: str, stream: str, fmt: str, out_dir: str, dtype: str | Non
 
 
 @store.command("import")
+@storage_option
 @click.argument("folder", type=click.Path())
 @click.option("--store", "store_url", required=True)
 @click.option("--stream", "name", required=True, help="Name (and alias) of the new stream.")

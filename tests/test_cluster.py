@@ -29,7 +29,7 @@ from pipelines.synthetic.av_writer import write_video
 
 VIDEO = "hsemotion-enet-b0"
 AUDIO = "vggish"
-N_CLIPS = 6
+N_CLIPS = 4
 
 
 def _frames(n: int, seed: int, size: int = 40) -> np.ndarray:
@@ -45,7 +45,7 @@ def _tone(seconds: float, hz: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def clips_file(tmp_path_factory):
-    """Six short talking clips, listed with paths relative to the clips file."""
+    """Four short talking clips, listed with paths relative to the clips file."""
     root = tmp_path_factory.mktemp("clips")
     lines = []
     for i in range(N_CLIPS):

@@ -181,7 +181,7 @@ def test_killed_run_resumes_to_the_same_store(media, tmp_path):
         streams = os.path.join(killed, "streams")
         if os.path.isdir(streams):
             folders = [os.path.join(streams, k, "manifests") for k in os.listdir(streams)]
-            # Committed manifests only: a manifest being written is a `.tmp-` file first.
+            # Only commit markers count: a manifest being written is still a temporary file.
             manifests = [m for f in folders if os.path.isdir(f) for m in os.listdir(f)
                          if m.endswith(".json")]
             if len(manifests) >= 3:

@@ -406,6 +406,7 @@ def test_every_json_option_prints_only_json(two_runs, tmp_path, capsys):
         "store ledger": ["store", "ledger", store, "--json"],
         "encoders ls": ["encoders", "ls", "--json"],
         "datasets ls": ["datasets", "ls", "--json"],
+        "runs ls": ["runs", "ls", str(root), "--json"],
         "evaluate": ["evaluate", "--run", runs[0], "--json", "--device", "cpu"],
         "ensemble": ["ensemble", "--runs", ",".join(runs), "--split", "val", "--export",
                      str(tmp_path / "ens"), "--json", "--device", "cpu"],

@@ -118,9 +118,9 @@ CLIP_SPEC = EncoderSpec(
     default_weights=f"open_clip 'openai' (HF {CLIP_HF_REPO})",
     description="CLIP ViT-B/16 image embedding per frame (512-d projected; 768-d pre-projection)",
 )
-# quick_gelu: the OpenAI weights were trained with QuickGELU; open_clip's 'openai' tag switches
-# it on, so a checkpoint file needs it said explicitly.
-CLIP_OPTIONS = {"projected": True, "quick_gelu": True}
+CLIP_DEFAULT_TAG = "openai"
+# quick_gelu None: follow the weights' open_clip tag (OpenAI: QuickGELU, LAION: GELU)
+CLIP_OPTIONS = {"projected": True, "pretrained_tag": CLIP_DEFAULT_TAG, "quick_gelu": None}
 
 
 def clip_available() -> bool:
@@ -143,6 +143,9 @@ SWIN_SPEC = EncoderSpec(
     default_weights=f"timm ImageNet-1k (HF {SWIN_HF_REPO})",
     description="Swin-T pooled features per frame, REACT preprocessing (REACT: FER weights)",
 )
+
+
+SWIN_OPTIONS = {"preprocess": "auto"}  # auto: timm's transform for timm's weights, else REACT's
 
 
 def swin_available() -> bool:
@@ -214,7 +217,7 @@ VGGISH_SPEC = EncoderSpec(
     chunk_s=0.96 * 625,  # 10 min; blocks of examples inside keep memory flat anyway
     library="torch (port of torchvggish)",
     default_weights=f"torchvggish {Path(VGGISH_WEIGHTS_URL).name} (GitHub; torch hub cache)",
-    description="VGGish 128-d per 0.96 s of 16 kHz audio; optional AudioSet PCA + 8-bit",
+    description="VGGish 128-d per 0.96 s of 16 kHz audio; AudioSet PCA + 8-bit by default",
 )
 VGGISH_REACT_SPEC = EncoderSpec(
     name="vggish-react",
@@ -228,7 +231,7 @@ VGGISH_REACT_SPEC = EncoderSpec(
     default_weights=f"torchvggish {Path(VGGISH_WEIGHTS_URL).name} (GitHub; torch hub cache)",
     description="REACT's per-frame VGGish: one 96x64 patch per 0.04 s of 24 kHz audio",
 )
-VGGISH_OPTIONS = {"pca_params": None, "batch_examples": 256}
+VGGISH_OPTIONS = {"embedding": "auto", "pca_params": None, "batch_examples": 256}
 
 
 def vggish_available() -> bool:
@@ -330,7 +333,7 @@ def gemma_available() -> bool:
 
 CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry(CLIP_SPEC, CLIP_OPTIONS, clip_available, "clip"),
-    CatalogEntry(SWIN_SPEC, {}, swin_available, "swin"),
+    CatalogEntry(SWIN_SPEC, SWIN_OPTIONS, swin_available, "swin"),
     CatalogEntry(HSEMOTION_SPEC, {}, hsemotion_available, "hsemotion"),
     CatalogEntry(VGGISH_SPEC, VGGISH_OPTIONS, vggish_available, "vggish"),
     CatalogEntry(VGGISH_REACT_SPEC, VGGISH_OPTIONS, vggish_available, "vggish"),
