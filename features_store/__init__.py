@@ -17,9 +17,11 @@ _LAZY = {
     "ClipEntry": "manifest", "ClipShape": "manifest", "PartManifest": "manifest",
     "StreamInfo": "manifest", "FeatureStore": "store", "open_store": "store",
     "StreamArray": "stream_array", "VerifyReport": "verify", "verify": "verify",
+    "LeaseLost": "commit", "PartCommitted": "commit",
 }
 
 if TYPE_CHECKING:
+    from .commit import LeaseLost, PartCommitted
     from .manifest import ClipEntry, ClipShape, PartManifest, StreamInfo
     from .store import FeatureStore, open_store
     from .stream_array import StreamArray
@@ -37,6 +39,8 @@ __all__ = [
     "ClipEntry",
     "ClipShape",
     "FeatureStore",
+    "LeaseLost",
+    "PartCommitted",
     "PartManifest",
     "StreamArray",
     "StreamInfo",

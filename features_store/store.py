@@ -387,8 +387,11 @@ class FeatureStore:
         self._writable()
         key = self.resolve(stream).key
         run = run_id or self.run_id
+        clip_ids = set(clip_ids)
+        if clip_ids <= self.committed_clip_ids(key):
+            return  # a rerun with nothing left to do adds no record
         write_json(self.fs, f"{self._stream_dir(key)}/intents/{run}.json",
-                   {"run_id": run, "created": now_iso(), "clip_ids": sorted(set(clip_ids))})
+                   {"run_id": run, "created": now_iso(), "clip_ids": sorted(clip_ids)})
 
     def intended_clip_ids(self, stream: StreamRef) -> dict[str, str]:
         """{clip_id: the first run (by name) that intended it} over every recorded intent."""

@@ -196,6 +196,9 @@ def ensemble(runs: str, split: str, export_dir: str, store: str | None, device: 
         metrics = head.score(combined, data, split)
     except UserError:
         metrics = None  # an unlabelled split (the challenge test set): nothing to score
+    from heads.trainer import _json_ready  # a confusion matrix is an array: JSON lists
+
+    metrics = None if metrics is None else _json_ready(metrics)
     if as_json:  # stdout is one JSON document, nothing else
         click.echo(json.dumps({"split": split, "runs": run_dirs, "export": str(export_dir),
                                "files": len(files), "metrics": metrics}, indent=2))

@@ -104,9 +104,13 @@ def verify_cmd(store_url: str, no_values: bool) -> None:
                         (report.parts, "part"), (report.clips, "clip"), (report.rows, "row")))
     if report.ok:
         click.echo(f"ok: {summary}")
+        for note in report.notes:
+            click.echo(f"note: {note}")
         return
     for problem in report.problems:
         click.echo(problem)
+    for note in report.notes:
+        click.echo(f"note: {note}")
     click.echo(f"{len(report.problems)} problem(s) in {summary}", err=True)
     sys.exit(1)
 
@@ -114,10 +118,18 @@ def verify_cmd(store_url: str, no_values: bool) -> None:
 @store.command("finalize")
 @storage_option
 @click.argument("store_url")
-@click.option("--prune", is_flag=True, help="Delete uncommitted parts (no writer may be running).")
+@click.option("--prune", is_flag=True,
+              help="Delete uncommitted parts whose writer is provably dead.")
 def finalize_cmd(store_url: str, prune: bool) -> None:
-    """Merge committed manifests into the index (one process only)."""
-    open_store(store_url).finalize(prune_orphans=prune)
+    """Merge committed manifests into the index (one process only).
+
+    --prune deletes only parts whose writer is provably dead (lease expired, or its pid gone on
+    this host); parts being written by live runs are kept.
+    """
+    pruned = open_store(store_url).finalize(prune_orphans=prune)
+    for key, parts in pruned.items():
+        for part, why in sorted(parts.items()):
+            click.echo(f"pruned {key}/{part}: {why}")
     click.echo("finalized")
 
 

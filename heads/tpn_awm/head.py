@@ -21,7 +21,6 @@ Best checkpoint by weighted F1 on the validation split; accuracy (w-ACC) reporte
 
 from __future__ import annotations
 
-import csv
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from heads.base import Head, Recipe
+from heads.class_predictions import mean_of_runs, write_csv
 from heads.data import split_clip_ids
 from heads.metrics import confusion_matrix, war, weighted_f1
 from heads.registry import register_head
@@ -178,7 +178,10 @@ class TpnAwmHead(Head):
                               f"preset ({', '.join(PRESETS)}); set dataset= or label_stream=")
         preset = PRESETS.get(c.dataset, {})
         c.label_stream = c.label_stream or str(preset["labels"])
-        c.batch_size = c.batch_size or int(preset.get("batch_size", 16))
+        if c.preset_batch_size:
+            if c.batch_size == TpnAwmConfig.batch_size:  # left at its default: the paper's
+                c.batch_size = int(preset.get("batch_size", c.batch_size))
+            c.preset_batch_size = False  # settled: a resumed or reloaded run keeps this value
         if c.val_split == "auto":
             present = {clip.get("split") for clip in store.clips()}
             c.val_split = "val" if "val" in present else "test"
@@ -241,9 +244,11 @@ class TpnAwmHead(Head):
         if dropped:
             warnings.warn(f"tpn_awm: {dropped} utterance(s) name no class (no emotion) and are "
                           "left out", stacklevel=2)
-        if "train" not in splits:
-            raise _user_error(f"{store.url}: no train utterances with {audio_info.alias}, "
-                              f"{video_info.alias} and {label_info.alias}")
+        for needed in ("train", c.val_split):  # before training, not after its first epoch
+            if needed not in splits:
+                raise _user_error(f"{store.url}: no {needed} utterances with {audio_info.alias},"
+                                  f" {video_info.alias} and {label_info.alias} (splits: "
+                                  f"{', '.join(splits) or 'none'}; set val_split=)")
         return UtteranceData(splits=splits, classes=classes, audio_dim=int(audio_info.dim),
                              video_dim=int(video_info.dim))
 
@@ -291,20 +296,7 @@ class TpnAwmHead(Head):
 
     def export(self, predictions: dict[str, Any], data: UtteranceData, split: str,
                out_dir: Path) -> list[Path]:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{split}_predictions.csv"
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["clip_id", "predicted", *data.classes])
-            for clip_id, probs in zip(predictions["clip_ids"], predictions["probabilities"]):
-                writer.writerow([clip_id, data.classes[int(np.argmax(probs))],
-                                 *(f"{p:.6f}" for p in probs)])
-        return [path]
+        return write_csv(predictions, data.classes, split, out_dir)
 
     def ensemble(self, predictions: list[dict[str, Any]]) -> dict[str, Any]:
-        first = predictions[0]["clip_ids"]
-        if any(p["clip_ids"] != first for p in predictions):
-            raise _user_error("tpn_awm: runs predicted different utterances")
-        return {"clip_ids": list(first),
-                "probabilities": np.mean([p["probabilities"] for p in predictions], axis=0)}
+        return mean_of_runs(predictions, self.name)
