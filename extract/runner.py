@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 
 import numpy as np
 import torch
@@ -107,10 +108,15 @@ class Task:
 
     clips: list[dict]
     pending: dict[str, list[str]]  # stream key -> clip ids
+    # stream key -> how many earlier runs committed a part for these same pending clips (their
+    # clips failed there); fixed when the task is made, so a recomputed task keeps its id.
+    retry: dict[str, int] = dataclass_field(default_factory=dict)
 
     def part_id(self, stream_key: str) -> str:
         # Same clips -> same part id, so a rerun after a kill overwrites the orphan part.
-        return "x" + fingerprint([stream_key, self.pending[stream_key]], 16)
+        retry = self.retry.get(stream_key, 0)
+        identity = [stream_key, self.pending[stream_key], *([retry] if retry else [])]
+        return "x" + fingerprint(identity, 16)
 
 
 def make_tasks(
@@ -118,6 +124,7 @@ def make_tasks(
 ) -> tuple[list[Task], int]:
     """Chunk the clips that some stream still lacks into tasks; also count the skipped ones."""
     done = {p.info.key: store.committed_clip_ids(p.info) for p in plans}
+    committed = {p.info.key: set(store.committed_parts(p.info)) for p in plans}
     todo, skipped = [], 0
     for clip in clips:
         missing = [p for p in plans
@@ -134,8 +141,18 @@ def make_tasks(
                          if c["clip_id"] not in done[p.info.key] and has_input(c, p.modality)]
             for p in plans
         }
-        tasks.append(Task(chunk, {k: v for k, v in pending.items() if v}))
+        task = Task(chunk, {k: v for k, v in pending.items() if v})
+        for key in task.pending:
+            # A committed part of these very clips means they failed in an earlier run (else
+            # they would be done): this attempt writes a new part beside it.
+            while _is_committed(committed, key, task.part_id(key)):
+                task.retry[key] = task.retry.get(key, 0) + 1
+        tasks.append(task)
     return tasks, skipped
+
+
+def _is_committed(committed: dict[str, set[str]], key: str, part_id: str) -> bool:
+    return any(p == part_id or p.startswith(f"{part_id}.") for p in committed[key])
 
 
 # ---------------------------------------------------------------------------------------------
