@@ -8,6 +8,7 @@ import click
 
 from features_store import open_store
 from features_store.errors import Interrupted, UserError
+from pipelines.console import verbose_option
 
 
 def _split_list(value: str | None) -> list[str]:
@@ -40,9 +41,13 @@ def _split_list(value: str | None) -> list[str]:
 @click.option("--decode-workers", type=click.IntRange(0), default=2, show_default=True)
 @click.option("--scheduler", help="dask scheduler address; 'local' for a LocalCluster.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any clip fails.")
+@click.option("--progress-every", type=click.FloatRange(min=0, min_open=True),
+              envvar="AFFECT_PROGRESS_EVERY", show_envvar=True, default=60.0, show_default=True,
+              help="Seconds between progress lines when stderr is not a terminal (logs, CI).")
+@verbose_option
 def extract(clips_file, dataset, data_root, store_url, encoders, weights, device, batch_size,
             limit, fps, decode_size, dtype, reduced, clips_per_part, decode_workers, scheduler,
-            strict) -> None:
+            strict, progress_every) -> None:
     """Decode each clip once and write every requested encoder's features to the store."""
     from extract.clips import read_clips_file
     from extract.report import ExtractOptions, format_report
@@ -103,7 +108,7 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
     else:
         from extract.runner import run_extraction
 
-        report = run_extraction(clips, store, options)
+        report = run_extraction(clips, store, options, progress_every_s=progress_every)
     click.echo(format_report(report))
     # Non-zero only when nothing could be extracted at all, or with --strict.
     if report.failed and (strict or report.done + report.skipped + report.partial == 0):
