@@ -66,7 +66,8 @@ SUMMARY_FAILURES = 5  # failure lines repeated in the end summary; the ledger ha
 
 def failure_line(record: dict) -> str:
     """One failure as the user reads it: the clip id, the stream, then the file and reason."""
-    stream = f", stream {record['stream']}" if record.get("stream") else ""
+    name = record.get("alias") or record.get("stream")
+    stream = f", stream {name}" if name else ""
     return f"  failed: clip {record.get('clip_id')!r}{stream}: {record.get('message')}"
 
 

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -27,10 +27,11 @@ from features_store import FeatureStore
 from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
 
-from .clips import clip_table_record
+from .clips import check_clip, clip_table_record
+from .definition import needs_new_record, refuse_changed_clips
 from .media import MediaError, iter_timed_audio, iter_video_frames, list_frame_folder
 from .media_video import _BoxLookup, crop
-from .plan import FACE_MARGIN_PX, StreamPlan, parse_request, stream_info
+from .plan import FACE_MARGIN_PX, StreamPlan, compute_identity, parse_request, stream_info
 from .progress import ProgressLines, wants_progress_lines
 from .report import (
     ExtractOptions,
@@ -52,14 +53,22 @@ DEFAULT_PROGRESS_EVERY_S = 60.0  # progress lines when stderr is not a terminal
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a torch device (auto, cpu, cuda, cuda:1)") \
+            from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible to torch")
     return device
 
 
 # Encoders built in this process, reused by later runs (a notebook, a test session, a dask
-# worker): building one can take seconds, and a warm rerun should not pay that twice.
+# worker): building one can take seconds, and a warm rerun should not pay that twice. Built
+# under a lock: two threads of one dask worker must share one copy, and a seeded random build
+# must not interleave its draws from torch's global generator with another build's.
 _ENCODERS: dict[tuple, object] = {}
+_BUILD_LOCK = threading.Lock()
 
 
 def get_encoder(name: str, options: ExtractOptions, device: str):
@@ -69,11 +78,12 @@ def get_encoder(name: str, options: ExtractOptions, device: str):
     key = (name, options.weights, device, options.reduced, repr(sorted(extra.items())))
     if options.weights not in ("default", "random") and os.path.exists(options.weights):
         key += (os.path.getmtime(options.weights),)  # a replaced weights file is a new encoder
-    if key not in _ENCODERS:
-        _ENCODERS[key] = create_encoder(
-            name, weights=options.weights, device=device, reduced=options.reduced, **extra
-        )
-    return _ENCODERS[key]
+    with _BUILD_LOCK:
+        if key not in _ENCODERS:
+            _ENCODERS[key] = create_encoder(
+                name, weights=options.weights, device=device, reduced=options.reduced, **extra
+            )
+        return _ENCODERS[key]
 
 
 def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
@@ -90,6 +100,7 @@ def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
         info = stream_info(encoder, crop_kind, fps, options.dtype)
         if encoder.spec.modality == "video" and options.decode_size:
             info.preprocessing["decode_shorter_side"] = options.decode_size
+        info.preprocessing["compute"] = compute_identity(device)
         plans.append(StreamPlan(request, encoder, crop_kind, fps, info))
     return plans
 
@@ -483,7 +494,7 @@ class TaskRunner:
         return next(p for p in self.plans if p.info.key == key)
 
     def _autocast(self):
-        if self.device.startswith("cuda"):
+        if compute_identity(self.device)["precision"] == "float16-autocast":
             return torch.autocast("cuda", dtype=torch.float16)
         return torch.autocast("cpu", enabled=False)
 
@@ -507,8 +518,10 @@ class TaskRunner:
                     writers[key].drop_clip()
                     audio_open.discard(key)
                 failed.add(key)
-                record = {"clip_id": clip_id, "stream": self._plan(key).info.alias,
-                          "stream_key": key, "stage": stage, "message": message}
+                # "stream" is the key (what `verify` matches); the alias is for people.
+                record = {"clip_id": clip_id, "stream": key,
+                          "alias": self._plan(key).info.alias, "stage": stage,
+                          "message": message}
                 report.failures.append(record)
                 self.store.add_failures([record])
                 log.warning("%s", failure_line(record).strip())
@@ -567,10 +580,13 @@ class TaskRunner:
 
 def prepare_store(store: FeatureStore, clips: list[dict], plans: list[StreamPlan]) -> None:
     """Create the streams and add clips the clip table lacks (one process, before any task)."""
+    refuse_changed_clips(store, clips)  # before anything is written
     for p in plans:
         p.info = store.create_stream(p.info)
-    known = set(store.clip_ids())
-    new = [clip_table_record(c) for c in clips if c["clip_id"] not in known]
+        # What this run means to commit, so `verify` can tell a complete stream from a cut one.
+        store.record_intent(p.info, [c["clip_id"] for c in clips if has_input(c, p.modality)])
+    records = {r["clip_id"]: r for r in store.clips()}
+    new = [clip_table_record(c) for c in clips if needs_new_record(records.get(c["clip_id"]), c)]
     if new:
         store.add_clips(new)
 
@@ -592,7 +608,10 @@ def run_extraction(
     started = time.perf_counter()
     if options.limit is not None:
         clips = clips[: options.limit]
+    for i, clip in enumerate(clips):  # callers of the Python API get the clips file's checks
+        check_clip(clip, f"clips[{i}]")
     device = resolve_device(options.device)
+    options = replace(options, device=device)  # the stream keys hold the device used
     plans = build_plans(options, device)
     prepare_store(store, clips, plans)
     record_plans(store, plans, options)

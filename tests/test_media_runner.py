@@ -21,6 +21,7 @@ import pytest
 import extract.runner as runner_module
 from extract.runner import ExtractOptions, run_extraction
 from features_store import open_store, verify
+from features_store.errors import UserError
 from pipelines.synthetic.av_writer import write_video
 
 VIDEO = "hsemotion-enet-b0"
@@ -55,18 +56,14 @@ def _options(**kw) -> ExtractOptions:
 
 
 @pytest.mark.timeout(120)
-def test_a_clip_whose_video_is_a_list_is_a_ledger_line_not_a_hang(media, tmp_path):
-    # Today the decode thread dies with a TypeError and the run waits for it forever.
-    clips = [{"clip_id": "l", "video": ["x"]},
-             {"clip_id": "good", "video": str(media / "talk.mp4")}]
+def test_a_clip_whose_video_is_a_list_is_one_error_line_not_a_hang(media, tmp_path):
+    # Once the decode thread died with a TypeError here and the run waited for it forever.
+    clips = [{"clip_id": "good", "video": str(media / "talk.mp4")},
+             {"clip_id": "l", "video": ["x"]}]
     store = open_store(str(tmp_path / "s.zarr"))
-    report = run_extraction(clips, store, _options(encoders=[VIDEO]), progress=False)
-    assert (report.done, report.failed) == (1, 1)
-    ledger = {f["clip_id"]: f for f in store.failures()}
-    assert set(ledger) == {"l"}
-    assert "TypeError" in ledger["l"]["message"]
-    assert store.committed_clip_ids(VIDEO) == {"good"}
-    assert verify(store).ok
+    with pytest.raises(UserError, match=r"clips\[1\]: clip 'l': 'video' must be a string"):
+        run_extraction(clips, store, _options(encoders=[VIDEO]), progress=False)
+    assert store.streams() == []  # refused before anything was written
 
 
 @pytest.mark.timeout(120)
@@ -104,9 +101,11 @@ def test_a_video_without_audio_keeps_its_video_features(media, tmp_path):
     assert store.committed_clip_ids(AUDIO) == {"talk"}
     (entry,) = store.failures()
     assert entry["clip_id"] == "silent" and entry["stage"] == "no_audio"
-    assert entry["stream"] == store.resolve(AUDIO).alias
+    assert entry["stream"] == store.resolve(AUDIO).key
+    assert entry["alias"] == store.resolve(AUDIO).alias
     assert "silent.mp4" in entry["message"]
     assert report.failed == 1 and report.failures[0]["stream"] == entry["stream"]
+    # The stream that failed is accounted for by the ledger, so the store verifies clean.
     assert store.read_clip(VIDEO, "silent").shape[0] == 5  # 1 s at 5 fps
     assert verify(store).ok
     # A rerun retries only what is missing and keeps what is there.
