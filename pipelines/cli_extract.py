@@ -23,9 +23,11 @@ def _split_list(value: str | None) -> list[str]:
 @click.option("--data-root", type=click.Path(file_okay=False), help="Dataset folder.")
 @click.option("--store", "store_url", required=True, help="Store path or fsspec URL.")
 @click.option("--encoders", help="Comma-separated, name[@face|@body]; default: the recipe's.")
-@click.option("--weights", default="default", show_default=True,
+@click.option("--weights", default="default", show_default=True, envvar="AFFECT_WEIGHTS",
+              show_envvar=True,
               help="default (published weights from the library cache), random, or a path.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1...")
+@click.option("--device", default="auto", show_default=True, envvar="AFFECT_DEVICE",
+              show_envvar=True, help="auto, cpu, cuda, cuda:1...")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Only the first N clips.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -36,7 +38,7 @@ def _split_list(value: str | None) -> list[str]:
                    "encoders (faster on large videos; default: decoded size, exact parity).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
               show_default=True)
-@click.option("--reduced", is_flag=True,
+@click.option("--reduced", is_flag=True, envvar="AFFECT_REDUCED", show_envvar=True,
               help="Smaller architectures of the same families (tests and smoke runs).")
 @click.option("--clips-per-part", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--decode-workers", type=click.IntRange(0), default=2, show_default=True)
