@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 DECODE_BATCH = 32      # frames per decoded batch handed from a decode thread
 QUEUE_DEPTH = 8        # decoded batches buffered per clip ahead of the model
-DEFAULT_PROGRESS_EVERY_S = 60.0  # progress lines when stderr is not a terminal
+DEFAULT_PROGRESS_EVERY_S = 30.0  # progress lines when stderr is not a terminal (as dask runs)
 
 
 def resolve_device(device: str) -> str:

@@ -50,7 +50,7 @@ def _split_list(value: str | None) -> list[str]:
                    "--scheduler-file`, SLURM deployments).")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any clip fails.")
 @click.option("--progress-every", type=click.FloatRange(min=0, min_open=True),
-              envvar="AFFECT_PROGRESS_EVERY", show_envvar=True, default=60.0, show_default=True,
+              envvar="AFFECT_PROGRESS_EVERY", show_envvar=True, default=30.0, show_default=True,
               help="Seconds between progress lines when stderr is not a terminal (logs, CI).")
 @verbose_option
 def extract(clips_file, dataset, data_root, store_url, encoders, weights, device, batch_size,
