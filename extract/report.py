@@ -63,6 +63,16 @@ class ExtractReport:
             mine.model_s += s.model_s
 
 
+SUMMARY_FAILURES = 5  # failure lines repeated in the end summary; the ledger has them all
+
+
+def failure_line(record: dict) -> str:
+    """One failure as the user reads it: the clip id, the stream, then the file and reason."""
+    name = record.get("alias") or record.get("stream")
+    stream = f", stream {name}" if name else ""
+    return f"  failed: clip {record.get('clip_id')!r}{stream}: {record.get('message')}"
+
+
 def format_report(report: ExtractReport) -> str:
     lines = [
         f"clips: {report.clips_total} total, {report.done} done, {report.skipped} skipped "
@@ -79,6 +89,9 @@ def format_report(report: ExtractReport) -> str:
                 else "")
         lines.append(f"{plural(report.failed, 'clip')} failed{kept}; the failure ledger is at "
                      f"{report.ledger} (`affect store ledger STORE`)")
+        lines += [failure_line(f) for f in report.failures[:SUMMARY_FAILURES]]
+        if len(report.failures) > SUMMARY_FAILURES:
+            lines.append(f"  ... and {len(report.failures) - SUMMARY_FAILURES} more in the ledger")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ stays busy; outputs stream into the part writers, so memory does not grow with c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -27,15 +28,17 @@ from features_store import FeatureStore, PartCommitted
 from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
 
-from .clips import clip_table_record
+from .clips import check_clip, clip_table_record
 from .definition import needs_new_record, refuse_changed_clips
 from .media import MediaError, iter_timed_audio, iter_video_frames, list_frame_folder
 from .media_video import _BoxLookup, crop
 from .plan import FACE_MARGIN_PX, StreamPlan, compute_identity, parse_request, stream_info
+from .progress import ProgressLines, wants_progress_lines
 from .report import (
     ExtractOptions,
     ExtractReport,
     StreamStats,
+    failure_line,
     format_report,
     interrupted_message,
 )
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 
 DECODE_BATCH = 32      # frames per decoded batch handed from a decode thread
 QUEUE_DEPTH = 8        # decoded batches buffered per clip ahead of the model
+DEFAULT_PROGRESS_EVERY_S = 30.0  # progress lines when stderr is not a terminal (as dask runs)
 
 
 def resolve_device(device: str) -> str:
@@ -537,12 +541,13 @@ class TaskRunner:
                     writers[key].drop_clip()
                     audio_open.discard(key)
                 failed.add(key)
-                record = {"clip_id": clip_id, "stream": self._plan(key).info.alias,
-                          "stream_key": key, "stage": stage, "message": message}
+                # "stream" is the key (what `verify` matches); the alias is for people.
+                record = {"clip_id": clip_id, "stream": key,
+                          "alias": self._plan(key).info.alias, "stage": stage,
+                          "message": message}
                 report.failures.append(record)
                 self.store.add_failures([record])
-                log.warning("failed: clip %r, stream %s: %s", clip_id, record["stream"],
-                            message)
+                log.warning("%s", failure_line(record).strip())
 
         for item in items:
             if isinstance(item, _VideoItem):
@@ -614,13 +619,20 @@ def run_extraction(
     store: FeatureStore,
     options: ExtractOptions,
     progress: bool = True,
+    progress_every_s: float | None = DEFAULT_PROGRESS_EVERY_S,
 ) -> ExtractReport:
-    """Extract every requested stream for `clips` into `store`, resuming where it stopped."""
+    """Extract every requested stream for `clips` into `store`, resuming where it stopped.
+
+    With ``progress``: a bar on a terminal; elsewhere (logs, CI) a line every
+    ``progress_every_s`` seconds (None: no lines).
+    """
     from tqdm import tqdm
 
     started = time.perf_counter()
     if options.limit is not None:
         clips = clips[: options.limit]
+    for i, clip in enumerate(clips):  # callers of the Python API get the clips file's checks
+        check_clip(clip, f"clips[{i}]")
     device = resolve_device(options.device)
     options = replace(options, device=device)  # the stream keys hold the device used
     plans = build_plans(options, device)
@@ -631,6 +643,8 @@ def run_extraction(
     todo = sum(len(t.clips) for t in tasks)
     bar = tqdm(total=todo, desc="extract", unit="clip", disable=None if progress else True,
                dynamic_ncols=True)
+    lines = (ProgressLines(todo, progress_every_s)
+             if progress and progress_every_s and todo and wants_progress_lines() else None)
     frames_seen = [0]
 
     def on_clip(n: int, frames: int) -> None:
@@ -638,11 +652,14 @@ def run_extraction(
         elapsed = max(time.perf_counter() - started, 1e-9)
         bar.set_postfix(frames_s=f"{frames_seen[0] / elapsed:.1f}", refresh=False)
         bar.update(n)
+        if lines is not None:
+            lines.update(n, frames)
 
     runner = TaskRunner(store, plans, options, device, on_clip)
     try:
-        for task in tasks:
-            report.merge(runner.run(task))
+        with lines if lines is not None else contextlib.nullcontext():
+            for task in tasks:
+                report.merge(runner.run(task))
     except KeyboardInterrupt as exc:
         raise Interrupted(interrupted_message(store.url, report.done + report.partial)) from exc
     finally:

@@ -14,6 +14,7 @@ import sys
 import click
 
 from features_store.errors import UserError
+from pipelines.console import verbose_option
 
 # Sub-command modules, each defining one click command or group named like the attribute, and
 # the one-line help `affect --help` shows for it without importing the module (a test checks
@@ -74,6 +75,7 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="affect")
+@verbose_option
 def cli() -> None:
     """affect: extract features once into a store, train many heads on them."""
 
@@ -102,6 +104,9 @@ def os_error_line(exc: OSError) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pipelines import console
+
+    console.configure()  # before any model library is imported: they read it when imported
     try:
         cli.main(args=argv, prog_name="affect", standalone_mode=False)
     except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:
