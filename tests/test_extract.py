@@ -195,7 +195,10 @@ def test_killed_run_resumes_to_the_same_store(media, tmp_path):
     done_before = partial.committed_clip_ids(VIDEO)
     assert 3 <= len(done_before) < len(clips)
     report = verify(partial)
-    assert all("without manifest" in p for p in report.problems)  # at most the orphan
+    # At most the orphan, and the stream is reported incomplete (the run's intent is recorded).
+    assert all("without manifest" in p or "is incomplete" in p for p in report.problems)
+    (missing,) = report.missing.values()
+    assert 0 < len(missing) <= len(clips) - len(done_before)
 
     resumed = open_store(killed)
     again = run_extraction(clips, resumed, _options(encoders=[VIDEO], clips_per_part=1,

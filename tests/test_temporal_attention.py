@@ -195,3 +195,12 @@ def test_published_weights_are_found_by_the_image_stream_provenance_and_checked(
     with pytest.raises(UserError, match="sha256 differs"):
         checkpoint_path(describe_source(StreamInfo(**{**info.to_dict(),
                                                       "weights": str(other)})), "")
+
+
+def test_a_validation_split_the_store_lacks_is_refused_before_training(raer_store, tmp_path):
+    from features_store import UserError
+
+    with pytest.raises(UserError, match="no dev clips .* set val_split="):
+        train(_head("val_split=dev"), str(raer_store), tmp_path / "run", device="cpu",
+              progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()

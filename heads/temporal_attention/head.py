@@ -215,9 +215,11 @@ class TemporalAttentionHead(Head):
                 face_rows=face.offsets[f_i].astype(np.int64),
                 body_rows=body.offsets[b_i].astype(np.int64),
                 n_frames=np.minimum(face.lengths[f_i], body.lengths[b_i]).astype(np.int64))
-        if "train" not in splits:
-            raise _user_error(f"{store.url}: no train clips with {face_info.alias}, "
-                              f"{body_info.alias} and {label_info.alias}")
+        for needed in ("train", c.val_split):  # before training, not after its first epoch
+            if needed not in splits:
+                raise _user_error(f"{store.url}: no {needed} clips with {face_info.alias}, "
+                                  f"{body_info.alias} and {label_info.alias} (splits: "
+                                  f"{', '.join(splits) or 'none'}; set val_split=)")
         empty = [s.clip_ids[i] for s in splits.values() for i in np.flatnonzero(s.n_frames < 1)]
         if empty:
             raise _user_error(f"{store.url}: clip {empty[0]!r} has no frames in "

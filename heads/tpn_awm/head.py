@@ -244,9 +244,11 @@ class TpnAwmHead(Head):
         if dropped:
             warnings.warn(f"tpn_awm: {dropped} utterance(s) name no class (no emotion) and are "
                           "left out", stacklevel=2)
-        if "train" not in splits:
-            raise _user_error(f"{store.url}: no train utterances with {audio_info.alias}, "
-                              f"{video_info.alias} and {label_info.alias}")
+        for needed in ("train", c.val_split):  # before training, not after its first epoch
+            if needed not in splits:
+                raise _user_error(f"{store.url}: no {needed} utterances with {audio_info.alias},"
+                                  f" {video_info.alias} and {label_info.alias} (splits: "
+                                  f"{', '.join(splits) or 'none'}; set val_split=)")
         return UtteranceData(splits=splits, classes=classes, audio_dim=int(audio_info.dim),
                              video_dim=int(video_info.dim))
 
