@@ -98,14 +98,15 @@ def plan_streams(options: ExtractOptions) -> list[RemotePlan]:
             for p in build_plans(options, options.device)]
 
 
-def _task_runner(store_url: str, options: ExtractOptions):
+def _task_runner(store_url: str, options: ExtractOptions,
+                 storage_options: dict | None = None):
     from .runner import TaskRunner, build_plans
 
-    key = (store_url, repr(options))
+    key = (store_url, repr(sorted((storage_options or {}).items())), repr(options))
     with _RUNNERS_LOCK:
         runner = _RUNNERS.get(key)
         if runner is None:
-            store = open_store(store_url)
+            store = open_store(store_url, storage_options=storage_options)
             plans = build_plans(options, options.device)
             for p in plans:
                 p.info = store.resolve(p.info.with_key().key)
@@ -114,10 +115,14 @@ def _task_runner(store_url: str, options: ExtractOptions):
     return runner
 
 
-def run_task(store_url: str, options: ExtractOptions, task) -> ExtractReport:
-    """Run one task on a worker (a plain function so dask can ship it)."""
+def run_task(store_url: str, options: ExtractOptions, task,
+             storage_options: dict | None = None) -> ExtractReport:
+    """Run one task on a worker (a plain function so dask can ship it).
+
+    `storage_options` travel with the task: workers started elsewhere (tcp://, SLURM) have
+    none of the client's `--storage-option` values otherwise."""
     _apply_torch_threads()
-    runner = _task_runner(store_url, options)
+    runner = _task_runner(store_url, options, storage_options)
     # A task recomputed after its worker died, or retried after it committed some streams,
     # must not write a committed part again: drop the streams already committed.
     pending = {key: ids for key, ids in task.pending.items()
@@ -255,6 +260,7 @@ def run_extraction_dask(
     cluster: ClusterRequest | str | None = None,
     n_workers: int | None = None,
     progress: bool = True,
+    storage_options: dict | None = None,
 ) -> ExtractReport:
     """Extract on a dask cluster: a ClusterRequest, a scheduler address, or (None) local:N."""
     from distributed import as_completed
@@ -269,7 +275,7 @@ def run_extraction_dask(
         clips = clips[: options.limit]
     store_url = absolute_url(store_url)
     options = _absolute_options(options)
-    store = open_store(store_url)
+    store = open_store(store_url, storage_options=storage_options)
     if cluster.kind == "local":
         from .runner import resolve_device
 
@@ -298,8 +304,9 @@ def run_extraction_dask(
         try:
 
             def submit(task, attempt: int):
-                future = client.submit(run_task, store_url, options, task, pure=False,
-                                       key=_task_key(task, attempt), retries=TASK_RETRIES,
+                future = client.submit(run_task, store_url, options, task, storage_options,
+                                       pure=False, key=_task_key(task, attempt),
+                                       retries=TASK_RETRIES,
                                        resources=resources)
                 attempts[future.key] = (task, attempt, future)
                 return future

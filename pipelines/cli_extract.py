@@ -115,7 +115,8 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         from extract.report import interrupted_message
 
         try:
-            report = run_extraction_dask(clips, store.url, options, cluster)
+            report = run_extraction_dask(clips, store.url, options, cluster,
+                                         storage_options=store.storage_options)
         except Interrupted:
             raise
         except KeyboardInterrupt as exc:
