@@ -668,7 +668,7 @@ class FeatureStore:
         if history:
             return out
         def stream_of(record: dict[str, Any]) -> str | None:
-            # Extraction names the stream by key (`stream_key`) and alias (`stream`).
+            # Extraction names the stream by key in `stream` (older entries: in `stream_key`).
             return record.get("stream_key") or record.get("stream")
 
         latest: dict[tuple, dict[str, Any]] = {}
