@@ -23,6 +23,10 @@ class ExtractOptions:
     decode_size: int | None = None
     clips_per_part: int = 32
     decode_workers: int = 2
+    # "threads", "processes" (decoding scales with cores), or "auto": processes when a CUDA
+    # device waits for more than one worker, threads otherwise (nothing to start).
+    decode_in: str = "auto"
+    decoder: str = "pyav"  # "pyav" | "torchcodec" | "torchcodec:cuda" (extract.media_torchcodec)
     strict: bool = False
     encoder_options: dict[str, dict] = field(default_factory=dict)
 

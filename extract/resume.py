@@ -37,12 +37,15 @@ def request_fingerprint(request: str, options: ExtractOptions) -> str | None:
     if weights is None:
         return None
     name, crop = parse_request(request)
-    return fingerprint({
+    fields = {
         "name": name, "crop": crop, "weights": weights, "reduced": options.reduced,
         "options": options.encoder_options.get(name, {}), "fps": options.fps,
         "dtype": options.dtype, "decode_size": options.decode_size,
         "extractor": EXTRACTOR_VERSION, "affect": _package_version(),
-    })
+    }
+    if options.decoder != "pyav":  # only then part of the stream key (see runner.build_plans)
+        fields["decoder"] = options.decoder
+    return fingerprint(fields)
 
 
 def _package_version() -> str:

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,17 +25,19 @@ from features_store.errors import UserError
 from features_store.fingerprint import fingerprint
 
 from .clips import clip_table_record
-from .media import MediaError, iter_audio, iter_video_frames, list_frame_folder
-from .media_video import _BoxLookup, crop
-from .plan import FACE_MARGIN_PX, StreamPlan, parse_request, stream_info
+from .decode_ahead import (
+    AudioItem,
+    ClipError,
+    DecodeAhead,
+    DecodeSettings,
+    VideoItem,
+    spec_for,
+)
+from .plan import StreamPlan, parse_request, stream_info
 from .report import ExtractOptions, ExtractReport, StreamStats, format_report
 from .resume import has_input, record_plans
 
 log = logging.getLogger(__name__)
-
-DECODE_BATCH = 32      # frames per decoded batch handed from a decode thread
-QUEUE_DEPTH = 8        # decoded batches buffered per clip ahead of the model
-
 
 def resolve_device(device: str) -> str:
     if device == "auto":
@@ -80,6 +80,8 @@ def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
         info = stream_info(encoder, crop_kind, fps, options.dtype)
         if encoder.spec.modality == "video" and options.decode_size:
             info.preprocessing["decode_shorter_side"] = options.decode_size
+        if encoder.spec.modality == "video" and options.decoder != "pyav":
+            info.preprocessing["decoder"] = options.decoder  # equal frames are tested, not assumed
         plans.append(StreamPlan(request, encoder, crop_kind, fps, info))
     return plans
 
@@ -119,150 +121,6 @@ def make_tasks(
         }
         tasks.append(Task(chunk, {k: v for k, v in pending.items() if v}))
     return tasks, skipped
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding ahead of the model
-
-
-@dataclass
-class _VideoItem:
-    group: tuple
-    inputs: dict[str, torch.Tensor]  # stream key -> preprocessed frames
-    times_s: np.ndarray
-
-
-@dataclass
-class _AudioItem:
-    stream_key: str
-    samples: np.ndarray
-
-
-@dataclass
-class _ClipEnd:
-    pass
-
-
-@dataclass
-class _ClipError:
-    stage: str
-    message: str
-
-
-def _video_source(clip: dict) -> str:
-    return clip.get("video") or clip.get("frames")
-
-
-def _box_lookup(clip: dict, crop_kind: str, source: str) -> _BoxLookup:
-    # A clip without boxes of this kind is encoded on whole frames, as RAER's code does.
-    boxes = (clip.get("boxes") or {}).get(crop_kind)
-    names = [p.name for p in list_frame_folder(source)] if os.path.isdir(source) else None
-    return _BoxLookup(boxes, names, source)
-
-
-def _decode_clip(clip: dict, plans: list[StreamPlan], pending: set[str], out: queue.Queue,
-                 stop: threading.Event, decode_size: int | None = None) -> None:
-    """Producer: decode one clip for every stream that needs it, put items on `out`."""
-
-    def put(item) -> None:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    try:
-        video_plans = [p for p in plans if p.modality == "video" and p.info.key in pending]
-        by_fps: dict[float, list[StreamPlan]] = {}
-        for p in video_plans:
-            by_fps.setdefault(p.fps, []).append(p)
-        for fps, group in by_fps.items():  # one decode per distinct frame rate
-            source = _video_source(clip)
-            lookups = {p.info.key: _box_lookup(clip, p.crop, source) for p in group if p.crop}
-            for batch in iter_video_frames(
-                source, fps=fps, batch_size=DECODE_BATCH, start_s=clip.get("start"),
-                end_s=clip.get("end"), folder_fps=clip.get("fps") or 25.0,
-                size=decode_size, resize_mode="shorter",
-            ):
-                inputs = {}
-                for p in group:
-                    if p.crop:
-                        margin = FACE_MARGIN_PX if p.crop == "face" else 0
-                        lookup = lookups[p.info.key]
-                        crops = [
-                            _crop_or_full(frame, lookup(int(i)), margin)
-                            for frame, i in zip(batch.frames, batch.source_index)
-                        ]
-                        inputs[p.info.key] = torch.cat(
-                            [p.encoder.preprocess(c[None]) for c in crops])
-                    else:
-                        inputs[p.info.key] = p.encoder.preprocess(batch.frames)
-                put(_VideoItem((fps,), inputs, batch.times_s))
-                if stop.is_set():
-                    return
-        for p in plans:
-            if p.modality != "audio" or p.info.key not in pending:
-                continue
-            source = clip.get("audio") or clip.get("video")
-            chunk_s = p.encoder.spec.chunk_s or 30.0
-            for samples in iter_audio(source, p.encoder.spec.sample_rate, chunk_s=chunk_s,
-                                      start_s=clip.get("start"), end_s=clip.get("end")):
-                put(_AudioItem(p.info.key, samples))
-                if stop.is_set():
-                    return
-        put(_ClipEnd())
-    except MediaError as exc:
-        put(_ClipError(exc.stage, str(exc)))
-    except (UserError, ValueError, OSError) as exc:
-        put(_ClipError("decode", f"{_video_source(clip) or clip.get('audio')}: {exc}"))
-
-
-def _crop_or_full(frame: np.ndarray, box, margin: int) -> np.ndarray:
-    return frame if box is None else crop(frame, box, margin)
-
-
-class _DecodeAhead:
-    """Decode up to `workers` clips concurrently, handing them to the consumer in order."""
-
-    def __init__(self, clips: list[dict], plans: list[StreamPlan], pending: dict[str, set[str]],
-                 workers: int, decode_size: int | None = None) -> None:
-        self.clips, self.plans, self.pending = clips, plans, pending
-        self.decode_size = decode_size
-        self.workers = max(1, workers)
-        self.stop = threading.Event()
-        self.queues: list[queue.Queue] = []
-        self.threads: list[threading.Thread] = []
-
-    def _start(self, i: int) -> None:
-        q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
-        keys = self.pending[self.clips[i]["clip_id"]]
-        t = threading.Thread(target=_decode_clip, args=(self.clips[i], self.plans, keys, q,
-                                                         self.stop, self.decode_size), daemon=True)
-        t.start()
-        self.queues.append(q)
-        self.threads.append(t)
-
-    def __iter__(self) -> Iterator[tuple[dict, Iterator]]:
-        for i in range(min(self.workers, len(self.clips))):
-            self._start(i)
-        for i, clip in enumerate(self.clips):
-            yield clip, self._items(self.queues[i])
-            if i + self.workers < len(self.clips):
-                self._start(i + self.workers)
-
-    @staticmethod
-    def _items(q: queue.Queue) -> Iterator:
-        while True:
-            item = q.get()
-            yield item
-            if isinstance(item, _ClipEnd | _ClipError):
-                return
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,8 +253,8 @@ class TaskRunner:
         media_clips = [c for c in task.clips
                        if any(self._plan(k).modality != "text" for k in pending_by_clip[
                            c["clip_id"]])]
-        ahead = _DecodeAhead(media_clips, plans, pending_by_clip, self.options.decode_workers,
-                             self.options.decode_size)
+        ahead = DecodeAhead(media_clips, [spec_for(p) for p in plans if p.modality != "text"],
+                            pending_by_clip, self.decode_settings())
         failed: set[str] = set()
         try:
             with torch.inference_mode(), self._autocast():
@@ -428,6 +286,14 @@ class TaskRunner:
         report.streams = stats
         return report
 
+    def decode_settings(self) -> DecodeSettings:
+        mode = self.options.decode_in
+        # Processes pay a start-up but scale with cores: worth it when a device waits for them.
+        processes = mode == "processes" or (mode == "auto" and self.device.startswith("cuda")
+                                            and self.options.decode_workers > 1)
+        return DecodeSettings(self.options.decode_workers, processes, self.options.decode_size,
+                              self.options.decoder)
+
     def _plan(self, key: str) -> StreamPlan:
         return next(p for p in self.plans if p.info.key == key)
 
@@ -441,11 +307,11 @@ class TaskRunner:
         rows_fed: dict[str, int] = {}
         audio_open: set[str] = set()
         for item in items:
-            if isinstance(item, _VideoItem):
+            if isinstance(item, VideoItem):
                 for key, inputs in item.inputs.items():
                     batchers[key].add(clip_id, float(item.times_s[0]), inputs)
                     rows_fed[key] = rows_fed.get(key, 0) + len(inputs)
-            elif isinstance(item, _AudioItem):
+            elif isinstance(item, AudioItem):
                 writer = writers[item.stream_key]
                 plan = self._plan(item.stream_key)
                 if item.stream_key not in audio_open:
@@ -456,7 +322,7 @@ class TaskRunner:
                 stats[item.stream_key].model_s += time.perf_counter() - started
                 stats[item.stream_key].rows += len(rows)
                 writer.append(np.asarray(rows, dtype=np.float32))
-            elif isinstance(item, _ClipError):
+            elif isinstance(item, ClipError):
                 for batcher in batchers.values():
                     batcher.drop_clip(clip_id)
                 for key in audio_open:
@@ -466,7 +332,7 @@ class TaskRunner:
                 self.store.add_failures([record])
                 log.warning("%s", item.message)
                 return None
-            else:  # _ClipEnd
+            else:  # ClipEnd
                 for key, batcher in batchers.items():
                     if key in rows_fed:
                         batcher.finish_clip(clip_id, rows_fed[key])

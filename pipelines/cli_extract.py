@@ -38,11 +38,17 @@ def _split_list(value: str | None) -> list[str]:
               help="Smaller architectures of the same families (tests and smoke runs).")
 @click.option("--clips-per-part", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--decode-workers", type=click.IntRange(0), default=2, show_default=True)
+@click.option("--decode-in", type=click.Choice(["auto", "threads", "processes"]), default="auto",
+              show_default=True, help="Decode workers as threads or processes (processes scale "
+              "with cores; auto: processes when a CUDA device waits for several workers).")
+@click.option("--decoder", type=click.Choice(["pyav", "torchcodec", "torchcodec:cuda"]),
+              default="pyav", show_default=True,
+              help="Video decoder; torchcodec needs the optional torchcodec package and FFmpeg.")
 @click.option("--scheduler", help="dask scheduler address; 'local' for a LocalCluster.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any clip fails.")
 def extract(clips_file, dataset, data_root, store_url, encoders, weights, device, batch_size,
-            limit, fps, decode_size, dtype, reduced, clips_per_part, decode_workers, scheduler,
-            strict) -> None:
+            limit, fps, decode_size, dtype, reduced, clips_per_part, decode_workers, decode_in,
+            decoder, scheduler, strict) -> None:
     """Decode each clip once and write every requested encoder's features to the store."""
     from extract.clips import read_clips_file
     from extract.report import ExtractOptions, format_report
@@ -82,7 +88,8 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         encoders=requests, weights=weights, device=device, batch_size=batch_size, limit=limit,
         reduced=reduced, dtype=dtype, fps=fps or 25.0, decode_size=decode_size,
         clips_per_part=clips_per_part,
-        decode_workers=decode_workers, strict=strict, encoder_options=encoder_options,
+        decode_workers=decode_workers, decode_in=decode_in, decoder=decoder, strict=strict,
+        encoder_options=encoder_options,
     )
     # A rerun with nothing left to do is answered from the store's metadata alone.
     report = already_done(clips[:limit] if limit else clips, store, options)

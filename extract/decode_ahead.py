@@ -1,0 +1,311 @@
+"""Decoding ahead of the model: clips are decoded and preprocessed while the device encodes.
+
+Two ways to run the producers, chosen by `DecodeSettings.processes`:
+
+- threads (the default for small runs: nothing to start): up to ``workers`` clips decode at
+  once in threads. PyAV holds the GIL while it decodes and converts frames, so threads overlap
+  decoding with the model but never use more than about one core for decoding;
+- processes: ``workers`` decode processes, each with one FFmpeg codec thread and one torch
+  thread, so decoding scales with cores. Clip ``i`` goes to worker ``i % workers``; each worker
+  has its own result queue, read in clip order, so clips still reach the model in order. A batch
+  crosses the process boundary through shared memory (torch.multiprocessing): the worker writes
+  its tensor into a shared segment once and the consumer maps that segment, no copy on the
+  receiving side. Workers are forked from a forkserver that imported this module once, so a
+  worker starts in milliseconds and never inherits the parent's threads or CUDA state.
+
+Either way the same `decode_clip` runs, so the frames and tensors are identical.
+
+Per-encoder preprocessing of large frames (720p and up) costs more than decoding them, and
+encoders that resize to the same size with the same filter would repeat it: `decode_clip`
+resizes once per distinct resize step and hands the result to every encoder that shares it.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from features_store.errors import UserError
+
+from .media import MediaError, iter_audio, iter_video_frames, list_frame_folder
+from .media_video import _BoxLookup, crop
+from .plan import FACE_MARGIN_PX
+
+DECODE_BATCH = 32      # frames per decoded batch handed from a decode worker
+QUEUE_DEPTH = 8        # decoded batches buffered per worker ahead of the model
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """What decoding one stream needs, without the model: it pickles into worker processes."""
+
+    key: str
+    modality: str                 # "video" | "audio"
+    fps: float | None = None      # video decode rate
+    crop: str | None = None       # "face" | "body" | None
+    preprocess: Callable[[np.ndarray], torch.Tensor] | None = None  # video: frames -> tensor
+    sample_rate: int | None = None  # audio
+    chunk_s: float | None = None    # audio
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    workers: int = 2
+    processes: bool = False
+    decode_size: int | None = None
+    decoder: str = "pyav"
+
+
+def spec_for(plan) -> DecodeSpec:
+    """The decode side of a `StreamPlan`."""
+    encoder = plan.encoder
+    if plan.modality == "video":
+        return DecodeSpec(plan.info.key, "video", fps=plan.fps, crop=plan.crop,
+                          preprocess=encoder.preprocessor)
+    return DecodeSpec(plan.info.key, plan.modality, sample_rate=encoder.spec.sample_rate,
+                      chunk_s=encoder.spec.chunk_s)
+
+
+@dataclass
+class VideoItem:
+    group: tuple
+    inputs: dict[str, torch.Tensor]  # stream key -> preprocessed frames
+    times_s: np.ndarray
+
+
+@dataclass
+class AudioItem:
+    stream_key: str
+    samples: np.ndarray
+
+
+@dataclass
+class ClipEnd:
+    pass
+
+
+@dataclass
+class ClipError:
+    stage: str
+    message: str
+
+
+def video_source(clip: dict) -> str:
+    return clip.get("video") or clip.get("frames")
+
+
+def _box_lookup(clip: dict, crop_kind: str, source: str) -> _BoxLookup:
+    # A clip without boxes of this kind is encoded on whole frames, as RAER's code does.
+    boxes = (clip.get("boxes") or {}).get(crop_kind)
+    names = [p.name for p in list_frame_folder(source)] if os.path.isdir(source) else None
+    return _BoxLookup(boxes, names, source)
+
+
+def _crop_or_full(frame: np.ndarray, box, margin: int) -> np.ndarray:
+    return frame if box is None else crop(frame, box, margin)
+
+
+def _shared_preprocess(frames: np.ndarray, group: Sequence[DecodeSpec]) -> dict[str, torch.Tensor]:
+    """Preprocess whole frames for every stream of a group, each distinct transform once.
+
+    Two streams whose transforms are equal (same resize, crop, filter, normalisation) get the
+    same tensor; the tensors are read-only downstream.
+    """
+    done: dict = {}
+    inputs = {}
+    for spec in group:
+        try:
+            token = (hash(spec.preprocess), spec.preprocess)
+        except TypeError:  # an unhashable transform is never shared
+            token = id(spec.preprocess)
+        if token not in done:
+            done[token] = spec.preprocess(frames)
+        inputs[spec.key] = done[token]
+    return inputs
+
+
+def decode_clip(clip: dict, specs: Sequence[DecodeSpec], pending: set[str],
+                put: Callable[[object], bool], settings: DecodeSettings,
+                codec_threads: int | None = None) -> None:
+    """Producer: decode one clip for every stream that needs it and `put` its items in order.
+
+    ``put`` returns False when the consumer has stopped listening; the producer then returns.
+    The last item is always `ClipEnd` or `ClipError` (unless stopped).
+    """
+    try:
+        video = [s for s in specs if s.modality == "video" and s.key in pending]
+        by_fps: dict[float | None, list[DecodeSpec]] = {}
+        for spec in video:
+            by_fps.setdefault(spec.fps, []).append(spec)
+        for fps, group in by_fps.items():  # one decode per distinct frame rate
+            source = video_source(clip)
+            lookups = {s.key: _box_lookup(clip, s.crop, source) for s in group if s.crop}
+            whole = [s for s in group if not s.crop]
+            for batch in iter_video_frames(
+                source, fps=fps, batch_size=DECODE_BATCH, start_s=clip.get("start"),
+                end_s=clip.get("end"), folder_fps=clip.get("fps") or 25.0,
+                size=settings.decode_size, resize_mode="shorter",
+                codec_threads=codec_threads, decoder=settings.decoder,
+            ):
+                inputs = _shared_preprocess(batch.frames, whole) if whole else {}
+                for spec in group:
+                    if not spec.crop:
+                        continue
+                    margin = FACE_MARGIN_PX if spec.crop == "face" else 0
+                    lookup = lookups[spec.key]
+                    crops = [_crop_or_full(frame, lookup(int(i)), margin)
+                             for frame, i in zip(batch.frames, batch.source_index)]
+                    inputs[spec.key] = torch.cat([spec.preprocess(c[None]) for c in crops])
+                if not put(VideoItem((fps,), inputs, batch.times_s)):
+                    return
+        for spec in specs:
+            if spec.modality != "audio" or spec.key not in pending:
+                continue
+            source = clip.get("audio") or clip.get("video")
+            for samples in iter_audio(source, spec.sample_rate, chunk_s=spec.chunk_s or 30.0,
+                                      start_s=clip.get("start"), end_s=clip.get("end")):
+                if not put(AudioItem(spec.key, samples)):
+                    return
+        put(ClipEnd())
+    except MediaError as exc:
+        put(ClipError(exc.stage, str(exc)))
+    except (UserError, ValueError, OSError) as exc:
+        put(ClipError("decode", f"{video_source(clip) or clip.get('audio')}: {exc}"))
+
+
+def _putter(out, stop) -> Callable[[object], bool]:
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+    return put
+
+
+def _is_last(item) -> bool:
+    return isinstance(item, ClipEnd | ClipError)
+
+
+class DecodeAhead:
+    """Decode up to `settings.workers` clips concurrently, handing them over in clip order.
+
+    Iterating yields ``(clip, items)`` per clip; ``items`` must be drained (or the iteration
+    closed) before the next clip's items are read.
+    """
+
+    def __init__(self, clips: list[dict], specs: Sequence[DecodeSpec],
+                 pending: dict[str, set[str]], settings: DecodeSettings) -> None:
+        self.clips, self.specs, self.pending, self.settings = clips, list(specs), pending, settings
+        self.workers = max(1, settings.workers)
+        self._threads: list[threading.Thread] = []
+        self._queues: list[queue.Queue] = []
+        self._procs: list = []
+        self._stop = None
+
+    # -- threads --------------------------------------------------------------------------
+    def _start_thread(self, i: int) -> None:
+        q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        clip = self.clips[i]
+        t = threading.Thread(target=decode_clip, daemon=True, args=(
+            clip, self.specs, self.pending[clip["clip_id"]], _putter(q, self._stop),
+            self.settings))
+        t.start()
+        self._queues.append(q)
+        self._threads.append(t)
+
+    def _iter_threads(self) -> Iterator[tuple[dict, Iterator]]:
+        self._stop = threading.Event()
+        for i in range(min(self.workers, len(self.clips))):
+            self._start_thread(i)
+        for i, clip in enumerate(self.clips):
+            yield clip, self._items(self._queues[i])
+            if i + self.workers < len(self.clips):
+                self._start_thread(i + self.workers)
+
+    # -- processes ------------------------------------------------------------------------
+    def _iter_processes(self) -> Iterator[tuple[dict, Iterator]]:
+        ctx = _process_context()
+        self._stop = ctx.Event()
+        n = min(self.workers, len(self.clips))
+        results = [ctx.Queue(maxsize=QUEUE_DEPTH) for _ in range(n)]
+        for w in range(n):
+            jobs = [(clip, self.pending[clip["clip_id"]]) for clip in self.clips[w::n]]
+            proc = ctx.Process(target=_worker_main, daemon=True, args=(
+                jobs, self.specs, self.settings, results[w], self._stop))
+            proc.start()
+            self._procs.append(proc)
+        self._queues = results
+        for i, clip in enumerate(self.clips):
+            yield clip, self._items(results[i % n], self._procs[i % n])
+
+    def __iter__(self) -> Iterator[tuple[dict, Iterator]]:
+        if self.settings.processes and len(self.clips) > 0:
+            return self._iter_processes()
+        return self._iter_threads()
+
+    def _items(self, q, proc=None) -> Iterator:
+        while True:
+            try:
+                item = q.get(timeout=1.0)
+            except queue.Empty:
+                if proc is not None and not proc.is_alive():
+                    raise RuntimeError(f"decode worker {proc.pid} died (exit code "
+                                       f"{proc.exitcode}) without finishing its clip") from None
+                continue
+            yield item
+            if _is_last(item):
+                return
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        for q in self._queues:
+            if hasattr(q, "cancel_join_thread"):
+                q.cancel_join_thread()
+                q.close()
+
+
+def _worker_main(jobs, specs, settings: DecodeSettings, results, stop) -> None:
+    # One core each: FFmpeg's own frame threads and torch's intra-op threads would fight the
+    # other workers for the same cores.
+    torch.set_num_threads(1)
+    put = _putter(results, stop)
+    for clip, pending in jobs:
+        if stop.is_set():
+            return
+        decode_clip(clip, specs, pending, put, settings, codec_threads=1)
+
+
+_CONTEXT = None
+
+
+def _process_context():
+    """A torch.multiprocessing forkserver context whose server has imported this module."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        import torch.multiprocessing as tmp
+
+        ctx = tmp.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        _CONTEXT = ctx
+    return _CONTEXT
+
+
+__all__ = ["DecodeAhead", "DecodeSettings", "DecodeSpec", "decode_clip", "spec_for",
+           "VideoItem", "AudioItem", "ClipEnd", "ClipError", "DECODE_BATCH", "QUEUE_DEPTH"]
