@@ -290,6 +290,9 @@ def _worker_main(jobs, specs, settings: DecodeSettings, results, stop) -> None:
         if stop.is_set():
             return
         decode_clip(clip, specs, pending, put, settings, codec_threads=1)
+    # Stay alive until the consumer is done: a tensor in flight is received by asking this
+    # process for its shared-memory handle, which dies with the process.
+    stop.wait()
 
 
 _CONTEXT = None
