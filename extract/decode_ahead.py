@@ -55,6 +55,14 @@ class DecodeSpec:
 
 
 @dataclass(frozen=True)
+class RawFrames:
+    """A "preprocess" that keeps the decoded uint8 frames [N, H, W, 3]: decode-only runs."""
+
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(frames)
+
+
+@dataclass(frozen=True)
 class DecodeSettings:
     workers: int = 2
     processes: bool = False
@@ -310,5 +318,5 @@ def _process_context():
     return _CONTEXT
 
 
-__all__ = ["DecodeAhead", "DecodeSettings", "DecodeSpec", "decode_clip", "spec_for",
+__all__ = ["DecodeAhead", "DecodeSettings", "DecodeSpec", "RawFrames", "decode_clip", "spec_for",
            "VideoItem", "AudioItem", "ClipEnd", "ClipError", "DECODE_BATCH", "QUEUE_DEPTH"]
