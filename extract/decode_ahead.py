@@ -68,6 +68,7 @@ class DecodeSettings:
     processes: bool = False
     decode_size: int | None = None
     decoder: str = "pyav"
+    resize_with: str = "pil"  # "pil" (the upstream transforms' values) | "tensor" (faster)
 
 
 def spec_for(plan) -> DecodeSpec:
@@ -119,13 +120,22 @@ def _crop_or_full(frame: np.ndarray, box, margin: int) -> np.ndarray:
     return frame if box is None else crop(frame, box, margin)
 
 
-def _shared_preprocess(frames: np.ndarray, group: Sequence[DecodeSpec]) -> dict[str, torch.Tensor]:
-    """Preprocess whole frames for every stream of a group, each distinct transform once.
+def _shared_preprocess(frames: np.ndarray, group: Sequence[DecodeSpec],
+                       resize_with: str = "pil") -> dict[str, torch.Tensor]:
+    """Preprocess whole frames for every stream of a group, each resize step once.
 
-    Two streams whose transforms are equal (same resize, crop, filter, normalisation) get the
-    same tensor; the tensors are read-only downstream.
+    Streams whose transforms are equal get the same tensor (read-only downstream). For the
+    upstream transforms (`ImagePreprocess`) the resize (size and filter) is done once per
+    distinct step and shared, then each stream crops and normalises its copy: with
+    ``resize_with="pil"`` through the very PIL/torchvision calls `ImagePreprocess` makes (same
+    values), with ``"tensor"`` through torchvision's antialiased tensor resize on the whole
+    batch (about 3x faster on 720p frames; values within one grey level of PIL's, so it is
+    part of the stream key).
     """
+    from extract.encoders.base import ImagePreprocess
+
     done: dict = {}
+    resized: dict = {}
     inputs = {}
     for spec in group:
         try:
@@ -133,9 +143,46 @@ def _shared_preprocess(frames: np.ndarray, group: Sequence[DecodeSpec]) -> dict[
         except TypeError:  # an unhashable transform is never shared
             token = id(spec.preprocess)
         if token not in done:
-            done[token] = spec.preprocess(frames)
+            if isinstance(spec.preprocess, ImagePreprocess):
+                done[token] = _upstream_transform(frames, spec.preprocess, resized, resize_with)
+            else:
+                done[token] = spec.preprocess(frames)
         inputs[spec.key] = done[token]
     return inputs
+
+
+def _upstream_transform(frames: np.ndarray, pre, resized: dict, resize_with: str) -> torch.Tensor:
+    """`pre(frames)`, with the resized frames looked up in (or added to) `resized`."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    mode = {"bilinear": InterpolationMode.BILINEAR,
+            "bicubic": InterpolationMode.BICUBIC}[pre.interpolation]
+    size = list(pre.resize) if isinstance(pre.resize, tuple) else pre.resize
+    step = (resize_with, repr(size), pre.interpolation)
+    if step not in resized:
+        if resize_with == "tensor":
+            from torchvision.transforms.v2 import functional as F2
+
+            # v2's uint8 kernels: within one grey level of PIL (v1's float path is further).
+            batch = torch.from_numpy(frames).permute(0, 3, 1, 2)
+            resized[step] = F2.resize(batch, size, interpolation=mode, antialias=True)
+        else:
+            resized[step] = [F.resize(Image.fromarray(f), size, interpolation=mode)
+                             for f in frames]
+    images = resized[step]
+    if resize_with == "tensor":
+        if pre.crop is not None:
+            images = F.center_crop(images, [pre.crop, pre.crop])
+        x = images.float().div_(255)
+        return F.normalize(x, list(pre.mean), list(pre.std)).contiguous()
+    out = torch.empty((len(frames), 3, pre.size, pre.size), dtype=torch.float32)
+    for i, image in enumerate(images):
+        if pre.crop is not None:
+            image = F.center_crop(image, [pre.crop, pre.crop])
+        out[i] = F.normalize(F.to_tensor(image), list(pre.mean), list(pre.std))
+    return out
 
 
 def decode_clip(clip: dict, specs: Sequence[DecodeSpec], pending: set[str],
@@ -161,7 +208,8 @@ def decode_clip(clip: dict, specs: Sequence[DecodeSpec], pending: set[str],
                 size=settings.decode_size, resize_mode="shorter",
                 codec_threads=codec_threads, decoder=settings.decoder,
             ):
-                inputs = _shared_preprocess(batch.frames, whole) if whole else {}
+                inputs = (_shared_preprocess(batch.frames, whole, settings.resize_with)
+                          if whole else {})
                 for spec in group:
                     if not spec.crop:
                         continue

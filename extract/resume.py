@@ -45,6 +45,8 @@ def request_fingerprint(request: str, options: ExtractOptions) -> str | None:
     }
     if options.decoder != "pyav":  # only then part of the stream key (see runner.build_plans)
         fields["decoder"] = options.decoder
+    if options.resize_with != "pil":
+        fields["resize_with"] = options.resize_with
     return fingerprint(fields)
 
 

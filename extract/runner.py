@@ -80,6 +80,8 @@ def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
         info = stream_info(encoder, crop_kind, fps, options.dtype)
         if encoder.spec.modality == "video" and options.decode_size:
             info.preprocessing["decode_shorter_side"] = options.decode_size
+        if encoder.spec.modality == "video" and options.resize_with != "pil" and not crop_kind:
+            info.preprocessing["resize_with"] = options.resize_with
         if encoder.spec.modality == "video" and options.decoder != "pyav":
             info.preprocessing["decoder"] = options.decoder  # equal frames are tested, not assumed
         plans.append(StreamPlan(request, encoder, crop_kind, fps, info))
@@ -292,7 +294,7 @@ class TaskRunner:
         processes = mode == "processes" or (mode == "auto" and self.device.startswith("cuda")
                                             and self.options.decode_workers > 1)
         return DecodeSettings(self.options.decode_workers, processes, self.options.decode_size,
-                              self.options.decoder)
+                              self.options.decoder, self.options.resize_with)
 
     def _plan(self, key: str) -> StreamPlan:
         return next(p for p in self.plans if p.info.key == key)

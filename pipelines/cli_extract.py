@@ -32,6 +32,10 @@ def _split_list(value: str | None) -> list[str]:
 @click.option("--decode-size", type=click.IntRange(32), default=None,
               help="Scale frames to this shorter side while decoding, once for all video "
                    "encoders (faster on large videos; default: decoded size, exact parity).")
+@click.option("--resize-with", type=click.Choice(["pil", "tensor"]), default="pil",
+              show_default=True, help="Resize whole frames with PIL (the upstream transforms, "
+              "exact) or torchvision's tensor kernels (faster on large frames, within one grey "
+              "level; a separate stream).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
               show_default=True)
 @click.option("--reduced", is_flag=True,
@@ -47,8 +51,8 @@ def _split_list(value: str | None) -> list[str]:
 @click.option("--scheduler", help="dask scheduler address; 'local' for a LocalCluster.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any clip fails.")
 def extract(clips_file, dataset, data_root, store_url, encoders, weights, device, batch_size,
-            limit, fps, decode_size, dtype, reduced, clips_per_part, decode_workers, decode_in,
-            decoder, scheduler, strict) -> None:
+            limit, fps, decode_size, resize_with, dtype, reduced, clips_per_part,
+            decode_workers, decode_in, decoder, scheduler, strict) -> None:
     """Decode each clip once and write every requested encoder's features to the store."""
     from extract.clips import read_clips_file
     from extract.report import ExtractOptions, format_report
@@ -88,7 +92,8 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         encoders=requests, weights=weights, device=device, batch_size=batch_size, limit=limit,
         reduced=reduced, dtype=dtype, fps=fps or 25.0, decode_size=decode_size,
         clips_per_part=clips_per_part,
-        decode_workers=decode_workers, decode_in=decode_in, decoder=decoder, strict=strict,
+        decode_workers=decode_workers, decode_in=decode_in, decoder=decoder,
+        resize_with=resize_with, strict=strict,
         encoder_options=encoder_options,
     )
     # A rerun with nothing left to do is answered from the store's metadata alone.

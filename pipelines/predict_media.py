@@ -109,7 +109,7 @@ def stream_requests(training_store, keys: list[str], given_weights: dict[str, st
             encoders=[request], weights=_weights_for(info, given_weights), device=device,
             reduced=bool(arch.get("reduced", False)), dtype=info.dtype,
             fps=float(pre.get("fps") or 25.0), decode_size=pre.get("decode_shorter_side"),
-            decoder=pre.get("decoder", "pyav"),
+            decoder=pre.get("decoder", "pyav"), resize_with=pre.get("resize_with", "pil"),
             encoder_options=({info.name: _encoder_options(info.name, encoder.get("options"))}),
         )
         requests.append(StreamRequest(info, options))
