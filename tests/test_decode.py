@@ -136,3 +136,28 @@ def test_torchcodec_reports_missing_and_broken_files_as_media_errors(tmp_path):
     with pytest.raises(MediaError) as err:
         decode_all(garbage, decoder="torchcodec")
     assert err.value.stage == "open" and "\n" not in str(err.value)
+
+
+def test_shared_resize_gives_each_encoder_exactly_its_upstream_transform():
+    import torch
+
+    from extract.decode_ahead import _shared_preprocess
+    from extract.encoders.clip import PREPROCESS as CLIP_PREPROCESS
+    from extract.encoders.hsemotion import PREPROCESS as HSEMOTION_PREPROCESS
+
+    frames = np.stack(list(textured(4, 240, 320)))
+    transforms = {"clip": CLIP_PREPROCESS, "swin": SWIN_PREPROCESS,
+                  "hsemotion": HSEMOTION_PREPROCESS, "clip-again": CLIP_PREPROCESS}
+    specs = [DecodeSpec(k, "video", preprocess=p) for k, p in transforms.items()]
+    shared = _shared_preprocess(frames, specs)
+    for key, transform in transforms.items():
+        assert torch.equal(shared[key], transform(frames)), key
+    assert shared["clip"] is shared["clip-again"]
+
+    # The faster tensor resize (opt-in, its own stream key) stays within about a grey level.
+    fast = _shared_preprocess(frames, specs, resize_with="tensor")
+    for key, transform in transforms.items():
+        grey_levels = (fast[key] - shared[key]).abs() * torch.tensor(transform.std)[:, None,
+                                                                                   None] * 255
+        assert fast[key].shape == shared[key].shape
+        assert float(grey_levels.max()) <= 1.5, key
