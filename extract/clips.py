@@ -9,11 +9,14 @@ dataset fields (kept in the clip table).
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
 import os
 from collections.abc import Iterable
 
 from features_store.errors import UserError
+from features_store.paths import check_clip_id
 
 MEDIA_FIELDS = ("video", "frames", "audio")
 KNOWN_FIELDS = ("clip_id", *MEDIA_FIELDS, "text", "start", "end", "split", "speaker", "boxes",
@@ -27,40 +30,84 @@ def read_clips_file(path: str) -> list[dict]:
     clips: list[dict] = []
     seen: dict[str, int] = {}
     base = os.path.dirname(os.path.abspath(path))
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            check_clip(record, f"{path}:{number}")
-            if record["clip_id"] in seen:
-                raise UserError(f"{path}:{number}: clip_id {record['clip_id']!r} repeats line "
-                                f"{seen[record['clip_id']]}")
-            seen[record["clip_id"]] = number
-            for field in MEDIA_FIELDS:
-                value = record.get(field)
-                if isinstance(value, str) and not os.path.isabs(value):
-                    record[field] = os.path.join(base, value)  # relative to the clips file
-            clips.append(record)
+    for number, line in enumerate(_decoded_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        check_clip(record, f"{path}:{number}")
+        if record["clip_id"] in seen:
+            raise UserError(f"{path}:{number}: clip_id {record['clip_id']!r} repeats line "
+                            f"{seen[record['clip_id']]}")
+        seen[record["clip_id"]] = number
+        for field in MEDIA_FIELDS:
+            value = record.get(field)
+            if isinstance(value, str) and not os.path.isabs(value):
+                record[field] = os.path.join(base, value)  # relative to the clips file
+        clips.append(record)
     if not clips:
         raise UserError(f"{path}: no clips in the file")
     return clips
 
 
+# Byte-order marks and the encodings they announce (longest first: UTF-32 LE starts like UTF-16).
+BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _decoded_text(path: str) -> str:
+    """The clips file as text: UTF-8, or whatever its byte-order mark says (Windows editors
+    save UTF-16 with a BOM); anything else is one line naming the file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    encoding = next((name for bom, name in BOMS if data.startswith(bom)), "utf-8")
+    if encoding == "utf-8" and data[:2] in (b"{\x00", b"\x00{"):
+        # UTF-16 without a BOM: every line starts with "{", so its NUL byte gives the order.
+        encoding = "utf-16-le" if data[:2] == b"{\x00" else "utf-16-be"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not {encoding} text ({exc.reason} at byte {exc.start}); "
+                        "save the clips file as UTF-8") from None
+
+
+def _number(record: dict, key: str, where: str, clip_id: str) -> float | None:
+    value = record.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise UserError(f"{where}: clip {clip_id!r}: {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
 def check_clip(record: object, where: str) -> None:
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected a JSON object per line")
-    clip_id = record.get("clip_id")
-    if not isinstance(clip_id, str) or not clip_id.strip():
+    if record.get("clip_id") in (None, ""):
         raise UserError(f"{where}: missing or empty 'clip_id'")
+    clip_id = check_clip_id(record.get("clip_id"), where)
     if not any(record.get(k) for k in (*MEDIA_FIELDS, "text")):
         raise UserError(f"{where}: clip {clip_id!r} names no video, frames, audio or text")
-    for key in ("start", "end", "fps"):
-        if key in record and record[key] is not None and not isinstance(record[key], int | float):
-            raise UserError(f"{where}: {key!r} must be a number of seconds")
+    for key in (*MEDIA_FIELDS, "text"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise UserError(f"{where}: clip {clip_id!r}: {key!r} must be a string, got "
+                            f"{type(record[key]).__name__}")
+    start = _number(record, "start", where, clip_id)
+    end = _number(record, "end", where, clip_id)
+    fps = _number(record, "fps", where, clip_id)
+    if start is not None and start < 0:
+        raise UserError(f"{where}: clip {clip_id!r}: 'start' is {start:g} s; it must be >= 0")
+    if end is not None and end <= (start or 0.0):
+        raise UserError(f"{where}: clip {clip_id!r}: 'end' ({end:g} s) must be after 'start' "
+                        f"({start or 0.0:g} s)")
+    if fps is not None and fps <= 0:
+        raise UserError(f"{where}: clip {clip_id!r}: 'fps' is {fps:g}; it must be > 0")
 
 
 def write_clips_file(clips: Iterable[dict], path: str) -> int:
@@ -74,7 +121,13 @@ def write_clips_file(clips: Iterable[dict], path: str) -> int:
 
 
 def clip_table_record(record: dict) -> dict:
-    """What the clip table keeps of a clips-file record (media paths become `source`)."""
-    out = {k: v for k, v in record.items() if k not in ("boxes",)}
+    """What the clip table keeps of a clips-file record (media paths become `source`), with the
+    clip's definition (extract.definition). Defining fields the record lacks are written as
+    None, so a redefined clip's record does not keep its old `end` or `video`."""
+    from .definition import DEFINITION_FIELD, clip_definition
+
+    out = {k: None for k in (*MEDIA_FIELDS, "text", "start", "end", "fps")}
+    out.update({k: v for k, v in record.items() if k not in ("boxes",)})
     out["source"] = record.get("video") or record.get("frames") or record.get("audio")
+    out[DEFINITION_FIELD] = clip_definition(record)
     return out

@@ -22,6 +22,7 @@ resizes once per distinct resize step and hands the result to every encoder that
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -33,9 +34,11 @@ import torch
 
 from features_store.errors import UserError
 
-from .media import MediaError, iter_audio, iter_video_frames, list_frame_folder
+from .media import MediaError, iter_timed_audio, iter_video_frames, list_frame_folder
 from .media_video import _BoxLookup, crop
 from .plan import FACE_MARGIN_PX
+
+log = logging.getLogger(__name__)
 
 DECODE_BATCH = 32      # frames per decoded batch handed from a decode worker
 QUEUE_DEPTH = 8        # decoded batches buffered per worker ahead of the model
@@ -91,6 +94,7 @@ class VideoItem:
 @dataclass
 class AudioItem:
     stream_key: str
+    time_s: float  # media time of the first sample
     samples: np.ndarray
 
 
@@ -100,9 +104,33 @@ class ClipEnd:
 
 
 @dataclass
+class StreamError:
+    """Some streams of a clip cannot be made (the others go on): which, where, why."""
+
+    stream_keys: tuple[str, ...]
+    stage: str
+    message: str
+
+
+@dataclass
 class ClipError:
     stage: str
     message: str
+
+
+def failure(exc: Exception, source: object) -> tuple[str, str]:
+    """(stage, message) for an exception met while decoding one clip for some streams.
+
+    Anything may be raised here (a malformed clip record from the Python API, a bug in a
+    decoder or a preprocess step), and all of it must reach the consumer: a decode worker that
+    dies silently leaves the run waiting for it forever.
+    """
+    if isinstance(exc, MediaError):
+        return exc.stage, str(exc)
+    if isinstance(exc, UserError | ValueError | OSError):
+        return "decode", f"{source}: {exc}"
+    log.debug("unexpected error decoding %s", source, exc_info=exc)
+    return "decode", f"{source}: unexpected {type(exc).__name__}: {exc}"
 
 
 def video_source(clip: dict) -> str:
@@ -191,15 +219,17 @@ def decode_clip(clip: dict, specs: Sequence[DecodeSpec], pending: set[str],
     """Producer: decode one clip for every stream that needs it and `put` its items in order.
 
     ``put`` returns False when the consumer has stopped listening; the producer then returns.
-    The last item is always `ClipEnd` or `ClipError` (unless stopped).
+    A source that fails fails only the streams fed from it (a video without an audio track
+    keeps its video features); whatever is raised becomes a `StreamError` for those streams.
+    The last item is `ClipEnd` (unless stopped).
     """
-    try:
-        video = [s for s in specs if s.modality == "video" and s.key in pending]
-        by_fps: dict[float | None, list[DecodeSpec]] = {}
-        for spec in video:
-            by_fps.setdefault(spec.fps, []).append(spec)
-        for fps, group in by_fps.items():  # one decode per distinct frame rate
-            source = video_source(clip)
+    video = [s for s in specs if s.modality == "video" and s.key in pending]
+    by_fps: dict[float | None, list[DecodeSpec]] = {}
+    for spec in video:
+        by_fps.setdefault(spec.fps, []).append(spec)
+    for fps, group in by_fps.items():  # one decode per distinct frame rate
+        source = video_source(clip)
+        try:
             lookups = {s.key: _box_lookup(clip, s.crop, source) for s in group if s.crop}
             whole = [s for s in group if not s.crop]
             for batch in iter_video_frames(
@@ -220,19 +250,23 @@ def decode_clip(clip: dict, specs: Sequence[DecodeSpec], pending: set[str],
                     inputs[spec.key] = torch.cat([spec.preprocess(c[None]) for c in crops])
                 if not put(VideoItem((fps,), inputs, batch.times_s)):
                     return
-        for spec in specs:
-            if spec.modality != "audio" or spec.key not in pending:
-                continue
-            source = clip.get("audio") or clip.get("video")
-            for samples in iter_audio(source, spec.sample_rate, chunk_s=spec.chunk_s or 30.0,
-                                      start_s=clip.get("start"), end_s=clip.get("end")):
-                if not put(AudioItem(spec.key, samples)):
+        except Exception as exc:  # every failure must reach the consumer
+            if not put(StreamError(tuple(s.key for s in group), *failure(exc, source))):
+                return
+    for spec in specs:
+        if spec.modality != "audio" or spec.key not in pending:
+            continue
+        source = clip.get("audio") or clip.get("video")
+        try:
+            for time_s, samples in iter_timed_audio(
+                    source, spec.sample_rate, chunk_s=spec.chunk_s or 30.0,
+                    start_s=clip.get("start"), end_s=clip.get("end")):
+                if not put(AudioItem(spec.key, time_s, samples)):
                     return
-        put(ClipEnd())
-    except MediaError as exc:
-        put(ClipError(exc.stage, str(exc)))
-    except (UserError, ValueError, OSError) as exc:
-        put(ClipError("decode", f"{video_source(clip) or clip.get('audio')}: {exc}"))
+        except Exception as exc:  # every failure must reach the consumer
+            if not put(StreamError((spec.key,), *failure(exc, source))):
+                return
+    put(ClipEnd())
 
 
 def _putter(out, stop) -> Callable[[object], bool]:
@@ -283,7 +317,7 @@ class DecodeAhead:
         for i in range(min(self.workers, len(self.clips))):
             self._start_thread(i)
         for i, clip in enumerate(self.clips):
-            yield clip, self._items(self._queues[i])
+            yield clip, self._items(self._queues[i], self._threads[i])
             if i + self.workers < len(self.clips):
                 self._start_thread(i + self.workers)
 
@@ -308,15 +342,20 @@ class DecodeAhead:
             return self._iter_processes()
         return self._iter_threads()
 
-    def _items(self, q, proc=None) -> Iterator:
+    def _items(self, q, worker) -> Iterator:
         while True:
             try:
-                item = q.get(timeout=1.0)
+                item = q.get(timeout=0.5)
             except queue.Empty:
-                if proc is not None and not proc.is_alive():
-                    raise RuntimeError(f"decode worker {proc.pid} died (exit code "
-                                       f"{proc.exitcode}) without finishing its clip") from None
-                continue
+                if worker.is_alive():
+                    continue
+                if isinstance(worker, threading.Thread) and not q.empty():
+                    continue
+                # The worker catches everything it can; this is the last line of defence.
+                code = getattr(worker, "exitcode", None)
+                yield ClipError("decode", "the decode worker ended without a result"
+                                + (f" (exit code {code})" if code is not None else ""))
+                return
             yield item
             if _is_last(item):
                 return
@@ -367,4 +406,5 @@ def _process_context():
 
 
 __all__ = ["DecodeAhead", "DecodeSettings", "DecodeSpec", "RawFrames", "decode_clip", "spec_for",
-           "VideoItem", "AudioItem", "ClipEnd", "ClipError", "DECODE_BATCH", "QUEUE_DEPTH"]
+           "VideoItem", "AudioItem", "ClipEnd", "ClipError", "StreamError", "failure",
+           "DECODE_BATCH", "QUEUE_DEPTH"]

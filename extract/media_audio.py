@@ -8,7 +8,10 @@ Sample ``j`` of the output is at ``t_first + j / sample_rate``, where ``t_first`
 presentation time of the first decoded audio frame (after a seek to ``start_s``, the frame at or
 before it). ``start_s``/``end_s`` cut on that clock, so the output starts at
 ``max(start_s, t_first)`` and holds ``round((end_s - start) * sample_rate)`` samples when the
-audio covers the range. Gaps inside the stream are not filled.
+audio covers the range. Gaps inside the stream are not filled. An audio track that starts later
+than the video (ffprobe's ``start_time`` > 0) therefore starts later here too:
+`iter_timed_audio` says at what media time each chunk begins, and the extraction runner stores
+that as the stream's ``t0``, so aligned reads put audio and video at the same moment.
 
 Truncated or corrupt audio: chunks decoded before the problem are yielded, then `MediaError`
 (stage "decode_audio") is raised; that covers FFmpeg errors and streams that stop more than
@@ -47,10 +50,12 @@ class _Chunker:
         self.pending = 0
         self.position = 0  # output samples seen so far, kept or not
         self.emitted = 0
+        self.first_s = 0.0  # media time of output sample 0 (before cutting at ``lo``)
+        self.sample_rate = 1
         self.lo = 0
         self.hi: int | None = None
 
-    def push(self, samples: np.ndarray) -> Iterator[np.ndarray]:
+    def push(self, samples: np.ndarray) -> Iterator[tuple[float, np.ndarray]]:
         begin, end = self.position, self.position + len(samples)
         self.position = end
         keep_from = max(begin, self.lo)
@@ -64,17 +69,18 @@ class _Chunker:
     def done(self) -> bool:
         return self.hi is not None and self.position >= self.hi
 
-    def finish(self) -> Iterator[np.ndarray]:
+    def finish(self) -> Iterator[tuple[float, np.ndarray]]:
         if self.pending:
             yield self._take(self.pending)
 
-    def _take(self, n: int) -> np.ndarray:
+    def _take(self, n: int) -> tuple[float, np.ndarray]:
         joined = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
         chunk, rest = joined[:n], joined[n:]
         self.parts = [rest] if len(rest) else []
         self.pending = len(rest)
+        time_s = self.first_s + (self.lo + self.emitted) / self.sample_rate
         self.emitted += n
-        return np.ascontiguousarray(chunk, dtype=np.float32)
+        return time_s, np.ascontiguousarray(chunk, dtype=np.float32)
 
 
 def _mono(frame: av.AudioFrame) -> np.ndarray:
@@ -97,6 +103,18 @@ def iter_audio(
     by one chunk whatever the length of the file. Raises MediaError (stages "open", "empty",
     "no_audio", "decode_audio").
     """
+    for _, samples in iter_timed_audio(source, sample_rate, chunk_s, start_s, end_s):
+        yield samples
+
+
+def iter_timed_audio(
+    source: str | Path,
+    sample_rate: int,
+    chunk_s: float = 30.0,
+    start_s: float | None = None,
+    end_s: float | None = None,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """`iter_audio`, each chunk with the media time (seconds) of its first sample."""
     source = Path(source)
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
@@ -121,6 +139,7 @@ def iter_audio(
                                      preroll_s=_PREROLL_S):
                 if first_s is None:
                     first_s = frame.time if frame.time is not None else stream_start_s(stream)
+                    chunker.first_s, chunker.sample_rate = first_s, sample_rate
                     if start_s is not None:
                         chunker.lo = max(0, round((start_s - first_s) * sample_rate))
                     if end_s is not None:

@@ -52,8 +52,10 @@ class MediaInfo:
     """What the container (or the frame folder) says about a source, before decoding it.
 
     ``n_frames`` is the frame count the container declares, None where it declares none
-    (Matroska, FLV); ``fps`` is the stream's average rate. Start times are the first
-    presentation times of the streams, in seconds.
+    (Matroska, FLV); ``fps`` is the stream's average rate. ``width``/``height`` are the size as
+    shown, after the display matrix (a portrait phone video with rotation 90 is 120 x 160 here,
+    as in ffprobe's rotated view), which is the size decoded frames come out in. Start times
+    are the first presentation times of the streams, in seconds.
     """
 
     path: str
@@ -94,6 +96,29 @@ def list_frame_folder(folder: str | Path) -> list[Path]:
         raise MediaError(folder, "empty",
                          f"frame folder has no {'/'.join(FRAME_SUFFIXES)} images")
     return sorted(files, key=lambda p: _natural_key(p.name))
+
+
+def frame_times(files: list[Path], folder_fps: float) -> list[float]:
+    """When each image of a frame folder (in `list_frame_folder` order) is shown, in seconds.
+
+    The number in an image's name is its frame number in the video it came from, so image
+    ``n`` is at ``(n - first) / folder_fps``, where ``first`` is 0 if the folder has an image
+    numbered 0 and 1 otherwise (``1.png`` / ``00001.jpg``, as ffmpeg's image writer and the
+    datasets number them). Holes in the numbering (frames where no face was found) therefore
+    leave a gap in time instead of shifting every later image earlier. Only where the names
+    carry no usable number (a name without digits, or two images with one number) is image
+    ``i`` of the sorted list at ``i / folder_fps``.
+    """
+    numbers = []
+    for path in files:
+        digits = re.findall(r"\d+", path.stem)
+        if not digits:
+            return [i / folder_fps for i in range(len(files))]
+        numbers.append(int(digits[-1]))
+    if len(set(numbers)) != len(numbers):
+        return [i / folder_fps for i in range(len(files))]
+    first = 0 if min(numbers) == 0 else 1
+    return [(n - first) / folder_fps for n in numbers]
 
 
 def open_container(path: str | Path) -> av.container.InputContainer:
@@ -204,11 +229,26 @@ def stream_end_s(stream: av.stream.Stream, container: av.container.InputContaine
     return None
 
 
+def _displayed_size(container: av.container.InputContainer,
+                    video: av.video.stream.VideoStream) -> tuple[int, int]:
+    """(width, height) as shown; the display matrix rides on decoded frames, so decode one."""
+    from extract.media_orientation import orientation_of
+
+    width, height = video.codec_context.width, video.codec_context.height
+    try:
+        frame = next(container.decode(video), None)
+        if frame is not None:
+            return orientation_of(frame).displayed_size(frame.width, frame.height)
+    except AV_ERRORS:
+        pass  # a corrupt first frame: the decoder will say so; probing reports the declared size
+    return width, height
+
+
 def probe(source: str | Path, folder_fps: float = DEFAULT_FOLDER_FPS) -> MediaInfo:
     """Read what the container declares (streams, rate, frame count, duration) without decoding.
 
-    For a frame folder: ``n_frames`` is the number of images, ``fps`` is ``folder_fps`` and the
-    size is that of the first image.
+    For a frame folder: ``n_frames`` is the number of images, ``fps`` is ``folder_fps``, times
+    follow the numbers in the names (`frame_times`) and the size is that of the first image.
     """
     source = Path(source)
     if source.is_dir():
@@ -218,14 +258,18 @@ def probe(source: str | Path, folder_fps: float = DEFAULT_FOLDER_FPS) -> MediaIn
                 width, height = image.size
         except OSError as exc:
             raise MediaError(files[0], "open", f"cannot read image: {exc}") from exc
+        times = frame_times(files, folder_fps)
         return MediaInfo(path=str(source), is_frame_folder=True, has_video=True, has_audio=False,
-                         duration_s=len(files) / folder_fps, fps=float(folder_fps),
+                         duration_s=times[-1] + 1.0 / folder_fps, fps=float(folder_fps),
                          n_frames=len(files), width=width, height=height, sample_rate=None,
                          channels=None, video_codec=files[0].suffix.lower().lstrip("."),
-                         video_start_s=0.0)
+                         video_start_s=times[0])
     with open_container(source) as container:
         video = video_stream(container)
         audio = audio_stream(container)
+        width = height = None
+        if video is not None:
+            width, height = _displayed_size(container, video)
         if container.duration:
             duration = container.duration / av.time_base
         else:
@@ -240,8 +284,8 @@ def probe(source: str | Path, folder_fps: float = DEFAULT_FOLDER_FPS) -> MediaIn
             duration_s=duration,
             fps=float(video.average_rate) if video is not None and video.average_rate else None,
             n_frames=(video.frames or None) if video is not None else None,
-            width=video.codec_context.width if video is not None else None,
-            height=video.codec_context.height if video is not None else None,
+            width=width,
+            height=height,
             sample_rate=audio.codec_context.sample_rate if audio is not None else None,
             channels=audio.codec_context.channels if audio is not None else None,
             video_codec=video.codec_context.name if video is not None else None,

@@ -8,8 +8,13 @@ right. Grid times before the first decoded frame show the first frame. The grid 
 clip's end: ``end_s`` if given, otherwise the last frame's time plus its duration (as the media
 gives it). ``fps=None`` keeps every decoded frame in ``[start_s, end_s)`` at its own time.
 
+Pictures are shown as ffmpeg shows them: the display matrix (a phone's rotation flag) is applied
+(`extract.media_orientation`), so a 160x120 stream with rotation 90 comes out 120x160.
+
 Every time comes from the media: frame presentation times are ``pts * time_base`` of the stream;
-for a frame folder, image ``i`` (0-based, numeric order) is at ``i / folder_fps``.
+for a frame folder, the number in an image's name gives its time (``n.png`` at
+``(n - 1) / folder_fps``, see `extract.media_base.frame_times`), so holes in the numbering are
+gaps in time, filled on the grid by the image before them.
 
 Streaming: frames are decoded lazily, only the frames that are emitted are converted to arrays,
 and at most one batch is held, so memory does not grow with clip length.
@@ -39,11 +44,13 @@ from extract.media_base import (
     MediaError,
     _ffmpeg_reason,
     decode_from,
+    frame_times,
     list_frame_folder,
     open_container,
     stream_end_s,
     video_stream,
 )
+from extract.media_orientation import UnsupportedRotation, orientation_of
 from features_store.errors import UserError
 
 RESIZE_MODES = ("square", "shorter")
@@ -195,12 +202,13 @@ def _folder_frames(folder: Path, files: list[Path], folder_fps: float, start_s: 
                 raise MediaError(path, "decode_video", f"cannot read frame image: {exc}") from exc
         return load
 
+    times = frame_times(files, folder_fps)
     first = 0
     if start_s is not None:
         # Start from the image on screen at start_s, as for a video file.
-        first = max(0, math.floor(start_s * folder_fps + _EPS))
+        first = max(0, bisect.bisect_right(times, start_s + _EPS) - 1)
     for index in range(first, len(files)):
-        time_s = index / folder_fps
+        time_s = times[index]
         yield _Decoded(index, time_s, 1.0 / folder_fps, loader(files[index]))
         if end_s is not None and time_s >= end_s - _EPS:
             return  # the first frame past the range only marks where the range ends
@@ -238,8 +246,14 @@ def _file_frames(path: Path, start_s: float | None, end_s: float | None,
                     continue
                 duration = (float(frame.duration * frame.time_base)
                             if frame.duration and frame.time_base else None)
+                try:
+                    # Shown as ffmpeg shows it: a phone's rotation flag turns the picture.
+                    orientation = orientation_of(frame)
+                except UnsupportedRotation as exc:
+                    raise MediaError(path, "decode_video", str(exc)) from None
                 last = _Decoded(-1 if seek_to else index, time_s, duration,
-                                lambda frame=frame: frame.to_ndarray(format="rgb24"))
+                                lambda frame=frame, orientation=orientation:
+                                orientation.apply(frame.to_ndarray(format="rgb24")))
                 yield last
                 if end_s is not None and time_s >= end_s - _EPS:
                     return  # the first frame past the range only marks where the range ends

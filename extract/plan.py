@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from features_store import StreamInfo
 from features_store.errors import UserError
 
-EXTRACTOR_VERSION = "1"
+from . import versions
+
+EXTRACTOR_VERSION = versions.PLAN_VERSION  # kept for importers; bump it in extract.versions
 CROPS = ("face", "body")
 DEFAULT_VIDEO_FPS = 25.0
 FACE_MARGIN_PX = 20  # RAER crops faces with a 20 px margin
@@ -31,6 +33,16 @@ class StreamPlan:
         return self.encoder.spec.modality
 
 
+def compute_identity(device: str) -> dict[str, str]:
+    """Where and at which precision a model runs: part of every stream key.
+
+    fp16 autocast on a GPU and fp32 on a CPU give different values, so they are different
+    streams; which GPU (`cuda:0` or `cuda:3`) does not matter.
+    """
+    kind = device.split(":", 1)[0]
+    return {"device": kind, "precision": "float16-autocast" if kind == "cuda" else "float32"}
+
+
 def parse_request(request: str) -> tuple[str, str | None]:
     name, _, crop = request.strip().partition("@")
     if crop and crop not in CROPS:
@@ -41,7 +53,8 @@ def parse_request(request: str) -> tuple[str, str | None]:
 def stream_info(encoder, crop: str | None, fps: float | None, dtype: str) -> StreamInfo:
     spec = encoder.spec
     fingerprint = encoder.fingerprint()
-    preprocessing = {"encoder": fingerprint, "extractor_version": EXTRACTOR_VERSION}
+    preprocessing = {"encoder": fingerprint,
+                     "extractor_version": versions.stream_key_versions()["plan"]}
     if spec.modality == "video":
         preprocessing.update({"fps": fps, "crop": crop,
                               "crop_margin_px": FACE_MARGIN_PX if crop == "face" else 0})
@@ -61,7 +74,7 @@ def stream_info(encoder, crop: str | None, fps: float | None, dtype: str) -> Str
         weights=weights,
         weights_sha256=fingerprint.get("weights_sha256"),
         preprocessing=preprocessing,
-        code_version=f"affect-extract-{EXTRACTOR_VERSION}",
+        code_version=f"affect-extract-{versions.stream_key_versions()['plan']}",
         extra={"library": spec.library, "modality": spec.modality,
                "random_weights": weights == "random", "request": spec.name},
     )

@@ -50,6 +50,7 @@ class ExtractReport:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    partial: int = 0  # failed clips that kept some of their streams (e.g. video, not audio)
     seconds: float = 0.0
     frames: int = 0
     streams: dict[str, StreamStats] = field(default_factory=dict)
@@ -59,6 +60,7 @@ class ExtractReport:
     def merge(self, other: ExtractReport) -> None:
         self.done += other.done
         self.failed += other.failed
+        self.partial += other.partial
         self.frames += other.frames
         self.failures += other.failures
         for key, s in other.streams.items():
@@ -79,6 +81,16 @@ def format_report(report: ExtractReport) -> str:
         rate = s.rows / s.model_s if s.model_s > 0 else 0.0
         lines.append(f"{s.alias:<32} {s.clips:>6} {s.rows:>9} {s.model_s:>9.2f} {rate:>9.1f}")
     if report.failed:
-        lines.append(f"{report.failed} clip(s) failed; the failure ledger is at {report.ledger} "
-                     "(`affect store ledger STORE`)")
+        kept = (f" ({report.partial} of them kept their other streams)" if report.partial
+                else "")
+        lines.append(f"{report.failed} clip(s) failed{kept}; the failure ledger is at "
+                     f"{report.ledger} (`affect store ledger STORE`)")
     return "\n".join(lines)
+
+
+def interrupted_message(store_url: str, clips_this_run: int | None = None) -> str:
+    """What Ctrl-C leaves behind: every committed part stays, the task in flight is dropped."""
+    done = (f"the {clips_this_run} clip(s) finished in this run and all earlier ones"
+            if clips_this_run is not None else "every committed part")
+    return (f"{done} are kept in {store_url} (only the part in flight is dropped); rerun the "
+            "same command to resume: finished clips are skipped")

@@ -16,7 +16,9 @@ import os
 from features_store import FeatureStore
 from features_store.fingerprint import fingerprint
 
-from .plan import EXTRACTOR_VERSION, parse_request
+from . import versions
+from .definition import needs_new_record
+from .plan import compute_identity, parse_request
 from .report import ExtractOptions, ExtractReport, StreamStats
 
 NOTE_PREFIX = "plans/"
@@ -32,16 +34,20 @@ def _weights_identity(weights: str) -> str | None:
 
 
 def request_fingerprint(request: str, options: ExtractOptions) -> str | None:
-    """The fingerprint of one requested stream, or None when it cannot be trusted offline."""
+    """The fingerprint of one requested stream, or None when it cannot be trusted offline.
+
+    The device must be resolved ("cpu", "cuda"): "auto" means different streams on different
+    machines."""
     weights = _weights_identity(options.weights)
-    if weights is None:
+    if weights is None or options.device == "auto":
         return None
     name, crop = parse_request(request)
     fields = {
         "name": name, "crop": crop, "weights": weights, "reduced": options.reduced,
         "options": options.encoder_options.get(name, {}), "fps": options.fps,
         "dtype": options.dtype, "decode_size": options.decode_size,
-        "extractor": EXTRACTOR_VERSION, "affect": _package_version(),
+        "compute": compute_identity(options.device),
+        "versions": versions.stream_key_versions(), "affect": _package_version(),
     }
     if options.decoder != "pyav":  # only then part of the stream key (see runner.build_plans)
         fields["decoder"] = options.decoder
@@ -89,9 +95,9 @@ def already_done(clips: list[dict], store: FeatureStore,
         if note is None or note["key"] not in {s.key for s in store.streams()}:
             return None
         notes.append(note)
-    known = set(store.clip_ids())
-    if any(c["clip_id"] not in known for c in clips):
-        return None
+    records = {r["clip_id"]: r for r in store.clips()}
+    if any(needs_new_record(records.get(c["clip_id"]), c) for c in clips):
+        return None  # a new or redefined clip: the full path records or refuses it
     for note in notes:
         committed = store.committed_clip_ids(note["key"])
         if any(c["clip_id"] not in committed for c in clips if has_input(c, note["modality"])):

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from features_store import FeatureStore
-from features_store.errors import UserError
+from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
 
 from .clips import clip_table_record
@@ -30,11 +31,19 @@ from .decode_ahead import (
     ClipError,
     DecodeAhead,
     DecodeSettings,
+    StreamError,
     VideoItem,
     spec_for,
 )
-from .plan import StreamPlan, parse_request, stream_info
-from .report import ExtractOptions, ExtractReport, StreamStats, format_report
+from .definition import needs_new_record, refuse_changed_clips
+from .plan import StreamPlan, compute_identity, parse_request, stream_info
+from .report import (
+    ExtractOptions,
+    ExtractReport,
+    StreamStats,
+    format_report,
+    interrupted_message,
+)
 from .resume import has_input, record_plans
 
 log = logging.getLogger(__name__)
@@ -42,14 +51,22 @@ log = logging.getLogger(__name__)
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a torch device (auto, cpu, cuda, cuda:1)") \
+            from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible to torch")
     return device
 
 
 # Encoders built in this process, reused by later runs (a notebook, a test session, a dask
-# worker): building one can take seconds, and a warm rerun should not pay that twice.
+# worker): building one can take seconds, and a warm rerun should not pay that twice. Built
+# under a lock: two threads of one dask worker must share one copy, and a seeded random build
+# must not interleave its draws from torch's global generator with another build's.
 _ENCODERS: dict[tuple, object] = {}
+_BUILD_LOCK = threading.Lock()
 
 
 def get_encoder(name: str, options: ExtractOptions, device: str):
@@ -59,11 +76,12 @@ def get_encoder(name: str, options: ExtractOptions, device: str):
     key = (name, options.weights, device, options.reduced, repr(sorted(extra.items())))
     if options.weights not in ("default", "random") and os.path.exists(options.weights):
         key += (os.path.getmtime(options.weights),)  # a replaced weights file is a new encoder
-    if key not in _ENCODERS:
-        _ENCODERS[key] = create_encoder(
-            name, weights=options.weights, device=device, reduced=options.reduced, **extra
-        )
-    return _ENCODERS[key]
+    with _BUILD_LOCK:
+        if key not in _ENCODERS:
+            _ENCODERS[key] = create_encoder(
+                name, weights=options.weights, device=device, reduced=options.reduced, **extra
+            )
+        return _ENCODERS[key]
 
 
 def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
@@ -80,6 +98,7 @@ def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
         info = stream_info(encoder, crop_kind, fps, options.dtype)
         if encoder.spec.modality == "video" and options.decode_size:
             info.preprocessing["decode_shorter_side"] = options.decode_size
+        info.preprocessing["compute"] = compute_identity(device)
         if encoder.spec.modality == "video" and options.resize_with != "pil" and not crop_kind:
             info.preprocessing["resize_with"] = options.resize_with
         if encoder.spec.modality == "video" and options.decoder != "pyav":
@@ -261,13 +280,16 @@ class TaskRunner:
         try:
             with torch.inference_mode(), self._autocast():
                 for clip, items in ahead:
-                    frames = self._consume(clip, items, batchers, writers, stats, report)
-                    if frames is None:
+                    frames, failed_keys = self._consume(
+                        clip, items, pending_by_clip[clip["clip_id"]], batchers, writers, stats,
+                        report)
+                    if failed_keys:
                         failed.add(clip["clip_id"])
-                    else:
-                        report.frames += frames
+                        if len(failed_keys) < len(pending_by_clip[clip["clip_id"]]):
+                            report.partial += 1
+                    report.frames += frames
                     if self.on_clip:
-                        self.on_clip(1, frames or 0)
+                        self.on_clip(1, frames)
                 for batcher in batchers.values():
                     batcher.flush()
                 self._encode_texts(task, plans, writers, stats)
@@ -300,14 +322,37 @@ class TaskRunner:
         return next(p for p in self.plans if p.info.key == key)
 
     def _autocast(self):
-        if self.device.startswith("cuda"):
+        if compute_identity(self.device)["precision"] == "float16-autocast":
             return torch.autocast("cuda", dtype=torch.float16)
         return torch.autocast("cpu", enabled=False)
 
-    def _consume(self, clip, items, batchers, writers, stats, report) -> int | None:
+    def _consume(self, clip, items, keys: set[str], batchers, writers, stats,
+                 report) -> tuple[int, set[str]]:
+        """Feed one clip's decoded items to the models: (frames fed, stream keys that failed).
+
+        A failure ends only the streams it names; the clip's other streams are kept.
+        """
         clip_id = clip["clip_id"]
         rows_fed: dict[str, int] = {}
         audio_open: set[str] = set()
+        failed: set[str] = set()
+
+        def fail(keys, stage: str, message: str) -> None:
+            for key in keys:
+                if key in batchers:
+                    batchers[key].drop_clip(clip_id)
+                    rows_fed.pop(key, None)
+                elif key in audio_open:
+                    writers[key].drop_clip()
+                    audio_open.discard(key)
+                failed.add(key)
+                record = {"clip_id": clip_id, "stream": self._plan(key).info.alias,
+                          "stream_key": key, "stage": stage, "message": message}
+                report.failures.append(record)
+                self.store.add_failures([record])
+                log.warning("failed: clip %r, stream %s: %s", clip_id, record["stream"],
+                            message)
+
         for item in items:
             if isinstance(item, VideoItem):
                 for key, inputs in item.inputs.items():
@@ -317,23 +362,21 @@ class TaskRunner:
                 writer = writers[item.stream_key]
                 plan = self._plan(item.stream_key)
                 if item.stream_key not in audio_open:
-                    writer.begin_clip(clip_id, float(clip.get("start") or 0.0))
+                    # t0 from the audio's own timestamps: a track that starts after the video
+                    # (ffprobe start_time > 0) must not be aligned as if it started with it.
+                    writer.begin_clip(clip_id, float(item.time_s))
                     audio_open.add(item.stream_key)
                 started = time.perf_counter()
                 rows = plan.encoder.encode_audio(item.samples)
                 stats[item.stream_key].model_s += time.perf_counter() - started
                 stats[item.stream_key].rows += len(rows)
                 writer.append(np.asarray(rows, dtype=np.float32))
+            elif isinstance(item, StreamError):
+                fail(item.stream_keys, item.stage, item.message)
             elif isinstance(item, ClipError):
-                for batcher in batchers.values():
-                    batcher.drop_clip(clip_id)
-                for key in audio_open:
-                    writers[key].drop_clip()
-                record = {"clip_id": clip_id, "stage": item.stage, "message": item.message}
-                report.failures.append(record)
-                self.store.add_failures([record])
-                log.warning("%s", item.message)
-                return None
+                fail([k for k in sorted(keys) if k not in failed
+                      and self._plan(k).modality != "text"], item.stage, item.message)
+                return 0, failed
             else:  # ClipEnd
                 for key, batcher in batchers.items():
                     if key in rows_fed:
@@ -341,8 +384,8 @@ class TaskRunner:
                 for key in audio_open:
                     writers[key].end_clip()
                     stats[key].clips += 1
-                return max(rows_fed.values(), default=0)
-        return None
+                return max(rows_fed.values(), default=0), failed
+        return 0, failed
 
     def _encode_texts(self, task, plans, writers, stats) -> None:
         for p in plans:
@@ -364,10 +407,13 @@ class TaskRunner:
 
 def prepare_store(store: FeatureStore, clips: list[dict], plans: list[StreamPlan]) -> None:
     """Create the streams and add clips the clip table lacks (one process, before any task)."""
+    refuse_changed_clips(store, clips)  # before anything is written
     for p in plans:
         p.info = store.create_stream(p.info)
-    known = set(store.clip_ids())
-    new = [clip_table_record(c) for c in clips if c["clip_id"] not in known]
+        # What this run means to commit, so `verify` can tell a complete stream from a cut one.
+        store.record_intent(p.info, [c["clip_id"] for c in clips if has_input(c, p.modality)])
+    records = {r["clip_id"]: r for r in store.clips()}
+    new = [clip_table_record(c) for c in clips if needs_new_record(records.get(c["clip_id"]), c)]
     if new:
         store.add_clips(new)
 
@@ -385,6 +431,7 @@ def run_extraction(
     if options.limit is not None:
         clips = clips[: options.limit]
     device = resolve_device(options.device)
+    options = replace(options, device=device)  # the stream keys hold the device used
     plans = build_plans(options, device)
     prepare_store(store, clips, plans)
     record_plans(store, plans, options)
@@ -405,6 +452,8 @@ def run_extraction(
     try:
         for task in tasks:
             report.merge(runner.run(task))
+    except KeyboardInterrupt as exc:
+        raise Interrupted(interrupted_message(store.url, report.done + report.partial)) from exc
     finally:
         bar.close()
     return finish_run(report, store, plans, started)

@@ -7,3 +7,10 @@ its message must name the file (and line, where there is one) and say what to do
 
 class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what a command wants the user to know about the state it leaves.
+
+    The CLI prints ``interrupted: <message>`` and exits 130.
+    """

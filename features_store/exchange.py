@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import UserError
 from .manifest import StreamInfo
+from .paths import check_clip_id, safe_join
 from .store import FeatureStore
 
 FORMATS = ("npy", "pth")
@@ -38,7 +39,7 @@ def export_stream(
         rows = np.asarray(array.clip(clip_id))
         if dtype:
             rows = rows.astype(dtype)
-        path = os.path.join(out_dir, *clip_id.split("/")) + f".{fmt}"
+        path = str(safe_join(out_dir, clip_id, suffix=f".{fmt}"))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if fmt == "npy":
             np.save(path, rows)
@@ -102,6 +103,14 @@ def import_folder(
     files.sort()
     if not files:
         raise UserError(f"{folder}: no .npy/.pth files found")
+    clip_of: dict[str, str] = {}  # every file checked before the stream exists: no empty stream
+    for path in files:
+        clip_id = os.path.splitext(os.path.relpath(path, folder))[0].replace(os.sep, "/")
+        check_clip_id(clip_id, path)
+        if clip_id in clip_of:
+            raise UserError(f"{path}: clip {clip_id!r} is also in {clip_of[clip_id]}; keep one "
+                            "file per clip")
+        clip_of[clip_id] = path
     first = _load_clip_file(files[0])
     info = StreamInfo(
         name=name, kind=kind, dim=int(first.shape[1]),
@@ -114,8 +123,7 @@ def import_folder(
     part, part_rows, rows_total, clips = None, 0, 0, 0
     part_no = len(store.committed_parts(info))
     try:
-        for path in files:
-            clip_id = os.path.splitext(os.path.relpath(path, folder))[0].replace(os.sep, "/")
+        for clip_id, path in clip_of.items():
             if clip_id in done:
                 continue
             rows = first if path == files[0] else _load_clip_file(path)

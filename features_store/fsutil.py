@@ -3,6 +3,12 @@
 Metadata files (stream attributes, manifests, index, clip table, ledger) are small JSON documents.
 They are written whole and, on a local disk, through a temporary file and a rename, so a reader
 never sees half a file: that is what makes a manifest a safe commit marker.
+
+Every listing and existence check here bypasses fsspec's directory cache (s3fs keeps one per
+filesystem instance): a stale listing is how one process deletes another's just-committed part.
+
+Object stores take their settings from the usual places (AWS_* variables, AWS_ENDPOINT_URL,
+fsspec's config files) and from `storage_options` (the CLI's `--storage-option key=value`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import fsspec
@@ -17,10 +24,54 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import UserError
 
+# Options set once per process by the CLI (`--storage-option`), merged under explicit ones.
+_DEFAULT_STORAGE_OPTIONS: dict[str, Any] = {}
 
-def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+
+def set_default_storage_options(options: dict[str, Any]) -> None:
+    """Storage options every store opened later in this process uses (explicit ones win)."""
+    _DEFAULT_STORAGE_OPTIONS.clear()
+    _DEFAULT_STORAGE_OPTIONS.update(options)
+
+
+def storage_options_for(url: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    if "://" not in str(url) or str(url).startswith("file://"):
+        return {}
+    return {**_DEFAULT_STORAGE_OPTIONS, **(options or {})}
+
+
+def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
+    """`["key=value", "client_kwargs.region_name=eu"]` -> options; values parsed as JSON if
+    they are JSON (numbers, true/false), dotted keys as nested dictionaries."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--storage-option {pair!r}: expected KEY=VALUE")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        target = out
+        *parents, leaf = key.strip().split(".")
+        for name in parents:
+            target = target.setdefault(name, {})
+            if not isinstance(target, dict):
+                raise UserError(f"--storage-option {pair!r}: {name} is already a value")
+        target[leaf] = value
+    return out
+
+
+def url_to_fs(url: str, storage_options: dict[str, Any] | None = None
+              ) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return the filesystem and the path inside it for a local path or an fsspec URL."""
-    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, storage_options))
+    except ImportError as exc:
+        raise UserError(f"{url}: {exc} (for s3:// install the s3 extra: pip install "
+                        "'affect[s3]')") from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{url}: bad storage options ({exc})") from None
     if isinstance(fs, LocalFileSystem):
         path = os.path.abspath(path)
     return fs, path.rstrip("/")
@@ -36,11 +87,16 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
     if is_local(fs):
         os.makedirs(parent, exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):  # our own temporary file (a full disk, a kill signal)
+                os.remove(tmp)
+            raise
     else:
         # Object stores and the memory filesystem publish a single PUT atomically.
         fs.makedirs(parent, exist_ok=True)
@@ -60,8 +116,48 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
 
 
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Create `path` holding `data` only if it does not exist; False if it already did.
+
+    Atomic where the filesystem allows it: a hard link of a complete temporary file on a local
+    disk, a conditional PUT (If-None-Match) on S3; elsewhere fsspec's check-then-write.
+    """
+    parent = path.rsplit("/", 1)[0]
+    if is_local(fs):
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+    invalidate(fs, path)
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    except OSError as exc:  # s3fs reports a failed precondition as an OSError subclass
+        if "precondition" in str(exc).lower() or getattr(exc, "errno", None) == 17:
+            return False
+        raise
+    return True
+
+
+def invalidate(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Drop fsspec's cached listing of `path` (and its parents), where it keeps one."""
+    if not is_local(fs):
+        fs.invalidate_cache(path)
+
+
 def list_names(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
-    """Names (not paths) directly under `path`; an absent folder is empty."""
+    """Names (not paths) directly under `path`, listed fresh; an absent folder is empty."""
+    invalidate(fs, path)
     try:
         entries = fs.ls(path, detail=False)
     except FileNotFoundError:
@@ -71,6 +167,8 @@ def list_names(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
 
 
 def exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Does `path` exist now (not per a cached listing)?"""
+    invalidate(fs, path)
     try:
         return fs.exists(path)
     except FileNotFoundError:

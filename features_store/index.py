@@ -33,16 +33,26 @@ class StreamIndex:
 
     @classmethod
     def from_manifests(cls, manifests: list[PartManifest], dim: int) -> StreamIndex:
-        """Merge manifests in part-id order; a clip committed twice keeps its first copy."""
-        seen: dict[str, str] = {}
+        """Merge manifests in commit order; a clip committed twice keeps its first commit.
+
+        The order (commit time, then part id) is the same for every reader and for finalize,
+        so two runs that raced over a clip resolve it identically everywhere.
+        """
+        winner: dict[str, str] = {}
         duplicates: list[tuple[str, str]] = []
+        for manifest in sorted(manifests, key=lambda m: m.commit_order()):
+            for entry in manifest.clips:
+                if entry.clip_id in winner:
+                    duplicates.append((entry.clip_id, manifest.part_id))
+                else:
+                    winner[entry.clip_id] = manifest.part_id
+        # Rows are listed in part-id order (not commit order), so the layout readers see does
+        # not depend on which worker happened to finish first.
         cols: dict[str, list] = {k: [] for k in ("clip", "part", "start", "n", "t0", "t_end")}
         for manifest in sorted(manifests, key=lambda m: m.part_id):
             for entry in manifest.clips:
-                if entry.clip_id in seen:
-                    duplicates.append((entry.clip_id, manifest.part_id))
+                if winner[entry.clip_id] != manifest.part_id:
                     continue
-                seen[entry.clip_id] = manifest.part_id
                 cols["clip"].append(entry.clip_id)
                 cols["part"].append(manifest.part_id)
                 cols["start"].append(entry.row_start)

@@ -99,6 +99,18 @@ class PartManifest:
     created: str = ""
     writer: str = ""
     schema: int = SCHEMA_VERSION
+    commit_time: float = 0.0  # seconds since the epoch: orders racing commits of one clip
+    run_id: str = ""
+    discarded: list[str] = field(default_factory=list)  # clips another part committed first
+
+    def commit_order(self) -> tuple[float, str]:
+        """Earliest commit first, then part id: who wins when two parts hold one clip."""
+        when = self.commit_time
+        if not when and self.created:
+            from datetime import datetime
+
+            when = datetime.fromisoformat(self.created).timestamp()
+        return (when, self.part_id)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

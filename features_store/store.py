@@ -6,7 +6,9 @@ Layout under the store root (a directory, or an fsspec URL):
     clips/batch-*.json, table.json  the clip table (batches merged by finalize)
     streams/<key>/stream.json       StreamInfo: provenance and shape of the stream
     streams/<key>/parts/part-<id>   [rows, D] arrays (backend-specific files)
+    streams/<key>/leases/part-<id>.json      a live writer's lease (see commit.py)
     streams/<key>/manifests/part-<id>.json   commit markers, one per part
+    streams/<key>/intents/<run>.json         the clips a run set out to extract (verify)
     streams/<key>/index.json        merged index, written by finalize
     aux/<name>.npy (+ .json)        whole arrays that are not per clip (e.g. REACT neighbours)
     ledger/*.json                   the failure ledger: clip, stage, message
@@ -15,25 +17,48 @@ Layout under the store root (a directory, or an fsspec URL):
 from __future__ import annotations
 
 import io
+import json
+import os
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import align
+from . import align, commit
 from .backends import get_backend
 from .backends.base import chunk_rows_for
 from .errors import UserError
-from .fsutil import exists, list_names, read_json, remove, url_to_fs, write_bytes_atomic, write_json
+from .fingerprint import fingerprint
+from .fsutil import (
+    create_exclusive,
+    exists,
+    is_local,
+    list_names,
+    read_json,
+    remove,
+    storage_options_for,
+    url_to_fs,
+    write_bytes_atomic,
+    write_json,
+)
 from .index import StreamIndex
 from .manifest import SCHEMA_VERSION, ClipShape, PartManifest, StreamInfo
+from .paths import check_clip_id
 from .stream_array import StreamArray
 from .writer import PartWriter, now_iso
 
 StreamRef = str | StreamInfo
 
 BACKEND_BY_SUFFIX = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr"}
+
+
+_BUILD_MARKERS = ("random", "reduced")
+
+
+def _without_build_markers(alias: str) -> str:
+    """`name@random@reduced@face` -> `name@face`: the alias an extraction request asks for."""
+    return "@".join(p for p in alias.split("@") if p not in _BUILD_MARKERS)
 
 
 def backend_for(url: str) -> str:
@@ -49,36 +74,74 @@ def open_store(
     backend: str | None = None,
     dataset: str | None = None,
     compression: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> FeatureStore:
     """Open (mode "r") or open-or-create (mode "a") a store at a path or fsspec URL.
 
     The backend follows the suffix (`*.h5` -> HDF5, anything else -> Zarr v3) unless named.
+    `storage_options` go to fsspec (s3fs: endpoint_url, key, secret, ...). `run_id` names the
+    run this handle writes for: leases of that run count as finished when it finalizes
+    (default: a fresh id per handle; pickled along to dask workers).
     """
     if mode not in ("r", "a"):
         raise ValueError("mode must be 'r' or 'a'")
-    return FeatureStore(str(url), mode, backend or backend_for(str(url)), dataset, compression)
+    return FeatureStore(str(url), mode, backend or backend_for(str(url)), dataset, compression,
+                        storage_options, run_id)
+
+
+def remote_cache_root() -> str | None:
+    """Where parts of remote stores are cached locally (AFFECT_CACHE_DIR; "off" disables)."""
+    root = os.environ.get("AFFECT_CACHE_DIR")
+    if root is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "affect", "parts")
+    return None if root.strip().lower() in ("", "off", "none", "0") else root
+
+
+def _access_error(url: str, exc: Exception) -> UserError:
+    hint = ("set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), AWS_ENDPOINT_URL for "
+            "a non-AWS server, or --storage-option key=... --storage-option secret=...")
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return UserError(f"{url}: cannot access the store ({type(exc).__name__}: {message}); {hint}")
 
 
 class FeatureStore:
     def __init__(
-        self, url: str, mode: str, backend: str, dataset: str | None, compression: str | None
+        self, url: str, mode: str, backend: str, dataset: str | None, compression: str | None,
+        storage_options: dict[str, Any] | None = None, run_id: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.mode = mode
-        self.fs, self.path = url_to_fs(self.url)
+        self.storage_options = storage_options_for(self.url, storage_options)
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.fs, self.path = url_to_fs(self.url, self.storage_options)
         self.backend_name = backend
         self.compression = compression
-        self.backend = get_backend(backend, url=self.url, compression=compression)
+        self.backend = self._make_backend(backend)
         self._indexes: dict[str, StreamIndex] = {}
         self._readers: dict[tuple[str, str], Any] = {}
+        self._manifest_cache: dict[tuple[str, str], PartManifest] = {}
         self._streams: dict[str, StreamInfo] | None = None
         meta_path = f"{self.path}/store.json"
-        if exists(self.fs, meta_path):
+        try:
+            self._check_reachable()
+            if self.fs.isfile(self.path):
+                raise UserError(f"{self.url}: is a file, not a feature store (a store is a "
+                                "folder; name a new or existing store folder)")
+            found = exists(self.fs, meta_path)
+        except UserError:
+            raise
+        except Exception as exc:  # botocore credential/endpoint errors have no common base
+            if is_local(self.fs) and not isinstance(exc, PermissionError):
+                raise
+            raise _access_error(self.url, exc) from None
+        if found:
             self.attrs = read_json(self.fs, meta_path)
             stored = self.attrs.get("backend", backend)
             if stored != backend:
                 self.backend_name = stored
-                self.backend = get_backend(stored, url=self.url, compression=compression)
+                self.backend = self._make_backend(stored)
         elif mode == "r":
             raise UserError(f"{self.url}: not an affect feature store (no store.json)")
         else:
@@ -91,26 +154,56 @@ class FeatureStore:
             self.backend.init_store(self.attrs)
             write_json(self.fs, meta_path, self.attrs)
 
+    def _make_backend(self, name: str):
+        kwargs: dict[str, Any] = {"url": self.url, "compression": self.compression}
+        if self.storage_options:
+            kwargs["storage_options"] = self.storage_options
+        return get_backend(name, **kwargs)
+
+    def _check_reachable(self) -> None:
+        """A remote store's bucket must exist: say so in one line instead of creating it."""
+        if is_local(self.fs) or not hasattr(self.fs, "split_path"):
+            return
+        bucket = self.path.split("/", 1)[0]
+        protocol = self.url.split("://", 1)[0]
+        if not exists(self.fs, bucket):
+            raise UserError(f"{self.url}: no bucket {bucket!r} at "
+                            f"{self.storage_options.get('endpoint_url') or 'the endpoint'} "
+                            f"(create it first, e.g. `aws s3 mb {protocol}://{bucket}`)")
+
     def __repr__(self) -> str:
         return f"FeatureStore({self.url!r}, backend={self.backend_name!r})"
+
+    @property
+    def is_remote(self) -> bool:
+        return not is_local(self.fs)
 
     # Pickling: handles are per process (DataLoader workers, dask tasks) -----------------
     def __getstate__(self) -> dict:
         return {"url": self.url, "mode": self.mode, "backend": self.backend_name,
-                "compression": self.compression}
+                "compression": self.compression, "storage_options": self.storage_options,
+                "run_id": self.run_id}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["url"], state["mode"], state["backend"], None, state["compression"])
+        self.__init__(state["url"], state["mode"], state["backend"], None, state["compression"],
+                      state.get("storage_options"), state.get("run_id"))
 
     def _writable(self) -> None:
         if self.mode == "r":
             raise UserError(f"{self.url}: opened read-only")
 
     def refresh(self) -> None:
-        """Forget cached indexes and handles so parts committed by other processes show up."""
+        """Forget cached indexes and handles so parts committed by other processes show up.
+
+        (Manifests are kept: a committed manifest never changes.)
+        """
         self._indexes.clear()
         self._readers.clear()
         self._streams = None
+
+    def list_fresh(self, path: str) -> list[str]:
+        """Names under `path` in this store's filesystem, never from a cached listing."""
+        return list_names(self.fs, path)
 
     # Clip table -------------------------------------------------------------------------
     def add_clips(self, records: Iterable[dict[str, Any]]) -> int:
@@ -118,9 +211,7 @@ class FeatureStore:
         self._writable()
         rows = []
         for record in records:
-            clip_id = record.get("clip_id")
-            if not isinstance(clip_id, str) or not clip_id:
-                raise UserError(f"clip record without a clip_id string: {record!r}")
+            check_clip_id(record.get("clip_id"), f"{self.url}: clip record {record!r}"[:300])
             rows.append(record)
         if rows:
             name = f"batch-{now_iso().replace(':', '')}-{uuid.uuid4().hex[:8]}.json"
@@ -187,6 +278,9 @@ class FeatureStore:
         for match in (
             [s for s in streams if s.key == ref],
             [s for s in streams if s.alias == ref],
+            # A recipe's request (`clip-vit-b16@face`) names the stream an extraction with
+            # random or reduced weights made as `clip-vit-b16@random@reduced@face`.
+            [s for s in streams if _without_build_markers(s.alias) == ref],
             [s for s in streams if s.name == ref],
             [s for s in streams if s.key.startswith(ref)],
         ):
@@ -203,53 +297,100 @@ class FeatureStore:
         self._writable()
         return PartWriter(self, self.resolve(stream), part_id)
 
-    def _write_manifest(self, key: str, manifest: PartManifest) -> None:
-        write_json(
-            self.fs, f"{self._stream_dir(key)}/manifests/part-{manifest.part_id}.json",
-            manifest.to_dict(),
-        )
+    def _write_manifest(self, key: str, manifest: PartManifest, exclusive: bool = False) -> bool:
+        """Write a part's commit marker; with `exclusive`, only if none exists (False if one
+        did: a manifest is written once and never replaced)."""
+        path = f"{self._stream_dir(key)}/manifests/part-{manifest.part_id}.json"
+        if exclusive:
+            data = json.dumps(manifest.to_dict(), indent=1, sort_keys=True).encode()
+            if not create_exclusive(self.fs, path, data):
+                return False
+        else:
+            write_json(self.fs, path, manifest.to_dict())
+        self._manifest_cache[(key, manifest.part_id)] = manifest
         self._indexes.pop(key, None)
         self._readers.pop((key, manifest.part_id), None)
+        return True
 
     def committed_parts(self, stream: StreamRef) -> list[str]:
+        """Part ids with a manifest, from a fresh listing (never a cached one)."""
         key = self.resolve(stream).key
         names = list_names(self.fs, f"{self._stream_dir(key)}/manifests")
         return [n[len("part-") : -len(".json")] for n in names if n.endswith(".json")]
+
+    def part_committed(self, stream: StreamRef, part_id: str) -> bool:
+        """Is the task part `part_id` committed (under its id, or a private `<id>.<token>`
+        variant that a writer used while another held the id)? A recomputed task that finds
+        its part committed skips it: committed parts are never rewritten."""
+        return any(p == part_id or p.startswith(f"{part_id}.")
+                   for p in self.committed_parts(stream))
 
     def manifests(self, stream: StreamRef) -> list[PartManifest]:
         key = self.resolve(stream).key
         out = []
         for part in self.committed_parts(key):
-            path = f"{self._stream_dir(key)}/manifests/part-{part}.json"
-            try:
-                out.append(PartManifest.from_dict(read_json(self.fs, path)))
-            except (KeyError, TypeError) as exc:
-                raise UserError(f"{path}: malformed manifest ({exc})") from None
+            cached = self._manifest_cache.get((key, part))
+            if cached is None:
+                path = f"{self._stream_dir(key)}/manifests/part-{part}.json"
+                try:
+                    cached = PartManifest.from_dict(read_json(self.fs, path))
+                except FileNotFoundError:
+                    continue  # deleted with its stream meanwhile
+                except (KeyError, TypeError) as exc:
+                    raise UserError(f"{path}: malformed manifest ({exc})") from None
+                self._manifest_cache[(key, part)] = cached
+            out.append(cached)
         return out
 
-    def finalize(self, prune_orphans: bool = False) -> None:
+    def finalize(self, prune_orphans: bool = False) -> dict[str, dict[str, str]]:
         """Merge manifests into each stream's index and compact the clip table.
 
-        One process only. With `prune_orphans`, parts that have no manifest (left by killed
-        writers) are deleted: only do that when no writer of this store is still running.
+        One process only. With `prune_orphans`, uncommitted parts whose writer is provably dead
+        are deleted (commit.prune_dead_parts): their lease expired or their pid is gone, or
+        they belong to this handle's own run (call it after this run's writers are done).
+        Parts of live writers, of this or any other run, are never touched. Returns
+        {stream key: {part id: why it was deleted}}.
         """
         self._writable()
         self.refresh()
+        pruned: dict[str, dict[str, str]] = {}
         for info in self.streams():
+            if prune_orphans:
+                deleted = commit.prune_dead_parts(self, info.key, own_run_id=self.run_id)
+                if deleted:
+                    pruned[info.key] = deleted
             manifests = self.manifests(info.key)
             index = StreamIndex.from_manifests(manifests, info.dim)
             write_json(self.fs, f"{self._stream_dir(info.key)}/index.json", index.to_dict())
-            if prune_orphans:
-                committed = set(index.parts)
-                for part in self.backend.list_parts(info.key):
-                    if part not in committed:
-                        self.backend.delete_part(info.key, part)
         base = f"{self.path}/clips"
         batches = [n for n in list_names(self.fs, base) if n.startswith("batch-")]
         if batches:
             records = self.clips()
             write_json(self.fs, f"{base}/table.json", {"batches": batches, "clips": records})
         self.refresh()
+        return pruned
+
+    # Intents: what a run set out to do, so `verify` can tell complete from incomplete ------
+    def record_intent(self, stream: StreamRef, clip_ids: Iterable[str],
+                      run_id: str | None = None) -> None:
+        """Record that run `run_id` (default: this handle's) means to commit `clip_ids`."""
+        self._writable()
+        key = self.resolve(stream).key
+        run = run_id or self.run_id
+        write_json(self.fs, f"{self._stream_dir(key)}/intents/{run}.json",
+                   {"run_id": run, "created": now_iso(), "clip_ids": sorted(set(clip_ids))})
+
+    def intended_clip_ids(self, stream: StreamRef) -> dict[str, str]:
+        """{clip_id: the first run (by name) that intended it} over every recorded intent."""
+        key = self.resolve(stream).key
+        base = f"{self._stream_dir(key)}/intents"
+        out: dict[str, str] = {}
+        for name in list_names(self.fs, base):
+            if name.endswith(".json"):
+                data = read_json(self.fs, f"{base}/{name}")
+                for clip_id in data.get("clip_ids", []):
+                    out.setdefault(clip_id, data.get("run_id", name[:-5]))
+        return out
 
     # Index and shapes -------------------------------------------------------------------
     def index(self, stream: StreamRef) -> StreamIndex:
@@ -284,9 +425,35 @@ class FeatureStore:
     def _reader(self, key: str, part_id: str):
         reader = self._readers.get((key, part_id))
         if reader is None:
-            reader = self.backend.part_reader(key, part_id)
+            cache_root = remote_cache_root() if self.is_remote else None
+            if cache_root is not None:
+                reader = self._cached_part(key, part_id, cache_root)
+            else:
+                reader = self.backend.part_reader(key, part_id)
             self._readers[(key, part_id)] = reader
         return reader
+
+    def _cached_part(self, key: str, part_id: str, cache_root: str) -> CachedPart:
+        """A remote part read whole once into a local file, then memory-mapped.
+
+        Keyed by the store, the stream and the part's manifest (a committed part never
+        changes; a rewritten stream has new manifests), so a cached file is never stale.
+        """
+        manifest = self._manifest_cache.get((key, part_id))
+        if manifest is None:
+            path = f"{self._stream_dir(key)}/manifests/part-{part_id}.json"
+            manifest = PartManifest.from_dict(read_json(self.fs, path))
+            self._manifest_cache[(key, part_id)] = manifest
+        tag = fingerprint([self.url, manifest.to_dict()], 16)
+        path = os.path.join(cache_root, key, f"part-{part_id}-{tag}.npy")
+        if not os.path.exists(path):
+            rows = np.asarray(self.backend.part_reader(key, part_id).read_all())
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            with open(tmp, "wb") as f:
+                np.save(f, rows, allow_pickle=False)
+            os.replace(tmp, path)
+        return CachedPart(np.load(path, mmap_mode="r"), path)
 
     @staticmethod
     def clip_frame_shift(info: StreamInfo, index: StreamIndex, i: int) -> float | None:
@@ -482,9 +649,29 @@ class FeatureStore:
 
     def delete_stream(self, stream: StreamRef) -> None:
         self._writable()
-        remove(self.fs, self._stream_dir(self.resolve(stream).key))
+        key = self.resolve(stream).key
+        remove(self.fs, self._stream_dir(key))
+        self._manifest_cache = {k: v for k, v in self._manifest_cache.items() if k[0] != key}
         self.refresh()
 
     def nbytes(self, stream: StreamRef) -> int:
         info = self.resolve(stream)
         return int(self.index(info).n_rows.sum()) * info.dim * np.dtype(info.dtype).itemsize
+
+
+class CachedPart:
+    """A part's rows from the local cache file (same reading interface as a backend reader)."""
+
+    def __init__(self, data: np.ndarray, location: str) -> None:
+        self.data, self.location = data, location
+        self.shape = tuple(data.shape)
+        self.dtype = data.dtype
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.data[start:stop]
+
+    def read_all(self) -> np.ndarray:
+        return self.data
+
+    def chunk_ranges(self):
+        yield 0, self.shape[0], self.location

@@ -3,7 +3,10 @@
 Checks, per stream: parts without a manifest (a killed writer's orphan), manifests that are not
 valid JSON or name a missing array, manifest and array disagreeing in shape or dtype, clip rows
 out of range or overlapping, chunk files that are missing or cannot be decoded (truncated or
-corrupt), NaN/Inf values, and clips of the clip table missing from a stream that claims them.
+corrupt), NaN/Inf values, clips of the clip table missing from a stream that claims them, and
+clips a run recorded as intended (`record_intent`) that no part committed: so "ok" means every
+stream is complete, not only sound. A part whose writer is still alive (live lease) and a clip
+that two racing runs both committed (the index keeps the first commit) are notes, not problems.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import commit
 from .errors import UserError
 from .fsutil import read_json
 from .manifest import PartManifest, StreamInfo
@@ -22,6 +26,8 @@ from .store import FeatureStore
 @dataclass
 class VerifyReport:
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    missing: dict[str, list[str]] = field(default_factory=dict)  # alias -> intended, absent
     streams: int = 0
     parts: int = 0
     clips: int = 0
@@ -63,8 +69,14 @@ def _verify_stream(
     committed = store.committed_parts(key)
     arrays = set(store.backend.list_parts(key))
     for orphan in sorted(arrays - set(committed)):
+        location = store.backend.part_location(key, orphan)
+        lease = commit.live_lease(store, key, orphan)
+        if lease is not None:
+            report.notes.append(f"{location}: being written (run {lease.run_id}, pid "
+                                f"{lease.pid} on {lease.host})")
+            continue
         report.problems.append(
-            f"{store.backend.part_location(key, orphan)}: part without manifest "
+            f"{location}: part without manifest "
             "(an interrupted writer; rerun the extraction or `finalize --prune`)"
         )
     manifests: list[PartManifest] = []
@@ -75,6 +87,11 @@ def _verify_stream(
         except (UserError, KeyError, TypeError, ValueError) as exc:
             report.problems.append(f"{path}: unreadable manifest ({exc})")
     seen: dict[str, str] = {}
+    # Which copy readers use when racing runs committed a clip twice: the first commit.
+    first_commit: dict[str, str] = {}
+    for manifest in sorted(manifests, key=lambda m: m.commit_order()):
+        for entry in manifest.clips:
+            first_commit.setdefault(entry.clip_id, manifest.part_id)
     for manifest in manifests:
         report.parts += 1
         mpath = f"{base}/manifests/part-{manifest.part_id}.json"
@@ -111,10 +128,12 @@ def _verify_stream(
                 )
             spans.append((entry.row_start, end, entry.clip_id))
             if entry.clip_id in seen:
-                report.problems.append(
-                    f"{mpath}: clip {entry.clip_id!r} also committed in part {seen[entry.clip_id]}"
-                )
-            seen[entry.clip_id] = manifest.part_id
+                winner = first_commit[entry.clip_id]
+                other = seen[entry.clip_id] if winner == manifest.part_id else manifest.part_id
+                report.notes.append(
+                    f"{base}: clip {entry.clip_id!r} committed by parts {winner} and {other} "
+                    f"(racing runs); readers use part {winner}, the first commit")
+            seen.setdefault(entry.clip_id, manifest.part_id)
         spans.sort()
         for (_, end_a, clip_a), (start_b, _, clip_b) in zip(spans, spans[1:]):
             if start_b < end_a:
@@ -126,11 +145,22 @@ def _verify_stream(
             report.problems.append(f"{chunk}: chunk file missing (it would read as zeros)")
         if check_values:
             _scan_values(reader, report)
+    def excused(clip_id: str) -> bool:
+        return clip_id in seen or (clip_id, key) in failed or (clip_id, None) in failed
+
     for clip_id in _claimed_clips(store, info):
-        if clip_id not in seen and (clip_id, key) not in failed and (clip_id, None) not in failed:
+        if not excused(clip_id):
             report.problems.append(
                 f"{base}: clip {clip_id!r} of the clip table is missing from stream {info.alias}"
             )
+    intended = store.intended_clip_ids(key)
+    missing = sorted(c for c in intended if not excused(c))
+    if missing:
+        report.missing[info.alias] = missing
+        shown = ", ".join(repr(c) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        report.problems.append(
+            f"{base}: stream {info.alias} is incomplete: {len(missing)} of {len(intended)} "
+            f"intended clip(s) not committed ({shown}); rerun the extraction to finish it")
 
 
 def _scan_values(reader, report: VerifyReport) -> None:

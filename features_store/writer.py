@@ -1,8 +1,11 @@
 """Writing one part of one stream: rows streamed in, manifest written last as the commit.
 
-Exactly one writer owns a part. Until `commit` writes the manifest, readers ignore the part; a
-writer that dies (even by SIGKILL) leaves an orphan array that a rerun with the same part id
-overwrites and that `finalize(prune_orphans=True)` removes.
+Exactly one writer owns a part: it holds the part's lease (features_store.commit) from before
+its first byte until after its manifest. Until `commit` writes the manifest, readers ignore the
+part; a writer that dies (even by SIGKILL) leaves an orphan array and a lease that stops being
+renewed. A rerun with the same part id takes such a part over once its writer is provably dead;
+while the writer may be alive, a newcomer writes a private part id instead and never touches it.
+A part that is committed is never reopened (`PartCommitted`).
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ import logging
 import os
 import re
 import socket
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import commit as protocol
 from .errors import UserError
 from .manifest import ClipEntry, PartManifest, StreamInfo
+from .paths import check_clip_id
 
 if TYPE_CHECKING:
     from .store import FeatureStore
@@ -39,9 +45,15 @@ class PartWriter:
     def __init__(self, store: FeatureStore, info: StreamInfo, part_id: str) -> None:
         if not PART_ID_PATTERN.match(part_id):
             raise UserError(f"part id {part_id!r}: use letters, digits, '_', '-', '.' only")
-        self.store, self.info, self.part_id = store, info, part_id
+        self.store, self.info = store, info
         self.dtype = np.dtype(info.dtype)
-        self.array = store.backend.part_writer(info.key, part_id, info.dim, info.dtype)
+        self.lease = protocol.acquire(store, info.key, part_id)  # raises PartCommitted
+        self.part_id = self.lease.part_id  # a private variant while another writer holds it
+        try:
+            self.array = store.backend.part_writer(info.key, self.part_id, info.dim, info.dtype)
+        except BaseException:
+            protocol.delete_own_part(store, self.lease)
+            raise
         self.entries: list[ClipEntry] = []
         self.rows = 0
         self._open_clip: ClipEntry | None = None
@@ -60,6 +72,7 @@ class PartWriter:
     def begin_clip(self, clip_id: str, t0: float = 0.0) -> None:
         if self._open_clip is not None:
             raise RuntimeError(f"clip {self._open_clip.clip_id!r} is still open")
+        check_clip_id(clip_id, f"stream {self.info.alias}, part {self.part_id}")
         if clip_id in self._clip_ids:
             raise ValueError(f"clip {clip_id!r} written twice to part {self.part_id}")
         self._open_clip = ClipEntry(clip_id=clip_id, row_start=self.rows, n_rows=0, t0=float(t0))
@@ -98,32 +111,52 @@ class PartWriter:
 
     # Commit protocol ---------------------------------------------------------------------
     def commit(self) -> PartManifest:
+        """Publish the part. Clips another part committed first are left out (first commit
+        wins, noted in `discarded`); if none is left, the part is dropped, not committed."""
         if self._open_clip is not None:
             raise RuntimeError(f"clip {self._open_clip.clip_id!r} was not ended")
         n_rows = self.array.close()
         if n_rows != self.rows:
             raise RuntimeError(f"part {self.part_id}: wrote {n_rows} rows, expected {self.rows}")
+        protocol.check_held(self.store, self.lease)  # fencing: never publish pruned data
+        self.store._indexes.pop(self.info.key, None)
+        taken = self.store.committed_clip_ids(self.info.key)
+        kept = [e for e in self.entries if e.clip_id not in taken]
+        discarded = [e.clip_id for e in self.entries if e.clip_id in taken]
         manifest = PartManifest(
             part_id=self.part_id,
             stream_key=self.info.key,
             dim=self.info.dim,
             dtype=self.info.dtype,
             n_rows=n_rows,
-            clips=self.entries,
+            clips=kept,
             created=now_iso(),
             writer=f"{socket.gethostname()}:{os.getpid()}",
+            commit_time=time.time(),
+            run_id=self.store.run_id,
+            discarded=discarded,
         )
-        self.store._write_manifest(self.info.key, manifest)
+        if discarded:
+            log.info("part %s of %s: %d clip(s) already committed by another part, discarded "
+                     "(first commit wins): %s", self.part_id, self.info.alias, len(discarded),
+                     ", ".join(discarded[:5]))
         self.closed = True
+        if self.entries and not kept:
+            protocol.delete_own_part(self.store, self.lease)
+            return manifest
+        if not self.store._write_manifest(self.info.key, manifest, exclusive=True):
+            protocol.delete_own_part(self.store, self.lease)
+            raise protocol.PartCommitted(self.info.key, self.part_id)
+        protocol.release(self.store, self.lease)
         return manifest
 
     def abort(self) -> None:
         self.array.discard()
         self.closed = True
         try:
-            self.store.backend.delete_part(self.info.key, self.part_id)
-        except OSError as exc:
-            # An orphan is harmless: readers ignore it and a rerun overwrites it.
+            protocol.delete_own_part(self.store, self.lease)
+        except (OSError, protocol.LeaseLost) as exc:
+            # An orphan is harmless: readers ignore it; it is pruned once provably dead.
             log.warning("could not remove uncommitted part %s: %s", self.part_id, exc)
 
     def __enter__(self) -> PartWriter:

@@ -193,6 +193,16 @@ class Head(ABC):
 
         raise UserError(f"head {self.name!r} does not support ensembles of runs")
 
+    # --- checkpoints a head keeps besides the trainer's ---------------------------------------
+    def on_evaluated(self, model: nn.Module, metrics: dict[str, Any], checkpoints: Path,  # noqa: B027 (optional hook, no-op by default)
+                     epoch: int) -> None:
+        """Called by the trainer after each validation (epoch counted from 1), with the run's
+        checkpoint folder: e.g. to keep the best epoch of each target separately."""
+
+    def on_loaded(self, model: nn.Module, checkpoints: Path, checkpoint: str) -> None:  # noqa: B027 (optional hook, no-op by default)
+        """Called when a run is opened for evaluation or prediction, after `model` got the
+        weights of `checkpoint` ("best" or "last"); a head may load its own checkpoints."""
+
     # --- resumable head state ---------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         """Head state that a checkpoint must keep besides the model (e.g. a loss threshold)."""
@@ -288,7 +298,41 @@ def apply_overrides(config: HeadConfig, overrides: Iterable[str]) -> HeadConfig:
             known = ", ".join(sorted(names))
             raise UserError(f"--set {key}: unknown field of {type(config).__name__} ({known})")
         changes[key] = _parse_value(text.strip(), hints[key], key)
-    return dataclasses.replace(config, **changes)
+    return check_config(dataclasses.replace(config, **changes))
+
+
+# The shared training settings' valid ranges: (field, test, what the value must be).
+CONFIG_RULES: tuple[tuple[str, Any, str], ...] = (
+    ("epochs", lambda v: v >= 1, "at least 1"),
+    ("batch_size", lambda v: v >= 1, "at least 1"),
+    ("lr", lambda v: v >= 0, "a learning rate >= 0"),
+    ("weight_decay", lambda v: v >= 0, ">= 0"),
+    ("constant_epochs", lambda v: v >= 0, ">= 0"),
+    ("warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("warmup_factor", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("gamma", lambda v: v > 0, "> 0"),
+    ("plateau_factor", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("plateau_patience", lambda v: v >= 0, ">= 0"),
+    ("grad_clip", lambda v: v >= 0, ">= 0 (0 disables clipping)"),
+    ("grad_accum", lambda v: v >= 1, "at least 1"),
+    ("patience", lambda v: v >= 0, ">= 0 (0 never stops early)"),
+    ("eval_every", lambda v: v >= 1, "at least 1"),
+    ("optimizer", lambda v: v in ("adam", "adamw"), "adam or adamw"),
+    ("schedule", lambda v: v in SCHEDULES, " or ".join(SCHEDULES)),
+    ("amp", lambda v: v in ("bf16", "fp16", "off"), "bf16, fp16 or off"),
+)
+
+
+def check_config(config: HeadConfig) -> HeadConfig:
+    """`config` itself, or a one-line UserError naming the first field out of its range."""
+    from features_store.errors import UserError
+
+    for name, valid, expected in CONFIG_RULES:
+        value = getattr(config, name)
+        bad_number = isinstance(value, float) and not np.isfinite(value)
+        if bad_number or not valid(value):
+            raise UserError(f"{name}={value!r}: must be {expected} (--set {name}=...)")
+    return config
 
 
 def config_to_dict(config: HeadConfig) -> dict[str, Any]:

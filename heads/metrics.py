@@ -22,10 +22,23 @@ def _as_float(x: np.ndarray | list | float) -> np.ndarray:
 
 
 def _ccc_from_columns(pred: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """CCC per column of [N, K] arrays, with per-element 0/1 weights [N, K]."""
+    """CCC per column of [N, K] arrays, with per-element 0/1 weights [N, K].
+
+    Masked elements contribute nothing (a NaN there is fine: it is replaced before any sum);
+    a NaN or infinity in a counted element is an error, never a score.
+    """
     count = weight.sum(axis=0)
     if np.any(count == 0):
         raise ValueError("CCC: a column has no unmasked frames")
+    keep = weight > 0
+    bad = keep & ~(np.isfinite(pred) & np.isfinite(target))
+    if bad.any():
+        frames = int(bad.any(axis=1).sum())
+        counted = int(keep.any(axis=1).sum())
+        raise ValueError(f"CCC: NaN or infinite values in {frames} of {counted} counted frames "
+                         "(mask them out or fix the predictions)")
+    pred = np.where(keep, pred, 0.0)
+    target = np.where(keep, target, 0.0)
     mu_p = (pred * weight).sum(axis=0) / count
     mu_t = (target * weight).sum(axis=0) / count
     # Centre before multiplying: avoids the cancellation of E[xy] - E[x]E[y].
@@ -171,6 +184,9 @@ def ccc_loss(
         if m.shape != pred.shape:
             raise ValueError(f"ccc_loss: mask {tuple(mask.shape)} fits neither frames nor values")
         w = m.reshape(-1, k).to(p.dtype)
+        # masked values contribute nothing, also when they are NaN (0 * NaN would be NaN)
+        p = torch.where(w > 0, p, torch.zeros_like(p))
+        t = torch.where(w > 0, t, torch.zeros_like(t))
     count = w.sum(dim=0).clamp_min(1.0)
     mu_p = (p * w).sum(dim=0) / count
     mu_t = (t * w).sum(dim=0) / count

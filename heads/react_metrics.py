@@ -7,20 +7,28 @@ Definitions follow specs/metrics.md, i.e. the REACT 2023/2024 challenge code, on
     nb   [N, N] bool    nb[k, j]: listener reaction gt[j] is appropriate for speaker k.
 Dims: 0:15 AU occurrence, 15:17 valence/arousal, 17:25 expression probabilities.
 
-Where we deliberately differ from the official code:
-- TLCC: the official multiprocess `compute_TLCC_mp` returns after the first prediction of
-  each speaker; we average over all P predictions, as its single-process version does.
-- TLCC and FRC: a constant channel (or constant overlapping segment, for TLCC) has
-  correlation 0. The official code gets NaN from `np.corrcoef`; in TLCC a NaN lag wins the
-  argmax (torch treats NaN as the maximum), which scores a constant AU channel as an offset
-  of 49 frames whatever the other 24 channels do.
+The six names (FRC, FRD, S_MSE, FRVar, FRDvs, TLCC) are the official script's numbers
+(`regnn/evaluation.py` of the REACT 2024 baseline, which calls `compute_TLCC_mp`,
+`compute_FRC_mp`, `compute_FRD_mp`, `compute_FRDvs`, `compute_FRVar`, `compute_s_mse`), including
+its quirks, so they can stand next to published tables. Corrected variants are reported beside
+them under their own names (CORRECTED_NAMES):
+- TLCC (official): `compute_TLCC_mp` returns after the *first* prediction of each speaker, and a
+  lag whose overlap has a constant channel (in prediction or speaker) scores NaN (np.corrcoef),
+  which wins torch.argmax; the first NaN lag wins, so a channel constant over the whole clip
+  (an AU that never fires) scores an offset of 49 frames whatever the other 24 channels do.
+  Float32 inputs make "constant" exactly "all values equal" (their float64 mean is exact).
+- TLCC_all (ours): all P predictions, as the single-process `compute_TLCC` does, and a constant
+  channel has correlation 0 at that lag (it carries no timing information).
+- FRC: the official CCC already turns a constant channel's NaN correlation into 0
+  (`nan_to_num`), so ours is the official number.
+- FRDvs with a single speaker is NaN, as the official 0/0.
 - FRD: DTW is our numba kernel, not tslearn. It is the same definition (square root of the
   minimal cumulative squared Euclidean distance, steps (1,0), (0,1), (1,1), no window) on
   float32 inputs; tslearn accumulates in float64 and we in float32, which differs by about
   1e-7 relative (tested against a float64 reference to 1e-5).
 - S-MSE and FRDvs use the identity sum_ij |x_i - x_j|^2 = 2 n sum_i |x_i - mean|^2 instead
-  of `torch.cdist` (whose matmul path loses precision for close predictions); FRDvs with a
-  single speaker is 0 (the official code divides by zero).
+  of `torch.cdist` (whose float32 matmul path, used past 25 rows, loses precision for close
+  predictions): the same quantity, computed more exactly (within 1e-5 relative of the official).
 - Identical predictions are evaluated once (e.g. the mime and mean baselines give the
   same prediction 10 times): only the cost changes, not the result.
 
@@ -48,8 +56,11 @@ N_DIMS = 25
 # (start, stop, weight) of the three attribute groups FRD sums: AUs, valence/arousal, expressions.
 FRD_GROUPS = ((0, 15, 1.0 / 15.0), (15, 17, 1.0), (17, 25, 1.0 / 8.0))
 MAX_LAG = 49  # TLCC lags -49..49 frames: 2 s at 25 fps, as the challenge code
+MIN_FRAMES = MAX_LAG + 2  # the shortest sequence TLCC can score (every lag needs an overlap)
 LANES = 16  # DTW jobs per SIMD batch: 16 float32 = one AVX-512 register, two AVX2 ones
-METRIC_NAMES = ("FRC", "FRD", "S_MSE", "FRVar", "FRDvs", "TLCC")
+METRIC_NAMES = ("FRC", "FRD", "S_MSE", "FRVar", "FRDvs", "TLCC")  # the official script's
+CORRECTED_NAMES = ("TLCC_all",)  # ours, reported beside the official ones (module docstring)
+ALL_METRIC_NAMES = METRIC_NAMES + CORRECTED_NAMES
 BASELINE_NAMES = ("ground_truth", "random", "mime", "mean_sequence", "mean_frame")
 
 
@@ -216,12 +227,14 @@ def _lagged_products(a, b, max_lag, out):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _tlcc_jobs(xs, ys, job_x, job_y, max_lag):
+def _tlcc_jobs(xs, ys, job_x, job_y, max_lag, official):
     """|best lag| of the lagged cross-correlation of xs[job_x[i]] (pred) vs ys[job_y[i]] (speaker).
 
     Lag L pairs x[L:] with y[:T-L] (L >= 0) or x[:T+L] with y[-L:] (L < 0); each lag's score is
-    the mean over channels of the Pearson correlation of the overlapping segments, 0 for a
-    constant segment. The first maximum wins, as np/torch argmax.
+    the mean over channels of the Pearson correlation of the overlapping segments. A constant
+    segment scores 0, or with `official` makes the lag NaN (np.corrcoef) and the first NaN lag
+    wins (torch.argmax ranks NaN highest); `official` also rounds each correlation and the lag's
+    mean to float32, as the official code's torch.Tensor does. The first maximum wins.
     """
     n_jobs = job_x.shape[0]
     n_t = xs.shape[1]
@@ -234,6 +247,7 @@ def _tlcc_jobs(xs, ys, job_x, job_y, max_lag):
         pos = np.empty(max_lag + 1, dtype=np.float64)
         neg = np.empty(max_lag + 1, dtype=np.float64)
         rs = np.zeros(n_lags, dtype=np.float64)
+        nan_lag = np.zeros(n_lags, dtype=np.bool_)
         for d in range(n_d):
             _lagged_products(xc[d], yc[d], max_lag, pos)  # x[t + L] * y[t]
             _lagged_products(yc[d], xc[d], max_lag, neg)  # x[t] * y[t + L]
@@ -246,28 +260,43 @@ def _tlcc_jobs(xs, ys, job_x, job_y, max_lag):
                 x_const = xpre[d, n] if xa == 0 else xsuf[d, xa]
                 y_const = ypre[d, n] if ya == 0 else ysuf[d, ya]
                 if x_const or y_const:
+                    nan_lag[li] = True
                     continue
                 sx = x1[d, xa + n] - x1[d, xa]
                 sy = y1[d, ya + n] - y1[d, ya]
                 vx = x2[d, xa + n] - x2[d, xa] - sx * sx / n
                 vy = y2[d, ya + n] - y2[d, ya] - sy * sy / n
                 if vx > 0.0 and vy > 0.0:
-                    rs[li] += (sxy - sx * sy / n) / math.sqrt(vx * vy)
-        best = 0
-        for li in range(1, n_lags):
-            if rs[li] > rs[best]:
-                best = li
+                    r = (sxy - sx * sy / n) / math.sqrt(vx * vy)
+                    r = min(1.0, max(-1.0, r))
+                    rs[li] += np.float64(np.float32(r)) if official else r
+        best = -1
+        if official:
+            for li in range(n_lags):
+                rs[li] = np.float64(np.float32(rs[li] / n_d))
+                if nan_lag[li] and best < 0:
+                    best = li
+        if best < 0:
+            best = 0
+            for li in range(1, n_lags):
+                if rs[li] > rs[best]:
+                    best = li
         result[i] = abs(max_lag - best)
     return result
 
 
-def tlcc_offset(pred: np.ndarray, spk: np.ndarray, max_lag: int = MAX_LAG) -> int:
-    """TLCC offset (|lag| of the peak cross-correlation) of one prediction [T, D] vs its speaker."""
+def tlcc_offset(pred: np.ndarray, spk: np.ndarray, max_lag: int = MAX_LAG,
+                official: bool = False) -> int:
+    """TLCC offset (|lag| of the peak cross-correlation) of one prediction [T, D] vs its speaker.
+
+    official: score as the REACT script (a constant channel's NaN lag wins); else constant
+    channels count as correlation 0.
+    """
     x, y = _f32(pred)[None], _f32(spk)[None]
     if x.shape != y.shape or x.shape[1] < max_lag + 2:
         raise ValueError(f"tlcc_offset wants two equal [T > {max_lag + 1}, D] arrays")
     zero = np.zeros(1, dtype=np.int64)
-    return int(_tlcc_jobs(x, y, zero, zero, max_lag)[0])
+    return int(_tlcc_jobs(x, y, zero, zero, max_lag, official)[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,7 +348,7 @@ def _check_inputs(gt: np.ndarray, spk: np.ndarray, nb: np.ndarray) -> None:
     n, n_t = gt.shape[:2]
     if nb.shape != (n, n):
         raise ValueError(f"nb must be [{n}, {n}], got {nb.shape}")
-    if n_t < MAX_LAG + 2:
+    if n_t < MIN_FRAMES:
         raise ValueError(f"sequences must be longer than {MAX_LAG + 1} frames for TLCC, got {n_t}")
     empty = np.flatnonzero(~nb.any(axis=1))
     if empty.size:
@@ -413,11 +442,14 @@ def _frd(uniq, idx, gt, nb) -> float:
     return float(best.sum(axis=1).mean())
 
 
-def _tlcc(uniq, idx, spk) -> float:
+def _tlcc(uniq, idx, spk, official: bool) -> float:
+    """official: first prediction of each speaker only, NaN lags win (compute_TLCC_mp);
+    else all predictions, constant channels correlation 0 (TLCC_all)."""
     n = idx.shape[0]
-    codes = idx.astype(np.int64) * n + np.arange(n)[:, None]
+    slots = idx[:, :1] if official else idx
+    codes = slots.astype(np.int64) * n + np.arange(n)[:, None]
     uniq_codes, inv = np.unique(codes, return_inverse=True)
-    offsets = _tlcc_jobs(uniq, spk, uniq_codes // n, uniq_codes % n, MAX_LAG)
+    offsets = _tlcc_jobs(uniq, spk, uniq_codes // n, uniq_codes % n, MAX_LAG, official)
     return float(offsets[inv].mean())
 
 
@@ -491,7 +523,7 @@ def _frvar(uniq, idx) -> float:
 def _frdvs(uniq, idx) -> float:
     n, n_pred = idx.shape
     if n < 2:
-        return 0.0
+        return math.nan  # the official 0 / 0
     frame = uniq.shape[1] * uniq.shape[2]
     cols = idx.astype(np.int64)
     total = sum(_spread_across_speakers(uniq, np.ascontiguousarray(cols[:, i])).sum()
@@ -507,7 +539,8 @@ def _metrics_indexed(uniq, idx, gt, spk, nb, workers, timings=None) -> dict[str,
         "S_MSE": lambda: _s_mse(uniq, idx),
         "FRVar": lambda: _frvar(uniq, idx),
         "FRDvs": lambda: _frdvs(uniq, idx),
-        "TLCC": lambda: _tlcc(uniq, idx, spk),
+        "TLCC": lambda: _tlcc(uniq, idx, spk, official=True),
+        "TLCC_all": lambda: _tlcc(uniq, idx, spk, official=False),
     }
     out = {}
     with _threads(workers):
@@ -527,10 +560,11 @@ def react_metrics(
     workers: int | None = None,
     timings: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """The six REACT metrics of predictions pred [N, P, T, 25] (see the module docstring).
+    """The six official REACT metrics of predictions pred [N, P, T, 25] and our corrected
+    variants (ALL_METRIC_NAMES; see the module docstring).
 
     FRC (up to P, higher is better), FRD (lower is better), S_MSE / FRVar / FRDvs (diversity,
-    higher is more diverse), TLCC (synchrony offset in frames, lower is better).
+    higher is more diverse), TLCC / TLCC_all (synchrony offset in frames, lower is better).
     workers: CPU threads for the compiled kernels (default: all).
     timings: if given, receives the seconds each metric took.
     """

@@ -10,6 +10,7 @@ Run folder layout:
     RUN/curves.png               loss and validation metric curves
     RUN/eval-<split>.json        metrics of the best checkpoint on a split
     RUN/predictions/             default export folder of `predict`
+    RUN/tb/                      the same scalars for TensorBoard (when it is installed)
 
 A resumed run continues from the end of the last finished epoch and gives the same result as an
 uninterrupted one: per-epoch batches come from an rng seeded by (seed, epoch), and the torch /
@@ -33,9 +34,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from heads.base import SCHEDULES, Head, HeadConfig, config_from_dict, config_to_dict
+from heads.base import (
+    SCHEDULES,
+    Head,
+    HeadConfig,
+    check_config,
+    config_from_dict,
+    config_to_dict,
+)
 from heads.plots import plot_curves, read_metrics
 from heads.registry import get_head
+from heads.tb_log import ScalarLog
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -72,9 +81,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _rng_state() -> dict[str, Any]:
+    # Only types torch.load(weights_only=True) accepts: numpy's key array becomes a tensor.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -84,10 +96,32 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    saved = state["numpy"]
+    np.random.set_state((saved["name"], saved["keys"].numpy().astype(np.uint32), saved["pos"],
+                         saved["has_gauss"], saved["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A run checkpoint read with weights_only=True: tensors and plain values, never code.
+
+    A run folder may come from someone else; a pickle that names any other Python object is
+    refused with one line before anything in it runs.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # torch's own text first suggests weights_only=False; keep only the line naming what
+        # the file tried to load.
+        named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+        reason = (named or lines or [type(error).__name__])[0]
+        raise _user_error(f"{path}: not a checkpoint this tool loads safely (only tensors and "
+                          f"plain values are read, nothing is unpickled): {reason}") from None
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -338,16 +372,34 @@ def _resolve_recipe(head: Head, store: Any) -> dict[str, Any]:
     """alias -> stream key for every stream the head reads (provenance for config.json)."""
     recipe = head.recipe()
     streams: dict[str, str] = {}
+    labels = set(recipe.labels)
     for alias in [*recipe.features, *recipe.labels]:
         try:
             info = store.resolve(alias)
-        except Exception as error:
+        except Exception:
             raise _user_error(
-                f"store {_store_location(store)}: head {head.name} needs stream {alias!r} "
-                f"({error})"
+                f"store {_store_location(store)}: head {head.name} needs stream {alias!r}, "
+                f"which the store lacks (it has: {_aliases(store)}); make it with: "
+                f"{_make_stream_command(store, alias, alias in labels)}"
             ) from None
         streams[alias] = getattr(info, "key", alias)
     return {"streams": streams, "aux": list(recipe.aux)}
+
+
+def _aliases(store: Any) -> str:
+    try:
+        return ", ".join(sorted({s.alias for s in store.streams()})) or "no streams"
+    except Exception:  # a store too broken to list: the missing stream is the message
+        return "?"
+
+
+def _make_stream_command(store: Any, alias: str, is_label: bool) -> str:
+    """The `affect` command that writes a missing stream into this store."""
+    dataset = (getattr(store, "attrs", None) or {}).get("dataset") or "DATASET"
+    where = f"--dataset {dataset} --data-root DATA --store {_store_location(store)}"
+    if is_label:
+        return f"affect ingest {where}"
+    return f"affect extract {where} --encoders {alias}"
 
 
 def _store_location(store: Any) -> str:
@@ -434,8 +486,7 @@ def train(
                           "new --out")
     if resume and not paths.last.exists():
         raise _user_error(f"{paths.last}: nothing to resume (no last checkpoint)")
-    if config.grad_accum < 1:
-        raise _user_error(f"grad_accum={config.grad_accum}: must be >= 1")
+    check_config(config)
     dev = resolve_device(device)
 
     seed_everything(config.seed)
@@ -454,7 +505,7 @@ def train(
     best_epoch: int | None = None
     bad_evals = 0
     if resume:
-        checkpoint = torch.load(paths.last, map_location=dev, weights_only=False)
+        checkpoint = load_checkpoint(paths.last, dev)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
@@ -469,6 +520,7 @@ def train(
         _truncate_metrics(paths.metrics, start_epoch)
     else:
         paths.metrics.write_text("")
+    scalars = ScalarLog(paths.root / "tb", purge_step=global_step if resume else None)
 
     write_json(paths.config, {
         "head": head.name,
@@ -530,11 +582,13 @@ def train(
                 epoch_loss += loss_value
                 epoch_items += 1
                 if stepped and global_step % log_every == 0:
-                    _append_jsonl(paths.metrics, {
+                    record = {
                         "kind": "step", "epoch": epoch + 1, "step": global_step,
                         "loss": loss_value, "lr": schedule.lrs()[0],
                         "data_wait_s": t1 - t0, "compute_s": t2 - t1,
-                    })
+                    }
+                    _append_jsonl(paths.metrics, record)
+                    scalars.record(record, schedule.lrs())
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 iteration += 1
@@ -550,13 +604,15 @@ def train(
         total_compute += epoch_compute
         total_steps += epoch_items
         busy = epoch_wait + epoch_compute
-        _append_jsonl(paths.metrics, {
+        record = {
             "kind": "epoch", "epoch": epoch + 1, "step": global_step,
             "train_loss": epoch_loss / max(epoch_items, 1), "lr": schedule.lrs()[0],
             "iterations": epoch_items, "data_wait_s": epoch_wait, "compute_s": epoch_compute,
             "data_wait_share": epoch_wait / busy if busy > 0 else 0.0,
             "steps_per_s": epoch_items / busy if busy > 0 else 0.0,
-        })
+        }
+        _append_jsonl(paths.metrics, record)
+        scalars.record(record)
 
         metric_value: float | None = None
         if (epoch + 1) % max(config.eval_every, 1) == 0 or epoch == last_epoch:
@@ -572,10 +628,13 @@ def train(
                             "head_state": head.extra_state()}, paths.best)
             else:
                 bad_evals += 1
-            _append_jsonl(paths.metrics, {
+            head.on_evaluated(model, metrics, paths.checkpoints, epoch + 1)
+            record = {
                 "kind": "eval", "epoch": epoch + 1, "step": global_step, "split": config.val_split,
                 "metrics": _json_ready(metrics), "best": improved,
-            })
+            }
+            _append_jsonl(paths.metrics, record)
+            scalars.record(record)
         schedule.end_epoch(metric_value)
         epochs_done = epoch + 1
         torch.save({
@@ -592,9 +651,10 @@ def train(
             stopped_early = True
             break
 
+    scalars.close()
     final_metrics: dict[str, Any] = {}
     if paths.best.exists() and (stopped_early or epochs_done == config.epochs):
-        best = torch.load(paths.best, map_location=dev, weights_only=False)
+        best = load_checkpoint(paths.best, dev)
         final_metrics = dict(best["metrics"])
         write_json(paths.eval_file(config.val_split),
                    {"split": config.val_split, "checkpoint": "best", "epoch": best["epoch"],
@@ -701,10 +761,11 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", store: Any = None
     store_obj, location = open_store_for(store if store is not None else saved["store"])
     data = head.build_data(store_obj)
     model = head.build_model(data).to(dev)
-    state = torch.load(file, map_location=dev, weights_only=False)
+    state = load_checkpoint(file, dev)
     model.load_state_dict(state["model"])
     head.load_extra_state(state.get("head_state", {}))
     model.eval()
+    head.on_loaded(model, paths.checkpoints, file.stem)
     return LoadedRun(paths=paths, head=head, data=data, model=model, store=store_obj,
                      store_location=location, checkpoint=file.stem, epoch=int(state["epoch"]))
 

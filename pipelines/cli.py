@@ -6,7 +6,9 @@ click usage errors) print one line and exit with code 2; a traceback means a bug
 
 from __future__ import annotations
 
+import errno
 import importlib
+import re
 import sys
 
 import click
@@ -50,6 +52,29 @@ def cli() -> None:
     """affect: extract features once into a store, train many heads on them."""
 
 
+# Errors the machine or the user's files cause, not affect: what to tell the user.
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "the disk is full; free space (committed parts are kept) and rerun",
+    errno.EDQUOT: "the disk quota is exceeded; free space (committed parts are kept) and rerun",
+    errno.EROFS: "the file system is read-only; use a writable --store / --out",
+    errno.EACCES: "permission denied; use a folder you can write (or read) instead",
+    errno.EPERM: "operation not permitted; use a folder you own",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.EISDIR: "is a folder, expected a file",
+    errno.EEXIST: "already exists and is not what was expected there",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def os_error_line(exc: OSError) -> str | None:
+    """One line for an OSError the environment caused (full disk, read-only store), else None."""
+    hint = OS_ERROR_HINTS.get(exc.errno)
+    if hint is None:
+        return None
+    where = "affect" if exc.filename is None else re.sub(r"\.tmp-[0-9a-f]+$", "", str(exc.filename))
+    return f"{where}: {exc.strerror or type(exc).__name__}: {hint}"
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="affect", standalone_mode=False)
@@ -60,13 +85,24 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
         click.echo(f"error: {exc.format_message()}{hint}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C into Abort; a command may have said what its interruption keeps.
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            click.echo(f"interrupted: {cause}" if str(cause) else "interrupted", err=True)
+        else:
+            click.echo("aborted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        known = os_error_line(exc)
+        if known is None:
+            raise  # not the environment's doing: a bug, keep its traceback
+        click.echo(f"error: {known}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted: committed parts are kept; rerun to resume", err=True)

@@ -45,6 +45,12 @@ def _published_weights_here() -> bool:
 @click.option("--device", default="auto", show_default=True)
 def demo(out_dir: str, clips: int, seconds: int, epochs: int, device: str) -> None:
     """Sample -> extract -> train REGNN -> evaluate -> export, printing each command."""
+    from heads.react_metrics import MIN_FRAMES
+
+    if seconds * 25 < MIN_FRAMES:  # the sample is 25 fps; fail now, not after training
+        raise UserError(f"--seconds {seconds}: {seconds * 25} frames per clip, but REACT's "
+                        f"TLCC metric needs at least {MIN_FRAMES}; use --seconds "
+                        f"{-(-MIN_FRAMES // 25)} or more")
     log = click.echo
     data = os.path.join(out_dir, "data", "react")
     store = os.path.join(out_dir, "store", "react.zarr")

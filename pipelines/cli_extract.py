@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from features_store import open_store
-from features_store.errors import UserError
+from features_store.errors import Interrupted, UserError
 
 
 def _split_list(value: str | None) -> list[str]:
@@ -48,15 +49,25 @@ def _split_list(value: str | None) -> list[str]:
 @click.option("--decoder", type=click.Choice(["pyav", "torchcodec", "torchcodec:cuda"]),
               default="pyav", show_default=True,
               help="Video decoder; torchcodec needs the optional torchcodec package and FFmpeg.")
-@click.option("--scheduler", help="dask scheduler address; 'local' for a LocalCluster.")
+@click.option("--scheduler",
+              help="Run on dask: local[:N] (a cluster of N workers on this machine; default "
+                   "one per GPU, else one per core pair) or a scheduler address tcp://HOST:PORT.")
+@click.option("--scheduler-file", type=click.Path(dir_okay=False),
+              help="Run on the dask scheduler described by this file (`dask scheduler "
+                   "--scheduler-file`, SLURM deployments).")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any clip fails.")
 def extract(clips_file, dataset, data_root, store_url, encoders, weights, device, batch_size,
             limit, fps, decode_size, resize_with, dtype, reduced, clips_per_part,
-            decode_workers, decode_in, decoder, scheduler, strict) -> None:
+            decode_workers, decode_in, decoder, scheduler, scheduler_file, strict) -> None:
     """Decode each clip once and write every requested encoder's features to the store."""
     from extract.clips import read_clips_file
+    from extract.cluster import ClusterRequest
     from extract.report import ExtractOptions, format_report
     from extract.resume import already_done
+
+    cluster = ClusterRequest.parse(scheduler, scheduler_file)
+    if cluster is not None and data_root:
+        data_root = os.path.abspath(data_root)  # workers run in other folders
 
     requests = _split_list(encoders)
     encoder_options: dict = {}
@@ -96,21 +107,31 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         resize_with=resize_with, strict=strict,
         encoder_options=encoder_options,
     )
-    # A rerun with nothing left to do is answered from the store's metadata alone.
+    # A rerun with nothing left to do is answered from the store's metadata alone (with
+    # device auto, the runner decides the device first: that needs torch, or the cluster).
     report = already_done(clips[:limit] if limit else clips, store, options)
     if report is not None:
         click.echo(format_report(report))
         return
-    if scheduler:
+    if cluster is not None:
         from extract.dask_runner import run_extraction_dask
+        from extract.report import interrupted_message
 
-        report = run_extraction_dask(clips, store.url, options,
-                                     None if scheduler == "local" else scheduler)
+        try:
+            report = run_extraction_dask(clips, store.url, options, cluster)
+        except Interrupted:
+            raise
+        except KeyboardInterrupt as exc:
+            raise Interrupted(interrupted_message(store.url)) from exc
     else:
-        from extract.runner import run_extraction
+        from extract.runner import resolve_device, run_extraction
 
-        report = run_extraction(clips, store, options)
+        if device == "auto":
+            options.device = resolve_device(device)
+            report = already_done(clips[:limit] if limit else clips, store, options)
+        if report is None:
+            report = run_extraction(clips, store, options)
     click.echo(format_report(report))
     # Non-zero only when nothing could be extracted at all, or with --strict.
-    if report.failed and (strict or report.done + report.skipped == 0):
+    if report.failed and (strict or report.done + report.skipped + report.partial == 0):
         sys.exit(1)

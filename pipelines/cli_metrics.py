@@ -6,17 +6,22 @@ import json
 
 import click
 
-from heads.react_metrics import METRIC_NAMES
+from heads.react_metrics import ALL_METRIC_NAMES, METRIC_NAMES
 
 
 def _table(rows: dict[str, dict[str, float]]) -> str:
-    """One line per predictor, one column per metric."""
+    """One line per predictor, one column per metric: the official ones, then `|` and ours."""
     name_w = max(len(n) for n in rows)
-    cols = [max(len(m), 9) for m in METRIC_NAMES]
-    lines = ["  ".join([" " * name_w, *(m.rjust(w) for m, w in zip(METRIC_NAMES, cols))])]
+
+    def line(first: str, cells: list[str]) -> str:
+        official, ours = cells[:len(METRIC_NAMES)], cells[len(METRIC_NAMES):]
+        return "  ".join([first, *official, "|", *ours])
+
+    cols = [max(len(m), 9) for m in ALL_METRIC_NAMES]
+    lines = [line(" " * name_w, [m.rjust(w) for m, w in zip(ALL_METRIC_NAMES, cols)])]
     for name, values in rows.items():
-        cells = (f"{values[m]:.4f}".rjust(w) for m, w in zip(METRIC_NAMES, cols))
-        lines.append("  ".join([name.ljust(name_w), *cells]))
+        lines.append(line(name.ljust(name_w),
+                          [f"{values[m]:.4f}".rjust(w) for m, w in zip(ALL_METRIC_NAMES, cols)]))
     return "\n".join(lines)
 
 
@@ -43,7 +48,8 @@ def react(pred_dir: str, data_root: str, split: str, workers: int | None, baseli
     folder, next to the naive baselines (ground truth, random, mime, mean sequence, mean frame).
 
     FRC higher is better (max 10), FRD and TLCC lower is better; S_MSE, FRVar, FRDvs measure
-    diversity.
+    diversity. The six are the official script's numbers; after `|` come our corrected variants
+    (TLCC_all: every prediction scored, constant channels as correlation 0).
     """
     from pipelines.react_eval import evaluate_react_dir
 
@@ -52,5 +58,5 @@ def react(pred_dir: str, data_root: str, split: str, workers: int | None, baseli
     if as_json:
         click.echo(json.dumps(result))
         return
-    rows = {"model": {m: result[m] for m in METRIC_NAMES}, **result["baselines"]}
+    rows = {"model": {m: result[m] for m in ALL_METRIC_NAMES}, **result["baselines"]}
     click.echo(_table(rows))

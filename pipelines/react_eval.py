@@ -8,8 +8,9 @@ Dataset (specs/datasets.md, react):
     <root>/neighbour_emotion_<split>.npy     [N, N] appropriateness, N = 2 x csv rows
 Each csv row r is used in both directions: sample r has speaker = speaker_path and listener =
 listener_path, sample rows + r the reverse. gt[k] is sample k's listener emotion, spk[k] its
-speaker emotion. REACT 2024 renamed NoXI's `Expert_video` / `Novice_video` folders to `P1` /
-`P2`; a path missing under one naming is looked up under the other.
+speaker emotion. REACT 2024 renamed the Emotion person folders of NoXI (`Expert_video` /
+`Novice_video`) and RECOLA (P25/P26, P41/P42, P45/P46) to `P1` / `P2`; a path missing under one
+naming is looked up under the other (pipelines/datasets/react_paths.py owns the table).
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from heads.react_metrics import N_DIMS, naive_baselines, react_metrics
+from pipelines.datasets.react_paths import path_variants
 
 N_FRAMES = 750  # frames per REACT clip used by the challenge
 N_PRED = 10  # predictions per speaker in the official layout
-# 2023 <-> 2024 names of NoXI's person folders.
-_NOXI_RENAMES = {"Expert_video": "P1", "Novice_video": "P2", "P1": "Expert_video",
-                 "P2": "Novice_video"}
 
 
 def _user_error(message: str) -> Exception:
@@ -45,17 +44,6 @@ class ReactSplit:
     gt: np.ndarray  # [N, T, 25] float32, listener emotion
     spk: np.ndarray  # [N, T, 25] float32, speaker emotion
     nb: np.ndarray  # [N, N] bool appropriateness
-
-
-def path_variants(rel: str) -> list[str]:
-    """`rel` first, then the same path under the other NoXI naming convention (if any)."""
-    parts = rel.strip("/").split("/")
-    out = ["/".join(parts)]
-    if parts and parts[0] == "NoXI":
-        swapped = [_NOXI_RENAMES.get(p, p) if i > 0 else p for i, p in enumerate(parts)]
-        if swapped != parts:
-            out.append("/".join(swapped))
-    return out
 
 
 def _resolve(base: Path, rel: str, suffix: str) -> Path:
@@ -202,9 +190,15 @@ def evaluate_react_dir(
 ) -> dict:
     """The six REACT metrics of a prediction folder, plus the naive baselines' metrics.
 
-    Returns {FRC, FRD, S_MSE, FRVar, FRDvs, TLCC: float, "baselines": {name: {metric: float}}};
+    Returns {FRC, FRD, S_MSE, FRVar, FRDvs, TLCC (official), TLCC_all (ours): float,
+    "baselines": {name: {metric: float}}};
     "baselines" is empty when `baselines` is False.
     """
+    from heads.react_metrics import MIN_FRAMES
+
+    if n_frames < MIN_FRAMES:
+        raise _user_error(f"--frames {n_frames}: REACT's TLCC metric needs sequences of at least "
+                        f"{MIN_FRAMES} frames")
     data = load_react_split(data_root, split, n_frames)
     pred = load_predictions(pred_dir, split, data.speaker_paths, n_frames)
     result: dict = dict(react_metrics(pred, data.gt, data.spk, data.nb, workers=workers))

@@ -38,6 +38,27 @@ def test_masked_frames_are_left_out_of_ccc():
     assert ccc(pred, target) != pytest.approx(4 / 11)
 
 
+def test_nan_in_a_masked_out_frame_changes_nothing():
+    # a frame the labeller left empty (NaN) and masked out, predicted as NaN too
+    pred = np.array([1.0, 2.0, 3.0, np.nan])
+    target = np.array([2.0, 4.0, 6.0, np.nan])
+    mask = np.array([True, True, True, False])
+    assert ccc(pred, target, mask) == pytest.approx(4 / 11)
+    np.testing.assert_allclose(ccc_per_column(pred[:, None], target[:, None], mask), [4 / 11])
+    loss = ccc_loss(torch.tensor(pred)[:, None], torch.tensor(target)[:, None],
+                    torch.tensor(mask))
+    assert loss.item() == pytest.approx(1 - 4 / 11)
+
+
+def test_nan_in_a_counted_frame_is_an_error_not_a_score():
+    pred = np.array([1.0, np.nan, 3.0, np.nan, 5.0])
+    target = np.array([2.0, 4.0, 6.0, 8.0, 10.0])
+    with pytest.raises(ValueError, match="2 of 5 counted frames"):
+        ccc(pred, target)
+    with pytest.raises(ValueError, match="1 of 4 counted frames"):
+        ccc(pred, target, mask=np.array([True, True, True, False, True]))
+
+
 def test_ccc_per_column_and_a_constant_column_gives_zero_not_nan():
     pred = np.array([[1.0, 0.5], [2.0, 0.5], [3.0, 0.5]])
     target = np.array([[2.0, 0.5], [4.0, 0.5], [6.0, 0.5]])

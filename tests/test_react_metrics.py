@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from heads.react_metrics import (
+    ALL_METRIC_NAMES,
     BASELINE_NAMES,
     METRIC_NAMES,
     dtw_groups,
@@ -65,7 +66,25 @@ def ref_ccc(t: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean(vals))
 
 
+def ref_tlcc_official(p: np.ndarray, s: np.ndarray, max_lag: int = 49) -> int:
+    """The challenge script's lag search: np.corrcoef per channel (NaN for a constant segment),
+    the channel mean as a float32 torch tensor, torch.argmax (which ranks NaN highest)."""
+    rs = []
+    for lag in range(-max_lag, max_lag + 1):
+        if lag > 0:
+            a, b = p[lag:], s[:-lag]
+        elif lag < 0:
+            a, b = p[:lag], s[-lag:]
+        else:
+            a, b = p, s
+        with np.errstate(all="ignore"):
+            per_dim = [np.corrcoef(a[:, d], b[:, d])[0, 1].item() for d in range(p.shape[1])]
+        rs.append(torch.mean(torch.Tensor(per_dim)))
+    return abs(max_lag - int(torch.argmax(torch.Tensor(rs))))
+
+
 def ref_tlcc(p: np.ndarray, s: np.ndarray, max_lag: int = 49) -> int:
+    """Our corrected lag search: a constant segment has correlation 0."""
     rs = []
     for lag in range(-max_lag, max_lag + 1):
         if lag > 0:
@@ -82,19 +101,34 @@ def ref_tlcc(p: np.ndarray, s: np.ndarray, max_lag: int = 49) -> int:
     return abs(max_lag - int(np.argmax(rs)))
 
 
-def ref_metrics(pred, gt, spk, nb):
+def ref_tlcc_fast(p: np.ndarray, s: np.ndarray, max_lag: int = 49) -> int:
+    """ref_tlcc with the per-channel Pearson correlation written out over all channels at once."""
+    rs = []
+    for lag in range(-max_lag, max_lag + 1):
+        a, b = (p[lag:], s[:len(s) - lag]) if lag >= 0 else (p[:lag], s[-lag:])
+        da, db = a - a.mean(0), b - b.mean(0)
+        den = np.sqrt((da ** 2).sum(0) * (db ** 2).sum(0))
+        const = (a.max(0) == a.min(0)) | (b.max(0) == b.min(0))
+        r = np.where(const, 0.0, (da * db).sum(0) / np.where(const, 1.0, den))
+        rs.append(r.mean())
+    return abs(max_lag - int(np.argmax(rs)))
+
+
+def ref_metrics(pred, gt, spk, nb, dtw=ref_dtw, tlcc_fn=ref_tlcc):
     pred64, gt64, spk64 = (a.astype(np.float64) for a in (pred, gt, spk))
     n, n_pred = pred.shape[:2]
-    frc, frd, tlcc = [], [], []
+    frc, frd, tlcc, tlcc_first = [], [], [], []
     for k in range(n):
         js = np.flatnonzero(nb[k])
         frc.append(sum(max(ref_ccc(gt64[j], pred64[k, i]) for j in js) for i in range(n_pred)))
         frd.append(sum(
-            min(sum(w * ref_dtw(pred[k, i, :, a:b], gt[j, :, a:b]) for a, b, w in GROUPS)
+            min(sum(w * dtw(pred[k, i, :, a:b], gt[j, :, a:b]) for a, b, w in GROUPS)
                 for j in js)
             for i in range(n_pred)
         ))
-        tlcc += [ref_tlcc(pred64[k, i], spk64[k]) for i in range(n_pred)]
+        tlcc += [tlcc_fn(pred64[k, i], spk64[k]) for i in range(n_pred)]
+        # the official multiprocess path returns after the first prediction of each speaker
+        tlcc_first.append(ref_tlcc_official(pred[k, 0], spk[k]))
     t = torch.tensor(pred64)
     flat = t.reshape(n, n_pred, -1)
     s_mse = np.mean([
@@ -105,7 +139,8 @@ def ref_metrics(pred, gt, spk, nb):
     frdvs = (torch.cdist(slots, slots) ** 2).sum().item() / (n * (n - 1) * n_pred) / flat.shape[-1]
     return {
         "FRC": np.mean(frc), "FRD": np.mean(frd), "S_MSE": s_mse,
-        "FRVar": torch.var(t, dim=2).mean().item(), "FRDvs": frdvs, "TLCC": np.mean(tlcc),
+        "FRVar": torch.var(t, dim=2).mean().item(), "FRDvs": frdvs,
+        "TLCC": np.mean(tlcc_first), "TLCC_all": np.mean(tlcc),
     }
 
 
@@ -177,8 +212,8 @@ def test_all_six_metrics_match_the_challenge_definitions():
     pred, gt, spk, nb = small_split()
     got = react_metrics(pred, gt, spk, nb)
     want = ref_metrics(pred, gt, spk, nb)
-    assert set(got) == set(METRIC_NAMES)
-    for name in METRIC_NAMES:
+    assert set(got) == set(ALL_METRIC_NAMES)
+    for name in ALL_METRIC_NAMES:
         assert got[name] == pytest.approx(want[name], rel=1e-5, abs=1e-9), name
 
 
@@ -188,8 +223,27 @@ def test_constant_channels_give_correlation_zero_not_nan():
     out = react_metrics(pred, gt, spk, nb)
     assert all(np.isfinite(v) for v in out.values())
     assert out["FRC"] == 0.0
-    # every lag scores 0, the first (lag -49) wins: offset 49
+    # corrected: every lag scores 0, the first (lag -49) wins: offset 49
+    assert out["TLCC_all"] == 49.0
+    # official: every lag is NaN, the first NaN (lag -49) wins: offset 49 as well
     assert out["TLCC"] == 49.0
+
+
+def test_official_tlcc_lets_a_constant_channel_win_the_lag_search():
+    # A user's predictions follow the speaker 3 frames late, but one AU never fires. The
+    # official script's NaN at every lag wins torch.argmax: offset 49 instead of 3.
+    rng = np.random.default_rng(11)
+    speaker = rng.random((120, 25), dtype=np.float32)
+    pred = np.roll(speaker, 3, axis=0)
+    pred[:, 7] = 0.0
+    assert tlcc_offset(pred, speaker, official=True) == 49 == ref_tlcc_official(pred, speaker)
+    assert tlcc_offset(pred, speaker) == 3 == ref_tlcc(pred, speaker)
+    # A channel constant only over the first 10 frames: only lags whose overlap lies inside
+    # the constant stretch are NaN; the first of them wins.
+    pred = np.roll(speaker, 3, axis=0)
+    pred[:10, 7] = 0.5
+    speaker_late = speaker.copy()
+    assert tlcc_offset(pred, speaker_late, official=True) == ref_tlcc_official(pred, speaker_late)
 
 
 def test_one_prediction_per_speaker_has_no_diversity():
@@ -222,7 +276,8 @@ def test_tlcc_averages_over_all_ten_predictions_not_only_the_first():
     pred = np.stack([np.roll(spk, i, axis=1) for i in range(10)], axis=1)
     gt = rng.random((n, n_t, 25), dtype=np.float32)
     out = react_metrics(pred, gt, spk, np.eye(n, dtype=bool))
-    assert out["TLCC"] == pytest.approx(np.mean(range(10)))
+    assert out["TLCC_all"] == pytest.approx(np.mean(range(10)))
+    assert out["TLCC"] == 0.0  # the official score sees only slot 0
 
 
 def test_thread_count_does_not_change_results():
@@ -246,14 +301,17 @@ def test_naive_baselines_behave_as_their_definitions_say():
     pred, gt, spk, nb = small_split(n=5, seed=7, constant_channels=False)
     base = naive_baselines(gt, spk, nb, n_pred=4, seed=0)
     assert list(base) == list(BASELINE_NAMES)
-    assert all(set(v) == set(METRIC_NAMES) for v in base.values())
+    assert all(set(v) == set(ALL_METRIC_NAMES) for v in base.values())
 
     truth = base["ground_truth"]
     assert truth["FRD"] == 0.0  # every prediction is itself an appropriate reaction
     assert truth["FRC"] == pytest.approx(4.0, rel=1e-5)  # CCC(x, x) = 1 - 1e-8 / (2 var)
 
     mime = base["mime"]
-    assert mime["S_MSE"] == 0.0 and mime["TLCC"] == 0.0
+    assert mime["S_MSE"] == 0.0 and mime["TLCC_all"] == 0.0
+    # officially, a binary AU constant in a short overlap (lag +-49 keeps 7 frames) is a NaN
+    # lag, and the first NaN wins: the mime is scored out of sync
+    assert mime["TLCC"] == 49.0
     # identical predictions are evaluated once; the answer is the same as scoring them all
     assert mime == pytest.approx(react_metrics(np.repeat(spk[:, None], 4, 1), gt, spk, nb))
 
@@ -328,7 +386,7 @@ def test_react_command_scores_a_prediction_folder_as_json(tmp_path):
     result = CliRunner().invoke(metrics, [*args, "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert set(out) == {*METRIC_NAMES, "baselines"}
+    assert set(out) == {*ALL_METRIC_NAMES, "baselines"}
     assert set(out["baselines"]) == set(BASELINE_NAMES)
     # predictions were found by the speaker's path and are the real listener's reaction
     assert out["FRD"] == 0.0
@@ -340,6 +398,10 @@ def test_react_command_scores_a_prediction_folder_as_json(tmp_path):
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
     assert "FRC" in lines[0] and "TLCC" in lines[0]
+    # official metrics first, our corrected ones after the bar
+    header = lines[0].split()
+    assert header[:header.index("|")] == list(METRIC_NAMES)
+    assert header[header.index("|") + 1:] == ["TLCC_all"]
     assert [line.split()[0] for line in lines[1:]] == ["model", *BASELINE_NAMES]
 
 
@@ -359,3 +421,73 @@ def test_missing_or_misshapen_prediction_files_are_named(tmp_path):
     victim.unlink()
     with pytest.raises(UserError, match=r"P26/2/result-4\.pth: prediction file not found"):
         evaluate_react_dir(tmp_path / "pred", tmp_path / "react", "test", baselines=False)
+
+
+# REACT 2024 layout: the split csv keeps the 2023 person names, the Emotion folders use P1 / P2
+# for NoXI (Expert_video / Novice_video) and RECOLA (P25/P26, P41/P42, P45/P46).
+DYADS_2024 = [
+    ("NoXI/010_2016-03-25_Paris/Expert_video/3", "NoXI/010_2016-03-25_Paris/Novice_video/3"),
+    ("RECOLA/group-1/P25/1", "RECOLA/group-1/P26/1"),
+    ("RECOLA/group-2/P41/4", "RECOLA/group-2/P42/4"),
+    ("RECOLA/group-3/P45/2", "RECOLA/group-3/P46/2"),
+]
+EMOTION_2024 = {"Expert_video": "P1", "Novice_video": "P2", "P25": "P1", "P26": "P2",
+                "P41": "P1", "P42": "P2", "P45": "P1", "P46": "P2"}
+
+
+def test_react_2024_layout_with_noxi_and_recola_scores_as_the_official_formulas(tmp_path):
+    from click.testing import CliRunner
+
+    from pipelines.cli_metrics import metrics
+
+    rng = np.random.default_rng(12)
+    n_frames = 60
+    root, pred_dir = tmp_path / "react", tmp_path / "pred"
+    root.mkdir()
+    (root / "test.csv").write_text(",speaker_path,listener_path\n" + "".join(
+        f"{r},{s},{li}\n" for r, (s, li) in enumerate(DYADS_2024)))
+    people = [p for pair in DYADS_2024 for p in pair]
+
+    def reactions(*shape):
+        x = np.empty((*shape, n_frames, 25), dtype=np.float32)
+        x[..., :15] = rng.random((*shape, n_frames, 15)) < 0.3
+        x[..., 15:17] = rng.uniform(-1, 1, (*shape, n_frames, 2))
+        x[..., 17:] = rng.dirichlet(np.ones(8), (*shape, n_frames))
+        return np.round(x * 64) / 64  # exact through the csv
+
+    emotion = dict(zip(people, reactions(len(people))))
+    emotion[people[2]][:, 4] = 0.0  # RECOLA P25 never shows AU 6: a constant speaker channel
+    for person, em in emotion.items():
+        parts = person.split("/")
+        parts[2] = EMOTION_2024[parts[2]]
+        f = root / "test" / "Emotion" / ("/".join(parts) + ".csv")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.savetxt(f, em, delimiter=",", header=",".join(f"c{i}" for i in range(25)),
+                   comments="", fmt="%.6f")
+    speakers = [s for s, _ in DYADS_2024] + [li for _, li in DYADS_2024]
+    listeners = [li for _, li in DYADS_2024] + [s for s, _ in DYADS_2024]
+    n = len(speakers)
+    nb = (rng.random((n, n)) < 0.3) | np.eye(n, dtype=bool)
+    np.save(root / "neighbour_emotion_test.npy", nb.astype(np.int64))
+
+    pred = reactions(n, 10).astype(np.float32)
+    pred[3, 0, :, 2] = 1.0  # a prediction holding one AU on: constant in every lag
+    pred[5, 0, :20, 9] = 0.0  # constant only in the lags whose overlap is early
+    for k, s in enumerate(speakers):
+        d = pred_dir / "test" / s
+        d.mkdir(parents=True)
+        for i in range(10):
+            torch.save(torch.from_numpy(pred[k, i].copy()), d / f"result-{i}.pth")
+
+    result = CliRunner().invoke(metrics, ["react", "--pred-dir", str(pred_dir), "--data-root",
+                                          str(root), "--split", "test", "--frames",
+                                          str(n_frames), "--no-baselines", "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+
+    gt = np.stack([emotion[p] for p in listeners])
+    spk = np.stack([emotion[p] for p in speakers])
+    want = ref_metrics(pred, gt, spk, nb, dtw=ref_dtw_rows, tlcc_fn=ref_tlcc_fast)
+    for name in ALL_METRIC_NAMES:
+        assert got[name] == pytest.approx(want[name], rel=1e-5, abs=1e-9), name
+    assert got["TLCC"] != got["TLCC_all"]  # the two definitions do differ on this data

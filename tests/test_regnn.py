@@ -89,6 +89,86 @@ def test_paper_defaults():
     assert apply_overrides(config, ["window=20", "milestones=5,8"]).milestones == (5, 8)
 
 
+def test_the_perceptual_processor_is_the_baselines_multmodel():
+    """What regnn/models/MULTModel.py and its fairseq transformer define, pinned."""
+    import math
+
+    from heads.regnn.perceptual import PerceptualProcessor, sinusoidal_positions
+
+    torch.manual_seed(0)
+    config = RegnnConfig()
+    model = PerceptualProcessor(config)
+    for encoder in (model.cross_modal, model.self_attention):
+        assert len(encoder.blocks) == 5
+        assert encoder.embed_dropout.p == 0.25
+        for block in encoder.blocks:
+            assert block.attention.dropout == 0.0  # attn_dropout_a / attn_dropout_v
+            assert block.attention.num_heads == 4
+            # one LayerNorm for query, keys and values; one before the FFN
+            assert [n for n, m in block.named_children() if isinstance(m, torch.nn.LayerNorm)
+                    ] == ["norm_attention", "norm_ffn"]
+            assert block.ffn[2].p == 0.1 and block.res_dropout.p == 0.1
+            for linear in (block.ffn[0], block.ffn[3], block.attention.out_proj):
+                bound = math.sqrt(6 / (linear.in_features + linear.out_features))
+                assert linear.weight.abs().max() <= bound  # xavier-uniform
+                assert linear.weight.abs().max() > 0.9 * bound
+                assert torch.all(linear.bias == 0)
+    # video 768 -> 128 by a kernel-1 conv; audio is already 128 wide and is not projected
+    assert isinstance(model.video_projection, torch.nn.Conv1d)
+    assert isinstance(model.audio_projection, torch.nn.Identity)
+    assert model.residual_mlp[2].p == 0.0 and model.output.out_features == 64
+    # fairseq positions: numbered from 1, sines then cosines, frequencies 10000^(-i / (half-1))
+    codes = sinusoidal_positions(3, 128)
+    half = 64
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half) / (half - 1))
+    for t in range(3):
+        want = torch.cat([torch.sin((t + 1) * freq), torch.cos((t + 1) * freq)])
+        torch.testing.assert_close(codes[t], want)
+
+
+def test_each_deliberate_correction_can_be_switched_back_to_the_papers_code():
+    from heads.base import apply_overrides
+
+    config = RegnnConfig()
+    assert (config.edge_topk, config.lipnorm_form, config.channel_weights,
+            config.logdet_sign) == ("per-node", "bilinear", "softmax", "subtract")
+    original = apply_overrides(config, ["edge_topk=union", "lipnorm_form=original",
+                                        "channel_weights=original", "logdet_sign=add"])
+    # union of all nodes' top-k lists in every row (the code's loop-variable slip)
+    layer = CognitiveProcessor(original).edge_layer
+    attention = torch.softmax(torch.randn(2, 8, 25, 25), dim=-1)
+    strength = attention.sum(1)
+    union = torch.zeros(2, 25)
+    union.scatter_(-1, strength.topk(5, dim=-1).indices.flatten(1), 1.0)
+    mask = layer.neighbour_mask(attention)[:, 0]
+    want = torch.maximum(union[:, None, :].expand(2, 25, 25), torch.eye(25))
+    torch.testing.assert_close(mask, want)
+    # lipnorm with Wq Wk^T, channel weights w / sum(w) starting from ones
+    residual = LipschitzGraphResidual(50, 8, 5.0, "original", "original")
+    wq, wk = residual.query_key.weight.detach().split(50, dim=0)
+    want = torch.linalg.matrix_norm(torch.eye(50) + 2 * 50**-0.5 * (wq @ wk.T), ord=2) + 5
+    torch.testing.assert_close(residual.lipnorm(), want)
+    torch.testing.assert_close(residual.channel_mix(), torch.full((8,), 1 / 8))
+    with torch.no_grad():
+        residual.channel_logits[0] = -1.0  # free weights leave the simplex, as in the paper
+    assert residual.channel_mix().min() < 0
+    # the log-det is added to the loss
+    torch.manual_seed(0)
+    flow = Regnn(tiny_config(logdet=True))
+    paper = Regnn(tiny_config(logdet=True, logdet_sign="add"))
+    paper.load_state_dict(flow.state_dict())
+    batch = dict(video=torch.randn(2, 10, 8), audio=torch.randn(2, 10, 4),
+                 listeners=torch.randn(2, 3, 10, 5), listener_mask=torch.ones(2, 3, dtype=bool))
+    torch.manual_seed(1)
+    a = flow.forward_train(**batch)
+    torch.manual_seed(1)
+    b = paper.forward_train(**batch)
+    base = a["min_mse"] + a["mid"]
+    torch.testing.assert_close(a["loss"], base - a["logdet"])
+    torch.testing.assert_close(b["loss"], base + b["logdet"])
+    assert a["logdet"] != 0
+
+
 def test_cognitive_edges_keep_top_k_neighbours_and_are_doubly_stochastic():
     torch.manual_seed(0)
     config = RegnnConfig()

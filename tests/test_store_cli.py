@@ -31,6 +31,22 @@ def rows_of(i: int) -> np.ndarray:
     return np.random.default_rng(i).standard_normal((30 + 7 * i, 16)).astype("float16")
 
 
+# A writer process that flushes a part's rows and dies before its manifest (a killed job).
+DEAD_WRITER = """
+import os, sys, numpy as np
+from features_store import open_store
+writer = open_store(sys.argv[1]).part_writer(sys.argv[2], sys.argv[3])
+writer.write_clip(sys.argv[4], np.zeros((int(sys.argv[5]), int(sys.argv[6])), "float32"))
+writer.array.close()
+os._exit(0)
+"""
+
+
+def leave_dead_orphan(store, stream: str, part_id: str, clip_id: str, rows: int, dim: int):
+    subprocess.run([sys.executable, "-c", DEAD_WRITER, store.url, stream, part_id, clip_id,
+                    str(rows), str(dim)], check=True, timeout=120)
+
+
 @pytest.fixture(params=["x.zarr", "x.h5"])
 def react_store(tmp_path, request):
     return build_react_store(str(tmp_path / request.param))
@@ -96,9 +112,7 @@ def test_verify_exits_0_when_sound_and_1_listing_problems(react_store):
     result = invoke("store", "verify", react_store.url)
     assert result.exit_code == 0 and result.output.startswith("ok: 2 streams, 2 parts, 6 clips")
     # A writer that died mid-part leaves an orphan behind.
-    orphan = react_store.part_writer("clip-vit-b16", "p1")
-    orphan.write_clip("late", rows_of(9))
-    orphan.array.close()
+    leave_dead_orphan(react_store, "clip-vit-b16", "p1", "late", 93, 16)
     result = CliRunner().invoke(cli, ["store", "verify", react_store.url])
     assert result.exit_code == 1
     location = react_store.backend.part_location(react_store.resolve("clip-vit-b16").key, "p1")
@@ -191,9 +205,7 @@ def test_the_installed_affect_command_exit_codes(tmp_path):
     listed = run("ls", store.url, "--json")
     assert listed.returncode == 0, listed.stderr
     assert {s["alias"] for s in json.loads(listed.stdout)} == {"clip-vit-b16", "va"}
-    orphan = store.part_writer("va", "p9")
-    orphan.write_clip("x", np.zeros((1, 2)))
-    orphan.array.close()
+    leave_dead_orphan(store, "va", "p9", "x", 1, 2)
     checked = run("verify", store.url)
     assert checked.returncode == 1 and "part-p9: part without manifest" in checked.stdout
     missing = run("verify", str(tmp_path / "nowhere.zarr"))

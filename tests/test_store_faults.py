@@ -133,9 +133,16 @@ def test_prune_removes_an_orphan_part_that_no_rerun_claims(tmp_path):
     store, info = new_store(str(tmp_path / "x.zarr"))
     with store.part_writer(info, "p0") as writer:
         writer.write_clip("a", clip_rows(0))
-    abandoned = store.part_writer(info, "gone")
-    abandoned.write_clip("b", clip_rows(1))
-    abandoned.array.close()  # rows reach the disk, but the manifest is never written
+    # A writer process that flushes its rows and then dies without committing.
+    abandon = (
+        "import os, sys, numpy as np\n"
+        "from features_store import open_store\n"
+        "w = open_store(sys.argv[1]).part_writer(sys.argv[2], 'gone')\n"
+        f"w.write_clip('b', np.zeros((3000, {DIM}), 'float32'))\n"
+        "w.array.close()\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", abandon, store.url, info.key], check=True, timeout=120)
     assert sorted(store.backend.list_parts(info.key)) == ["gone", "p0"]
     assert not verify(store).ok
     store.finalize(prune_orphans=True)

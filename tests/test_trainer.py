@@ -9,6 +9,7 @@ uninterrupted run ends.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def test_training_keeps_the_best_checkpoint_and_writes_curves(tiny_store, tmp_pa
     assert result.best_metric == pytest.approx(best["metrics"]["mse"])
     assert best["metrics"]["mse"] < evals[0]["metrics"]["mse"]  # it learned
 
-    saved = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+    saved = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert saved["epoch"] == best["epoch"]
     eval_file = json.loads((run / "eval-val.json").read_text())
     assert eval_file["metrics"]["mse"] == pytest.approx(best["metrics"]["mse"])
@@ -153,8 +154,8 @@ def test_resumed_run_matches_an_uninterrupted_run(tiny_store, tmp_path):
     resumed = train(tiny(), tiny_store, interrupted, device="cpu", progress=False, resume=True)
     assert resumed.epochs_done == 6
 
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=False)
-    b = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=False)
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=True)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert resumed.best_metric == straight.best_metric
@@ -193,7 +194,7 @@ def test_grad_accumulation_steps_the_optimiser_once_per_group(tiny_store, tmp_pa
     seqs = head.build_data(open_store(tiny_store, mode="r"))["train"]
     n_frames = len(seqs.features)
     batches = -(-n_frames // head.config.batch_size)
-    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert last["global_step"] == -(-batches // 3)
 
 
@@ -285,3 +286,32 @@ def test_a_missing_or_broken_head_package_is_named_not_raised_at_import(monkeypa
     with pytest.raises(UserError, match="broken_head_pkg: RuntimeError: bad weights table"):
         get_head("other")
     assert "tiny-test-head" in list_heads()  # the heads that did load stay usable
+
+
+class _RunsCode:
+    """Unpickling this creates a file: proof that a loader ran code from the checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tiny_store, tmp_path):
+    # Someone shares a run folder whose best.pt was replaced by a pickle that runs a command.
+    run = tmp_path / "run"
+    train(tiny(epochs=1), tiny_store, run, device="cpu", progress=False)
+    marker = tmp_path / "code-ran"
+    saved = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    saved["head_state"] = {"x": _RunsCode(marker)}
+    torch.save(saved, run / "checkpoints" / "best.pt")
+    torch.save({"model": _RunsCode(marker)}, run / "checkpoints" / "last.pt")
+
+    with pytest.raises(UserError) as refused:
+        load_run(run, device="cpu")
+    assert "\n" not in str(refused.value) and "best.pt" in str(refused.value)
+    assert "posix.system" in str(refused.value) or "system" in str(refused.value)
+    with pytest.raises(UserError, match="last.pt"):
+        train(tiny(epochs=2), tiny_store, run, device="cpu", progress=False, resume=True)
+    assert not marker.exists()

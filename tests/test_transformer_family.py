@@ -10,6 +10,7 @@ two runs ensemble into one set of files.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -186,14 +187,153 @@ def test_plan_chunks_covers_every_frame_once_and_resets_per_video():
             assert (c1 == c0 and s1 == s0 + 50) or (c1 != c0 and s1 == 0)
 
 
-def test_smoothing_clips_and_averages_with_shrinking_windows():
+def test_smoothing_averages_with_shrinking_windows_then_clips():
     x = np.array([0.0, 3.0, 0.0, 3.0, 0.0])
     np.testing.assert_allclose(moving_average(x, 1), [1.5, 1.0, 2.0, 1.0, 1.5])
     np.testing.assert_allclose(moving_average(x, 0), x)
     pred = np.array([[2.0, -2.0], [0.0, 0.0], [-0.5, 0.5]])
+    # official order (test.py: smooth_prediction, then process_preds): raw mean, then clip
     out = smooth_va(pred, (1, 0))
     np.testing.assert_allclose(out[:, 1], [-1.0, 0.0, 0.5])  # clipped, not smoothed
-    np.testing.assert_allclose(out[:, 0], [0.5, 1 / 6, -0.25])  # clipped, then averaged
+    np.testing.assert_allclose(out[:, 0], [1.0, 0.5, -0.25])  # (2+0)/2, (2+0-0.5)/3, -0.5/2
+    # our variant: clip first, then average
+    out = smooth_va(pred, (1, 0), order="clip-then-smooth")
+    np.testing.assert_allclose(out[:, 0], [0.5, 1 / 6, -0.25])
+
+
+def test_export_post_processes_smooth_then_clip_by_default(tmp_path):
+    pred = {"vid": np.array([[2.0, -2.0], [0.0, 0.0], [-0.5, 0.5]])}
+    head = small_head("transformer", "smooth_half_widths=1,0")
+    head.export(pred, None, "test", tmp_path / "official")
+    np.testing.assert_allclose(read_challenge_file(tmp_path / "official" / "vid.txt")[:, 0],
+                               [1.0, 0.5, -0.25], atol=1e-6)
+    ours = small_head("transformer", "smooth_half_widths=1,0", "postprocess=clip-then-smooth")
+    ours.export(pred, None, "test", tmp_path / "ours")
+    np.testing.assert_allclose(read_challenge_file(tmp_path / "ours" / "vid.txt")[:, 0],
+                               [0.5, 1 / 6, -0.25], atol=1e-6)
+
+
+def test_an_ensemble_averages_each_runs_post_processed_outputs(tmp_path):
+    # Two runs that overshoot in opposite directions: averaging the raw outputs would cancel
+    # the overshoot before clipping; the official get_preds.py averages clipped, smoothed runs.
+    a = {"vid": np.array([[3.0, 0.2], [3.0, 0.2], [3.0, 0.2]])}
+    b = {"vid": np.array([[-1.0, 0.4], [-1.0, 0.4], [-1.0, 0.4]])}
+    head = small_head("transformer", "smooth_half_widths=1,1")
+    combined = head.ensemble([a, b])
+    want = (head.postprocess(a["vid"]) + head.postprocess(b["vid"])) / 2
+    np.testing.assert_allclose(combined["vid"], want)
+    np.testing.assert_allclose(combined["vid"][:, 0], 0.0)  # (1 + -1) / 2, not clip(1) = 1
+    head.export(combined, None, "test", tmp_path / "ens")  # written as is: not smoothed twice
+    np.testing.assert_allclose(read_challenge_file(tmp_path / "ens" / "vid.txt"), want,
+                               atol=1e-6)
+    raw = small_head("transformer", "smooth_half_widths=1,1", "ensemble_of=raw")
+    raw.export(raw.ensemble([a, b]), None, "test", tmp_path / "raw")
+    np.testing.assert_allclose(read_challenge_file(tmp_path / "raw" / "vid.txt")[:, 0], 1.0)
+
+
+def _layers(module: torch.nn.Module) -> list[tuple]:
+    """(type, shape-or-rate) of each layer of a Sequential."""
+    out = []
+    for m in module:
+        if isinstance(m, torch.nn.Linear):
+            out.append(("Linear", m.in_features, m.out_features))
+        elif isinstance(m, torch.nn.Dropout):
+            out.append(("Dropout", m.p))
+        else:
+            out.append((type(m).__name__,))
+    return out
+
+
+def _paper_model(name: str, *sets: str, dim: int = 40):
+    cls = get_head(name)
+    head = cls(apply_overrides(cls.config_cls(), list(sets)))
+    return head.build_model(type("D", (), {"dim": dim})())
+
+
+@pytest.mark.parametrize("name", ["transformer", "transformer-lstm", "transformer-attention"])
+def test_the_transformer_scripts_regressor_has_two_hidden_layers(name):
+    # scripts/train_transformer*.sh: --regress_layers=256,256 --dropout_rate=0.3
+    assert _layers(_paper_model(name).head) == [
+        ("Linear", 256, 256), ("ReLU",), ("Dropout", 0.3),
+        ("Linear", 256, 256), ("ReLU",), ("Dropout", 0.3), ("Linear", 256, 2)]
+    assert _layers(_paper_model("fclstm-xl").head) == [
+        ("Linear", 512, 512), ("ReLU",), ("Dropout", 0.3),
+        ("Linear", 512, 256), ("ReLU",), ("Dropout", 0.3), ("Linear", 256, 2)]
+
+
+def test_transformer_lstm_input_is_the_official_fc_encoder_and_the_residual_adds_it():
+    model = _paper_model("transformer-lstm")
+    assert _layers(model.project) == [("Linear", 40, 256), ("ReLU",), ("Dropout", 0.1)]
+    assert _layers(_paper_model("transformer-lstm", "input_relu=false").project) == [
+        ("Linear", 40, 256), ("Dropout", 0.1)]
+    # the LSTM receives FcEncoder output + encoder output
+    model.eval()
+    seen = {}
+    model.project.register_forward_hook(lambda m, i, o: seen.update(fc=o))
+    model.encoder.register_forward_hook(lambda m, i, o: seen.update(enc=o))
+    model.lstm.register_forward_hook(lambda m, i, o: seen.update(lstm_in=i[0]))
+    x = torch.randn(2, 30, 40)
+    model(x, torch.ones(2, 30, dtype=torch.bool))
+    assert (seen["fc"] >= 0).all()  # after the ReLU
+    torch.testing.assert_close(seen["lstm_in"], seen["enc"] + seen["fc"])
+
+
+def test_transformer_attention_adds_attention_plainly_and_skips_it_on_a_first_chunk():
+    model = _paper_model("transformer-attention", "chunk=30")
+    names = [n for n, _ in model.named_parameters()]
+    assert not any("norm" in n and n.startswith("norm") for n in names)
+    assert "null_slot" not in names
+    assert model.attention.dropout == 0.0
+    model.eval()
+    x = torch.randn(2, 30, 40)
+    present = torch.ones(2, 30, dtype=torch.bool)
+    with torch.no_grad():
+        h = model.encoder(model.positions(model.project(x)))
+        first, state = model(x, present)
+        # the first chunk of a video has no memory: the regressor sees the encoder output
+        torch.testing.assert_close(first, model.head(h))
+        second, _ = model(x, present, state)
+        memory = state[0][:, -3:]  # the valid slots: 30 frames pooled every 10
+        attended, _ = model.attention(h, memory, memory, need_weights=False)
+        torch.testing.assert_close(second, model.head(h + attended))
+    assert state[1].sum(1).tolist() == [3, 3]  # 30 frames pooled every 10 -> 3 slots
+    ours = _paper_model("transformer-attention", "memory_attention=normed-null-slot")
+    assert {"null_slot", "norm.weight"} <= {n for n, _ in ours.named_parameters()}
+
+
+def test_each_target_is_predicted_from_its_own_best_epoch(tmp_path):
+    head = small_head("transformer-lstm")
+    data_like = type("D", (), {"dim": 8})()
+    model_a, model_b = head.build_model(data_like), head.build_model(data_like)
+    # validation after epoch 1 and 2: valence peaks at epoch 1, arousal at epoch 2
+    head.on_evaluated(model_a, {"ccc_v": 0.6, "ccc_a": 0.2}, tmp_path, 1)
+    head.on_evaluated(model_b, {"ccc_v": 0.5, "ccc_a": 0.3}, tmp_path, 2)
+    assert json.loads((tmp_path / "best-targets.json").read_text()) == {
+        "valence": {"epoch": 1, "ccc": 0.6}, "arousal": {"epoch": 2, "ccc": 0.3}}
+    assert torch.load(tmp_path / "best-valence.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "best-arousal.pt", weights_only=True)["epoch"] == 2
+    # a resumed run remembers the bests: an equal score later does not replace them
+    again = small_head("transformer-lstm")
+    again.load_extra_state(head.extra_state())
+    again.on_evaluated(model_b, {"ccc_v": 0.6, "ccc_a": 0.3}, tmp_path, 3)
+    assert torch.load(tmp_path / "best-valence.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_loaded_run_predicts_valence_and_arousal_from_their_own_checkpoints(trained_runs):
+    run_dir = trained_runs["transformer-lstm"]
+    ckpt = run_dir / "checkpoints"
+    assert (ckpt / "best-valence.pt").exists() and (ckpt / "best-arousal.pt").exists()
+    run = load_run(run_dir, device="cpu")
+    combined = predict_model(run.head, run.model, run.data, "val")
+    plain = get_head("transformer-lstm")(run.head.config)  # no per-target states loaded
+    by_target = {}
+    for target in ("valence", "arousal"):
+        run.model.load_state_dict(torch.load(ckpt / f"best-{target}.pt",
+                                             weights_only=True)["model"])
+        by_target[target] = predict_model(plain, run.model, run.data, "val")
+    for clip_id, pred in combined.items():
+        np.testing.assert_allclose(pred[:, 0], by_target["valence"][clip_id][:, 0], atol=1e-6)
+        np.testing.assert_allclose(pred[:, 1], by_target["arousal"][clip_id][:, 1], atol=1e-6)
 
 
 def test_challenge_files_and_ensembles(tmp_path):

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-# Bump when a change in this package changes the values an encoder writes (preprocessing,
-# padding, layer choice): every stream key changes with it, so old streams are never reused.
-EXTRACTOR_VERSION = "encoders-1"
+from extract import versions
+
+EXTRACTOR_VERSION = versions.ENCODERS_VERSION  # kept for importers; bump it in extract.versions
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class Encoder(abc.ABC):
                 else None,
                 "preprocessing": self.preprocessing,
                 "options": self.options,
-                "extractor_version": EXTRACTOR_VERSION,
+                "extractor_version": versions.stream_key_versions()["encoders"],
             }
         )
 

@@ -95,15 +95,17 @@ class _Hdf5PartReader:
 class Hdf5Backend:
     name = "hdf5"
 
-    def __init__(self, url: str, compression: str | None = None) -> None:
+    def __init__(self, url: str, compression: str | None = None,
+                 storage_options: dict | None = None) -> None:
         self.url = url.rstrip("/")
-        self.fs, self.path = url_to_fs(self.url)
+        self.storage_options = storage_options or {}
+        self.fs, self.path = url_to_fs(self.url, self.storage_options)
 
     def __getstate__(self) -> dict:
-        return {"url": self.url}
+        return {"url": self.url, "storage_options": self.storage_options}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["url"])
+        self.__init__(state["url"], storage_options=state.get("storage_options"))
 
     def init_store(self, attrs: dict) -> None:
         self.fs.makedirs(self.path, exist_ok=True)

@@ -17,7 +17,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import FsspecStore, LocalStore
 
-from ..fsutil import is_local, list_names, remove, url_to_fs
+from ..fsutil import invalidate, is_local, list_names, remove, url_to_fs
 from .base import DAMAGE_ERRORS, chunk_rows_for, damaged, register_backend
 
 PART_PREFIX = "part-"
@@ -40,11 +40,11 @@ def _chunk_path(part_path: str, i: int) -> str:
     return f"{part_path}/c/{i}/0"
 
 
-def _open_zarr_store(url: str):
-    fs, path = url_to_fs(url)
+def _open_zarr_store(url: str, storage_options: dict | None = None):
+    fs, path = url_to_fs(url, storage_options)
     if is_local(fs):
         return LocalStore(path)
-    return FsspecStore.from_url(url)
+    return FsspecStore.from_url(url, storage_options=storage_options or None)
 
 
 class _ZarrPartWriter:
@@ -159,6 +159,7 @@ class _ZarrPartReader:
 
     def missing_chunks(self) -> list[str]:
         """Chunk files that should exist but do not (zarr would read them as zeros)."""
+        invalidate(self.fs, f"{self.location}/c")
         try:
             present = {p.rstrip("/") for p in self.fs.find(f"{self.location}/c")}
         except FileNotFoundError:
@@ -169,24 +170,27 @@ class _ZarrPartReader:
 class ZarrBackend:
     name = "zarr"
 
-    def __init__(self, url: str, compression: str | None = None) -> None:
+    def __init__(self, url: str, compression: str | None = None,
+                 storage_options: dict | None = None) -> None:
         self.url = url.rstrip("/")
-        self.fs, self.path = url_to_fs(self.url)
+        self.storage_options = storage_options or {}
+        self.fs, self.path = url_to_fs(self.url, self.storage_options)
         self.compression = compression
         self._root = None
 
     @property
     def root(self):
         if self._root is None:
-            self._root = _open_zarr_store(self.url)
+            self._root = _open_zarr_store(self.url, self.storage_options)
         return self._root
 
     def __getstate__(self) -> dict:
         # zarr stores hold event loops and file handles: reopen them in each process.
-        return {"url": self.url, "compression": self.compression}
+        return {"url": self.url, "compression": self.compression,
+                "storage_options": self.storage_options}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["url"], state["compression"])
+        self.__init__(state["url"], state["compression"], state.get("storage_options"))
 
     def init_store(self, attrs: dict) -> None:
         zarr.open_group(self.root, mode="a", attributes=attrs)

@@ -9,7 +9,8 @@ Cheng, "Exploiting edge features in graph neural networks", 2019).
 
 Differs from the paper's code: there, the neighbour mask of *every* node is the union of the
 top-k lists of all nodes (a loop-variable slip), so with 25 nodes the graph is nearly complete.
-Here each node keeps its own top-k, as the paper describes.
+Here each node keeps its own top-k, as the paper describes; `--set edge_topk=union` restores the
+code's mask.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from heads.regnn.config import RegnnConfig
 class EdgeLayer(nn.Module):
     """Node features [B, N, F] -> edges [B, P, N, N] (P channels, each doubly stochastic)."""
 
-    def __init__(self, node_features: int, channels: int, top_k: int) -> None:
+    def __init__(self, node_features: int, channels: int, top_k: int,
+                 topk_mode: str = "per-node") -> None:
         super().__init__()
         self.channels = channels
         self.top_k = top_k
+        self.topk_mode = topk_mode
         self.scale = node_features**-0.5
         self.query_key = nn.Sequential(
             nn.Linear(node_features, node_features),
@@ -51,6 +54,9 @@ class EdgeLayer(nn.Module):
         k = min(self.top_k, strength.shape[-1])
         chosen = strength.topk(k, dim=-1).indices
         mask = torch.zeros_like(strength).scatter_(-1, chosen, 1.0)
+        if self.topk_mode == "union":
+            # the paper's code: every row gets every node's chosen columns
+            mask = mask.amax(dim=1, keepdim=True).expand_as(mask)
         eye = torch.eye(strength.shape[-1], dtype=mask.dtype, device=mask.device)
         return torch.maximum(mask, eye).unsqueeze(1)
 
@@ -72,7 +78,8 @@ class CognitiveProcessor(nn.Module):
             nn.GELU(),
             nn.Linear(config.cognitive_hidden, config.out_dim),
         )
-        self.edge_layer = EdgeLayer(config.window, config.edge_channels, config.top_k)
+        self.edge_layer = EdgeLayer(config.window, config.edge_channels, config.top_k,
+                                    config.edge_topk)
 
     def forward(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nodes = self.to_attributes(codes).transpose(1, 2)  # [B, N, T]

@@ -60,7 +60,7 @@ class RegnnConfig(HeadConfig):
     self_layers: int = 5
     num_heads: int = 4
     embed_dropout: float = 0.25
-    attn_dropout: float = 0.1
+    attn_dropout: float = 0.0  # MULTModel's attn_dropout_a / attn_dropout_v ('va', 'av')
     relu_dropout: float = 0.1
     res_dropout: float = 0.1
     out_dropout: float = 0.0
@@ -69,11 +69,18 @@ class RegnnConfig(HeadConfig):
     cognitive_hidden: int = 32
     edge_channels: int = 8
     top_k: int = 5
+    # "per-node": each node keeps its own top_k neighbours (the paper's description);
+    # "union": every node keeps the union of all nodes' top-k lists (the paper's code)
+    edge_topk: str = "per-node"
 
     # Motor processor (reversible Lipschitz graph).
     motor_layers: int = 2
     motor_actnorm: bool = True
     lipschitz_offset: float = 5.0  # the "+ 5" of lipnorm
+    # "bilinear": ||I + 2 Wq^T Wk / sqrt(F)|| (the matrix of q . k); "original": Wq Wk^T
+    lipnorm_form: str = "bilinear"
+    # "softmax": w = softmax(logits), always on the simplex; "original": w / sum(w), w free
+    channel_weights: str = "softmax"
     inverse_steps: int = 5
     inverse_tol: float = 1e-3
     inverse_max_steps: int = 100
@@ -81,6 +88,8 @@ class RegnnConfig(HeadConfig):
     logdet_terms: int = 5
     logdet_samples: int = 1
     logdet_weight: float = 1.0
+    # "subtract": loss - log-det (a flow's likelihood); "add": loss + log-det (the paper's code)
+    logdet_sign: str = "subtract"
 
     # Loss.
     max_listeners: int = 10  # appropriate listener windows drawn per speaker window
@@ -117,5 +126,12 @@ class RegnnConfig(HeadConfig):
             )
         if not 1 <= self.top_k <= self.out_dim:
             raise UserError(f"regnn config: top_k {self.top_k} must be in 1..{self.out_dim}")
+        for name, allowed in (("edge_topk", ("per-node", "union")),
+                              ("lipnorm_form", ("bilinear", "original")),
+                              ("channel_weights", ("softmax", "original")),
+                              ("logdet_sign", ("subtract", "add"))):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"regnn config: {name}={getattr(self, name)!r}, choose one of "
+                                f"{', '.join(allowed)}")
         if self.max_listeners < 1 or self.n_samples < 1:
             raise UserError("regnn config: max_listeners and n_samples must be >= 1")

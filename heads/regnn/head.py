@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from features_store.paths import safe_join
 from heads.base import Head, Recipe
 from heads.data import FrameSequences, load_frame_sequences
 from heads.registry import register_head
@@ -227,6 +228,21 @@ class WindowBatches:
         }
 
 
+def _check_scorable(split: ReactSplit | None, name: str) -> None:
+    """Refuse before training when the validation clips are too short for the REACT metrics
+    (TLCC needs MIN_FRAMES frames), not at the first evaluation after an epoch of work."""
+    from heads.react_metrics import MIN_FRAMES
+
+    if split is None or not split.labelled or not len(split.speaker):
+        return
+    clips = np.concatenate([split.speaker, split.listener])
+    shortest = int(split.sequences.lengths[clips].min())
+    if shortest < MIN_FRAMES:
+        raise _user_error(f"regnn: split {name!r} has clips of {shortest} frames; REACT's TLCC "
+                          f"metric needs at least {MIN_FRAMES} (use longer clips, e.g. "
+                          "`affect sample --seconds 3` or more)")
+
+
 @register_head
 class RegnnHead(Head):
     """REGNN (REACT 2023) multiple appropriate facial reaction generation."""
@@ -272,6 +288,7 @@ class RegnnHead(Head):
                 f"{config.neighbours_aux.format(split=config.train_split)!r}; ingest REACT with "
                 "its neighbour_emotion_<split>.npy files"
             )
+        _check_scorable(splits.get(config.val_split), config.val_split)
         train = splits[config.train_split]
         if not train.labelled:
             raise _user_error(
@@ -390,7 +407,7 @@ class RegnnHead(Head):
         """`<out_dir>/<split>/<clip_id>/result-<i>.pth`, float tensors [T, 25] (official)."""
         written: list[Path] = []
         for clip_id, reactions in predictions.items():
-            folder = Path(out_dir) / split / clip_id
+            folder = safe_join(out_dir, split, clip_id)
             folder.mkdir(parents=True, exist_ok=True)
             for i, reaction in enumerate(np.asarray(reactions, dtype=np.float32)):
                 path = folder / f"result-{i}.pth"

@@ -83,7 +83,8 @@ class Regnn(nn.Module):
         if logdet is not None:
             # per element, so its weight does not depend on the window size
             logdet_term = logdet.mean() / (nodes.shape[1] * nodes.shape[2])
-            total = total - config.logdet_weight * logdet_term
+            sign = 1.0 if config.logdet_sign == "add" else -1.0  # "add": the paper's code
+            total = total + sign * config.logdet_weight * logdet_term
         return {"loss": total, "min_mse": min_mse, "mid": mid, "logdet": logdet_term}
 
     forward = forward_train

@@ -16,11 +16,14 @@ trace estimator; it is off by default, as in the paper's training.
 
 Differs from the paper's code:
 - channel weights: w = softmax(logits) instead of w / sum(w) with free w, which leaves the
-  simplex (and breaks the row-stochastic bound) as soon as one weight turns negative;
+  simplex (and breaks the row-stochastic bound) as soon as one weight turns negative
+  (`--set channel_weights=original`: w initialised to ones, divided by its sum);
 - lipnorm uses Wq^T Wk, the matrix of the bilinear form q . k for torch's [out, in] weight
-  layout (the paper's code multiplies the stored weights as Wq Wk^T);
+  layout (the paper's code multiplies the stored weights as Wq Wk^T:
+  `--set lipnorm_form=original`);
 - log-dets of the layers are summed (the paper averages them) and, when used, the loss
-  *subtracts* the log-det as a flow's likelihood does (the paper adds it, rewarding a collapse);
+  *subtracts* the log-det as a flow's likelihood does (the paper adds it, rewarding a collapse:
+  `--set logdet_sign=add`);
 - the inverse iterates past its 5 steps while the residual is above tolerance, up to a cap,
   and warns instead of asserting if it still has not converged.
 """
@@ -70,19 +73,32 @@ class ActNorm(nn.Module):
 class LipschitzGraphResidual(nn.Module):
     """The contraction f of one reversible layer (see the module docstring)."""
 
-    def __init__(self, node_features: int, edge_channels: int, lipschitz_offset: float) -> None:
+    def __init__(self, node_features: int, edge_channels: int, lipschitz_offset: float,
+                 lipnorm_form: str = "bilinear", channel_weights: str = "softmax") -> None:
         super().__init__()
         self.node_features = node_features
         self.scale = node_features**-0.5
         self.lipschitz_offset = lipschitz_offset
+        self.lipnorm_form = lipnorm_form
+        self.channel_weights = channel_weights
         self.query_key = nn.Linear(node_features, 2 * node_features)
-        self.channel_logits = nn.Parameter(torch.zeros(edge_channels))
+        # softmax(zeros) and ones / sum(ones) both start from equal channel weights
+        init = torch.zeros if channel_weights == "softmax" else torch.ones
+        self.channel_logits = nn.Parameter(init(edge_channels))
+
+    def channel_mix(self) -> torch.Tensor:
+        """The edge channels' mixing weights."""
+        if self.channel_weights == "softmax":
+            return torch.softmax(self.channel_logits, dim=0)
+        return self.channel_logits / self.channel_logits.sum()
 
     def lipnorm(self) -> torch.Tensor:
         with torch.no_grad():
             weight_q, weight_k = self.query_key.weight.split(self.node_features, dim=0)
             eye = torch.eye(self.node_features, dtype=weight_q.dtype, device=weight_q.device)
-            bilinear = eye + 2.0 * self.scale * (weight_q.T @ weight_k)
+            product = (weight_q.T @ weight_k if self.lipnorm_form == "bilinear"
+                       else weight_q @ weight_k.T)
+            bilinear = eye + 2.0 * self.scale * product
             return torch.linalg.matrix_norm(bilinear, ord=2) + self.lipschitz_offset
 
     def forward(
@@ -94,7 +110,7 @@ class LipschitzGraphResidual(nn.Module):
         attention = torch.softmax(query @ key.transpose(-1, -2) * self.scale, dim=-1)
         weighted = attention.unsqueeze(1) * edge
         weighted = weighted / weighted.sum(dim=-1, keepdim=True).clamp_min(1e-12)
-        graph = torch.einsum("bpij,p->bij", weighted, torch.softmax(self.channel_logits, dim=0))
+        graph = torch.einsum("bpij,p->bij", weighted, self.channel_mix())
         if lipnorm is None:
             lipnorm = self.lipnorm()
         return graph @ squashed / lipnorm
@@ -131,7 +147,8 @@ class ReversibleGraphLayer(nn.Module):
         self.config = config
         self.actnorm = ActNorm(config.out_dim) if config.motor_actnorm else None
         self.residual = LipschitzGraphResidual(
-            config.window, config.edge_channels, config.lipschitz_offset
+            config.window, config.edge_channels, config.lipschitz_offset,
+            config.lipnorm_form, config.channel_weights,
         )
 
     def forward(

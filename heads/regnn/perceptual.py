@@ -5,8 +5,18 @@ modalities to a common width, a cross-modal transformer in which the video frame
 attend to the audio frames (keys/values), a self-attention transformer over the result, a
 residual MLP and a final linear map to `perceptual_out_dim`.
 
-Transformer blocks are pre-LayerNorm, inputs are scaled by sqrt(d) and get sinusoidal positions
-plus embedding dropout, as in MulT.
+Matches the REACT baseline's `regnn/models/MULTModel.py` and its fairseq-derived transformer:
+- pre-LayerNorm blocks; one LayerNorm normalises the query and (in the cross-modal encoder) the
+  keys and values alike, as the baseline's `layer_norms[0]` does;
+- inputs (and keys/values) scaled by sqrt(d), plus fairseq sinusoidal positions numbered from 1
+  (position 0 is fairseq's padding index), then embedding dropout drawn separately for keys
+  and values;
+- attention dropout 0.0 in both encoders (attn_dropout_a / attn_dropout_v of MULTModel), ReLU
+  dropout 0.1, residual dropout 0.1, embedding dropout 0.25, output dropout 0.0;
+- xavier-uniform weights and zero biases in the FFN and attention projections;
+- audio is not projected when it already has the model width (128 = 128 in the baseline).
+One deliberate difference: fairseq also treats a frame whose first feature is exactly 0 as
+padding (position 0, a zero code); we number every frame, and mask padding explicitly.
 """
 
 from __future__ import annotations
@@ -18,50 +28,67 @@ from torch import nn
 
 from heads.regnn.config import RegnnConfig
 
+FIRST_POSITION = 1  # fairseq numbers positions from padding_idx + 1
+
 
 def sinusoidal_positions(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """[length, dim] sin/cos position codes (first half sines, second half cosines)."""
+    """[length, dim] fairseq sin/cos position codes of positions 1..length (first half sines,
+    second half cosines, frequencies 10000^(-i / (half - 1)))."""
     half = dim // 2
     frequencies = torch.exp(
-        -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=device) / max(half, 1)
+        -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=device)
+        / max(half - 1, 1)
     )
-    angles = torch.arange(length, dtype=torch.float32, device=device)[:, None] * frequencies
+    positions = torch.arange(FIRST_POSITION, FIRST_POSITION + length, dtype=torch.float32,
+                             device=device)
+    angles = positions[:, None] * frequencies
     codes = torch.cat([angles.sin(), angles.cos()], dim=1)
     if dim % 2:
         codes = torch.cat([codes, torch.zeros(length, 1, device=device)], dim=1)
     return codes
 
 
+def _xavier(linear: nn.Linear) -> nn.Linear:
+    nn.init.xavier_uniform_(linear.weight)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+    return linear
+
+
 class TransformerBlock(nn.Module):
-    """Pre-LN block; with `context` it is cross-attention (queries from x, keys/values from it)."""
+    """Pre-LN block; with `context` it is cross-attention (queries from x, keys and values from
+    the two embeddings of the context)."""
 
     def __init__(self, config: RegnnConfig) -> None:
         super().__init__()
         dim = config.model_dim
-        self.norm_query = nn.LayerNorm(dim)
-        self.norm_context = nn.LayerNorm(dim)
+        self.norm_attention = nn.LayerNorm(dim)  # query, keys and values alike
         self.attention = nn.MultiheadAttention(
             dim, config.num_heads, dropout=config.attn_dropout, batch_first=True
         )
+        _xavier(self.attention.out_proj)  # in_proj is xavier-uniform with zero bias already
         self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(
-            nn.Linear(dim, 4 * dim),
+            _xavier(nn.Linear(dim, 4 * dim)),
             nn.ReLU(),
             nn.Dropout(config.relu_dropout),
-            nn.Linear(4 * dim, dim),
+            _xavier(nn.Linear(4 * dim, dim)),
         )
         self.res_dropout = nn.Dropout(config.res_dropout)
 
     def forward(
         self,
         x: torch.Tensor,
-        context: torch.Tensor | None = None,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
         key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        query = self.norm_query(x)
-        keys = query if context is None else self.norm_context(context)
+        query = self.norm_attention(x)
+        if context is None:
+            keys = values = query
+        else:
+            keys, values = self.norm_attention(context[0]), self.norm_attention(context[1])
         attended, _ = self.attention(
-            query, keys, keys, key_padding_mask=key_padding_mask, need_weights=False
+            query, keys, values, key_padding_mask=key_padding_mask, need_weights=False
         )
         x = x + self.res_dropout(attended)
         return x + self.res_dropout(self.ffn(self.norm_ffn(x)))
@@ -88,10 +115,12 @@ class TransformerEncoder(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = self._embed(x)
+        pair = None
         if context is not None:
-            context = self._embed(context)
+            # keys and values are embedded separately: their dropout masks differ
+            pair = (self._embed(context), self._embed(context))
         for block in self.blocks:
-            x = block(x, context, key_padding_mask)
+            x = block(x, pair, key_padding_mask)
         return self.final_norm(x)
 
 
@@ -102,7 +131,10 @@ class PerceptualProcessor(nn.Module):
         super().__init__()
         dim = config.model_dim
         self.video_projection = nn.Conv1d(config.video_dim, dim, kernel_size=1, bias=False)
-        self.audio_projection = nn.Conv1d(config.audio_dim, dim, kernel_size=1, bias=False)
+        # the baseline projects audio only when its width differs from the model's
+        self.audio_projection = (
+            nn.Identity() if config.audio_dim == dim
+            else nn.Conv1d(config.audio_dim, dim, kernel_size=1, bias=False))
         self.cross_modal = TransformerEncoder(config, config.cross_layers)
         self.self_attention = TransformerEncoder(config, config.self_layers)
         self.residual_mlp = nn.Sequential(

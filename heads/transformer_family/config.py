@@ -11,6 +11,16 @@ from heads.base import HeadConfig
 class TransformerFamilyConfig(HeadConfig):
     """Shared by the four members; each member's subclass sets its own defaults.
 
+    Defaults follow the ABAW 2022 code (Meng et al., situAI/ABAW2022_VA_Situ-RUCAIM3, branch
+    RUCAIM3, and its scripts/train_*.sh). Our variants, each selectable with `--set`:
+      input_relu=false                  transformer-lstm's FC without the ReLU (Linear-Dropout)
+      regressor_hidden=256              one hidden layer instead of the scripts' (256, 256)
+      memory_attention=normed-null-slot transformer-attention: LayerNorm(h + attn), a learned
+                                        null slot the first chunk attends to, attention_dropout
+      per_target_checkpoints=false      one best checkpoint by mean CCC for both targets
+      postprocess=clip-then-smooth      clip to [-1, 1] before the moving average
+      ensemble_of=raw                   average raw outputs, post-process the mean once
+
     Training: Adam (beta1 0.5), grad-norm clip 5, constant lr for `constant_epochs` then linear
     decay over the rest, 16 videos in parallel, each cut into `chunk`-frame chunks processed in
     order with one optimiser step per chunk.
@@ -39,15 +49,35 @@ class TransformerFamilyConfig(HeadConfig):
     ffn: int = 1024
     dropout: float = 0.1
     input_dropout: float = 0.1
+    input_relu: bool = True  # transformer-lstm FC: Linear-ReLU-Dropout (the official FcEncoder)
     residual: bool = True  # transformer-lstm: FC output + encoder output into the LSTM
     lstm_hidden: int = 256
     memory_pool: int = 10  # transformer-attention: frames mean-pooled into one memory slot
     memory_slots: int = 100
-    regressor_hidden: tuple[int, ...] = (256,)
+    # "official": h + MultiheadAttention(h, memory) plainly, and a chunk without memory (the
+    # first of a video) skips attention; "normed-null-slot": LayerNorm(h + attn) with a learned
+    # null slot always present
+    memory_attention: str = "official"
+    attention_dropout: float = 0.0  # of the memory attention (official: MultiheadAttention's 0)
+    regressor_hidden: tuple[int, ...] = (256, 256)
     regressor_dropout: float = 0.3
+    # the best epoch kept separately for valence and arousal; each predicted from its own
+    per_target_checkpoints: bool = True
     # post-processing (export): centred moving average half-widths for valence, arousal
     smooth: bool = True
     smooth_half_widths: tuple[int, int] = (50, 20)
+    postprocess: str = "smooth-then-clip"  # official order; or "clip-then-smooth"
+    ensemble_of: str = "postprocessed"  # each run post-processed, then averaged; or "raw"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("memory_attention", ("official", "normed-null-slot")),
+                              ("postprocess", ("smooth-then-clip", "clip-then-smooth")),
+                              ("ensemble_of", ("postprocessed", "raw"))):
+            if getattr(self, name) not in allowed:
+                from features_store.errors import UserError
+
+                raise UserError(f"{name}={getattr(self, name)!r}: choose one of "
+                                f"{', '.join(allowed)}")
 
 
 @dataclass

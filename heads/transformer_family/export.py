@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from features_store.paths import safe_join
+
 HEADER = "valence,arousal"
 
 
@@ -41,7 +43,7 @@ def write_challenge_files(predictions: Mapping[str, np.ndarray], out_dir: Path) 
         pred = np.asarray(predictions[clip_id], dtype=np.float32)
         if pred.ndim != 2 or pred.shape[1] != 2:
             raise ValueError(f"{clip_id}: expected [T, 2] valence/arousal, got {pred.shape}")
-        path = out_dir / f"{name}.txt"
+        path = safe_join(out_dir, name, suffix=".txt")
         lines = [HEADER, *(f"{v:.6f},{a:.6f}" for v, a in pred)]
         path.write_text("\n".join(lines) + "\n")
         written.append(path)

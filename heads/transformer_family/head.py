@@ -9,6 +9,8 @@ state never crosses from one video into another.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +35,13 @@ from heads.transformer_family.models import MODELS
 from heads.transformer_family.smoothing import smooth_va
 
 TRAIN_SPLIT = "train"
+TARGETS = ("valence", "arousal")  # prediction columns, in order
+TARGET_METRICS = ("ccc_v", "ccc_a")  # the raw CCC each target's best epoch is chosen by
+
+
+class PostProcessed(dict):
+    """Predictions already smoothed and clipped (an ensemble of post-processed runs): export
+    writes them as they are and score does not smooth them again."""
 
 
 def _user_error(message: str) -> Exception:
@@ -159,6 +168,10 @@ class TransformerFamilyHead(Head):
     def __init__(self, config: TransformerFamilyConfig | None = None) -> None:
         super().__init__(config)
         self._state: Any = None
+        # per target: (epoch, ccc) of its best validation so far (training; kept on resume)
+        self._best_targets: dict[str, tuple[int, float]] = {}
+        # per target: the state dict predict uses for that column (set when a run is loaded)
+        self._target_states: dict[str, dict[str, torch.Tensor]] = {}
 
     def recipe(self) -> Recipe:
         return Recipe(features=list(self.config.features), labels=[self.config.labels])
@@ -201,7 +214,28 @@ class TransformerFamilyHead(Head):
 
     # evaluation -----------------------------------------------------------------------------
     def predict(self, model: nn.Module, data: FamilyData, split: str) -> dict[str, np.ndarray]:
-        """Raw per-frame [T, 2] predictions per clip (smoothing is applied at export)."""
+        """Raw per-frame [T, 2] predictions per clip (smoothing is applied at export).
+
+        A loaded run with per-target checkpoints predicts valence with the weights of valence's
+        best epoch and arousal with arousal's, as the official test.py does; `model` gets its
+        own weights back afterwards.
+        """
+        if not self._target_states:
+            return self._predict_raw(model, data, split)
+        own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        columns = {}
+        try:
+            for col, target in enumerate(TARGETS):
+                model.load_state_dict(self._target_states.get(target, own))
+                out = self._predict_raw(model, data, split)
+                columns[col] = out
+        finally:
+            model.load_state_dict(own)
+        return {clip: np.stack([columns[0][clip][:, 0], columns[1][clip][:, 1]], axis=1)
+                for clip in columns[0]}
+
+    def _predict_raw(self, model: nn.Module, data: FamilyData,
+                     split: str) -> dict[str, np.ndarray]:
         seqs = data.sequences(split)
         device = next(model.parameters()).device
         order = np.argsort(-seqs.lengths, kind="stable")  # long videos first: fewer idle slots
@@ -235,13 +269,16 @@ class TransformerFamilyHead(Head):
             pred = np.asarray(predictions[clip_id], np.float32)
             part = seqs.clip_slice(i)
             preds.append(pred)
-            smoothed.append(smooth_va(pred, self.config.smooth_half_widths))
+            smoothed.append(self.postprocess(pred))
             labels.append(seqs.labels[part])
             masks.append(seqs.mask[part])
         mask = np.concatenate(masks)
         y = np.concatenate(labels)[mask]
         metrics: dict[str, float] = {"frames": float(mask.sum())}
-        for suffix, series in (("", preds), ("_smoothed", smoothed)):
+        # already post-processed (an ensemble): scored as given, not smoothed a second time
+        kinds = [("", preds)] if isinstance(predictions, PostProcessed) else [
+            ("", preds), ("_smoothed", smoothed)]
+        for suffix, series in kinds:
             p = np.concatenate(series)[mask]
             ccc_v, ccc_a = float(ccc(p[:, 0], y[:, 0])), float(ccc(p[:, 1], y[:, 1]))
             metrics[f"ccc_v{suffix}"] = ccc_v
@@ -249,18 +286,72 @@ class TransformerFamilyHead(Head):
             metrics[f"ccc_mean{suffix}"] = (ccc_v + ccc_a) / 2
         return metrics
 
+    def postprocess(self, pred: np.ndarray) -> np.ndarray:
+        """Smooth then clip to [-1, 1] (the official order; `postprocess` selects ours); only
+        clip when `smooth` is off."""
+        if not self.config.smooth:
+            return np.clip(np.asarray(pred, np.float32), -1.0, 1.0)
+        return smooth_va(pred, self.config.smooth_half_widths, self.config.postprocess)
+
     def export(self, predictions: dict[str, np.ndarray], data: Any, split: str,
                out_dir: Path) -> list[Path]:
-        """One challenge-format txt per video (clipped and smoothed when `smooth` is on)."""
-        if self.config.smooth:
-            predictions = {k: smooth_va(v, self.config.smooth_half_widths)
-                           for k, v in predictions.items()}
-        else:
-            predictions = {k: np.clip(v, -1.0, 1.0) for k, v in predictions.items()}
+        """One challenge-format txt per video, post-processed (unless it already is)."""
+        if not isinstance(predictions, PostProcessed):
+            predictions = {k: self.postprocess(v) for k, v in predictions.items()}
         return write_challenge_files(predictions, Path(out_dir))
 
     def ensemble(self, predictions: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return ensemble_mean(predictions)
+        """Official (`ensemble_of="postprocessed"`): the mean of each run's smoothed and clipped
+        outputs (get_preds.py averages the runs' `*_smooth.json`). `raw`: the mean of the raw
+        outputs, post-processed once at export."""
+        if self.config.ensemble_of == "raw":
+            return ensemble_mean(predictions)
+        runs = [{k: self.postprocess(v) for k, v in run.items()} for run in predictions]
+        return PostProcessed(ensemble_mean(runs))
+
+    # per-target checkpoints -----------------------------------------------------------------
+    @staticmethod
+    def target_checkpoint(checkpoints: Path, target: str) -> Path:
+        return Path(checkpoints) / f"best-{target}.pt"
+
+    def on_evaluated(self, model: nn.Module, metrics: dict[str, Any], checkpoints: Path,
+                     epoch: int) -> None:
+        """Keep the best epoch of each target by its own raw validation CCC (strictly better,
+        as the official train.py), in checkpoints/best-<target>.pt."""
+        if not self.config.per_target_checkpoints:
+            return
+        for target, key in zip(TARGETS, TARGET_METRICS):
+            value = float(metrics[key])
+            best = self._best_targets.get(target)
+            if best is not None and not value > best[1]:
+                continue
+            self._best_targets[target] = (epoch, value)
+            path = self.target_checkpoint(checkpoints, target)
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save({"model": model.state_dict(), "epoch": epoch, key: value}, tmp)
+            os.replace(tmp, path)
+        summary = {t: {"epoch": e, "ccc": c} for t, (e, c) in self._best_targets.items()}
+        (Path(checkpoints) / "best-targets.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    def on_loaded(self, model: nn.Module, checkpoints: Path, checkpoint: str) -> None:
+        """Opening a run's best weights: each target's own best checkpoint, if the run has one
+        (older runs and per_target_checkpoints=false fall back to best.pt for both)."""
+        self._target_states = {}
+        if checkpoint != "best" or not self.config.per_target_checkpoints:
+            return
+        device = next(model.parameters()).device
+        for target in TARGETS:
+            path = self.target_checkpoint(checkpoints, target)
+            if path.exists():
+                state = torch.load(path, map_location=device, weights_only=True)
+                self._target_states[target] = state["model"]
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"best_targets": {t: list(v) for t, v in self._best_targets.items()}}
+
+    def load_extra_state(self, state: Any) -> None:
+        saved = state.get("best_targets", {})
+        self._best_targets = {t: (int(v[0]), float(v[1])) for t, v in saved.items()}
 
 
 @register_head

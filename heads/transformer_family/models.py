@@ -110,14 +110,23 @@ class TransformerRegressor(nn.Module):
         return self.head(h), state
 
 
+def fc_encoder(in_dim: int, config: TransformerFamilyConfig) -> nn.Sequential:
+    """The official FcEncoder of one layer: Linear - ReLU - Dropout(input_dropout); without the
+    ReLU when `input_relu` is off (our earlier variant)."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, config.d_model)]
+    if config.input_relu:
+        layers.append(nn.ReLU())
+    layers.append(nn.Dropout(config.input_dropout))
+    return nn.Sequential(*layers)
+
+
 class TransformerLSTMRegressor(nn.Module):
-    """`transformer-lstm`: FC D->d (dropout), encoder, optional residual, carried LSTM,
-    regressor."""
+    """`transformer-lstm`: FcEncoder D->d (Linear-ReLU-Dropout), encoder, optional residual
+    (FcEncoder output + encoder output), carried LSTM, regressor."""
 
     def __init__(self, in_dim: int, config: TransformerFamilyConfig) -> None:
         super().__init__()
-        self.project = nn.Sequential(nn.Linear(in_dim, config.d_model),
-                                     nn.Dropout(config.input_dropout))
+        self.project = fc_encoder(in_dim, config)
         self.positions = SinusoidalPositions(config.d_model, max(config.chunk, 1) + 1)
         self.encoder = encoder(config)
         self.residual = config.residual
@@ -147,9 +156,13 @@ class TransformerAttentionRegressor(nn.Module):
     """`transformer-attention`: encoder per chunk plus attention over a memory of earlier chunks.
 
     Memory: encoder outputs of the video's earlier chunks, mean-pooled every `memory_pool` frames,
-    the last `memory_slots` slots kept (fixed-size, with a validity mask). A learned null slot is
-    always present, so the first chunk of a video (empty memory) attends to something instead of
-    producing NaNs from an all-masked softmax.
+    the last `memory_slots` slots kept (fixed-size, with a validity mask; padding frames are left
+    out of the pooling). `memory_attention`:
+      official          out = h + MultiheadAttention(h, memory, memory) (dropout
+                        `attention_dropout`, 0 by default), no normalisation; a chunk with no
+                        memory yet (the first of its video) skips attention: out = h.
+      normed-null-slot  out = LayerNorm(h + attention) with a learned null slot always among
+                        the keys, so the first chunk attends to it.
     """
 
     def __init__(self, in_dim: int, config: TransformerFamilyConfig) -> None:
@@ -158,15 +171,19 @@ class TransformerAttentionRegressor(nn.Module):
         self.positions = SinusoidalPositions(config.d_model, max(config.chunk, 1) + 1)
         self.encoder = encoder(config)
         self.attention = nn.MultiheadAttention(config.d_model, config.n_heads,
-                                               dropout=config.dropout, batch_first=True)
-        self.norm = nn.LayerNorm(config.d_model)
-        self.null_slot = nn.Parameter(torch.zeros(1, 1, config.d_model))
+                                               dropout=config.attention_dropout,
+                                               batch_first=True)
+        self.official = config.memory_attention == "official"
+        if not self.official:
+            self.norm = nn.LayerNorm(config.d_model)
+            self.null_slot = nn.Parameter(torch.zeros(1, 1, config.d_model))
+        self.d_model = config.d_model
         self.pool = config.memory_pool
         self.slots = config.memory_slots
         self.head = regressor(config.d_model, config.regressor_hidden, config.regressor_dropout)
 
     def initial_state(self, batch: int, device: torch.device) -> State:
-        d = self.null_slot.shape[-1]
+        d = self.d_model
         return (torch.zeros(batch, self.slots, d, device=device),
                 torch.zeros(batch, self.slots, dtype=torch.bool, device=device))
 
@@ -199,12 +216,21 @@ class TransformerAttentionRegressor(nn.Module):
         memory, valid = state
         h = self.encoder(self.positions(self.project(x)),
                          src_key_padding_mask=_padding_mask(present))
-        null = self.null_slot.expand(x.shape[0], 1, -1).to(h.dtype)
-        keys = torch.cat([null, memory.to(h.dtype)], dim=1)
-        key_valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
-        attended, _ = self.attention(h, keys, keys, key_padding_mask=~key_valid,
-                                     need_weights=False)
-        out = self.norm(h + attended)
+        if self.official:
+            has_memory = valid.any(dim=1)
+            # a slot without memory gets every key unmasked (so softmax stays finite) and its
+            # attention output is then dropped
+            key_valid = valid | ~has_memory[:, None]
+            attended, _ = self.attention(h, memory.to(h.dtype), memory.to(h.dtype),
+                                         key_padding_mask=~key_valid, need_weights=False)
+            out = torch.where(has_memory[:, None, None], h + attended, h)
+        else:
+            null = self.null_slot.expand(x.shape[0], 1, -1).to(h.dtype)
+            keys = torch.cat([null, memory.to(h.dtype)], dim=1)
+            key_valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
+            attended, _ = self.attention(h, keys, keys, key_padding_mask=~key_valid,
+                                         need_weights=False)
+            out = self.norm(h + attended)
         pooled, pooled_valid = self._pooled(h, present)
         memory = torch.cat([memory.to(pooled.dtype), pooled], dim=1)[:, -self.slots :]
         valid = torch.cat([valid, pooled_valid], dim=1)[:, -self.slots :]

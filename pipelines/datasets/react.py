@@ -12,7 +12,8 @@ Layout as distributed::
 `<path>` is the `site/group/person/clip` path of the split csv (UDIVA has one more level) and is
 the clip id, so an export reproduces the baseline tree. Every person-clip named in a split csv is
 a clip. REACT 2024 renamed the emotion folders of NoXI (Expert_video/Novice_video -> P1/P2) and
-RECOLA (P25/P26, P41/P42, ... -> P1/P2); both conventions are read.
+RECOLA (P25/P26, P41/P42, P45/P46 -> P1/P2); both conventions are read (react_paths.py owns the
+table).
 
 Labels are capped at 750 frames (30 s at 25 fps), as the baseline reads them; a shorter clip keeps
 its own length. Clip and label may differ by one frame (the baseline's frame folders hold 751
@@ -22,7 +23,6 @@ frames for 750 label rows); more than that is an error.
 from __future__ import annotations
 
 import csv
-import re
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from .base import (
     split_counts_problem,
 )
 from .files import frame_images, probe_video, read_lines
+from .react_paths import path_variants
 
 FPS = 25.0
 MAX_FRAMES = 750
@@ -53,30 +54,6 @@ EMOTION_COLUMNS = (
 )
 N_EMOTION = 25
 N_3DMM = 58
-_NOXI_2024 = {"Expert_video": "P1", "Novice_video": "P2"}
-_NOXI_2023 = {v: k for k, v in _NOXI_2024.items()}
-_RECOLA_PERSON = re.compile(r"^P(\d+)$")
-
-
-def path_variants(clip_path: str) -> list[str]:
-    """The clip path as written, then as the other REACT release names it."""
-    parts = clip_path.split("/")
-    variants = [clip_path]
-    if len(parts) >= 3:
-        site, person = parts[0], parts[-2]
-        renamed = None
-        if site == "NoXI":
-            renamed = _NOXI_2024.get(person) or _NOXI_2023.get(person)
-        elif site == "RECOLA":
-            m = _RECOLA_PERSON.match(person)
-            if m and int(m.group(1)) > 2:
-                # Dyad partners are consecutive numbers (P25/P26): odd -> P1, even -> P2.
-                renamed = "P1" if int(m.group(1)) % 2 else "P2"
-        if renamed:
-            variants.append("/".join(parts[:-2] + [renamed, parts[-1]]))
-    return variants
-
-
 def _first_existing(base: Path, clip_path: str, suffix: str) -> Path | None:
     for variant in path_variants(clip_path):
         candidate = base / f"{variant}{suffix}"
