@@ -19,6 +19,7 @@ from extract.decode_ahead import (
     DecodeAhead,
     DecodeSettings,
     DecodeSpec,
+    StreamError,
     VideoItem,
 )
 from extract.encoders.swin import PREPROCESS as SWIN_PREPROCESS
@@ -73,7 +74,7 @@ def collect(ahead: DecodeAhead) -> dict[str, list]:
                     inputs = {k: v.clone() for k, v in item.inputs.items()}
                     inputs["shared"] = len({id(v) for v in item.inputs.values()}) == 1
                     got.append((item.times_s.copy(), inputs))
-                elif isinstance(item, ClipError):
+                elif isinstance(item, StreamError | ClipError):
                     got.append(("error", item.stage))
                 else:
                     assert isinstance(item, ClipEnd)
