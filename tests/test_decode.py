@@ -162,3 +162,20 @@ def test_shared_resize_gives_each_encoder_exactly_its_upstream_transform():
                                                                                    None] * 255
         assert fast[key].shape == shared[key].shape
         assert float(grey_levels.max()) <= 1.5, key
+
+
+@pytest.mark.parametrize("degrees", [90, 270])
+def test_torchcodec_shows_a_rotated_phone_video_as_pyav_does(tmp_path, degrees):
+    import shutil
+    import subprocess
+
+    pytest.importorskip("torchcodec.decoders", reason="torchcodec is an optional decoder")
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg command to write a rotation flag")
+    upright, rotated = tmp_path / "r0.mp4", tmp_path / f"r{degrees}.mp4"
+    write_video(upright, textured(10, 48, 64), fps=25)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(upright), "-c", "copy",
+                    "-metadata:s:v:0", f"rotate={degrees}", str(rotated)], check=True)
+    frames = decode_all(rotated)[0]
+    assert frames.shape[1:3] == (64, 48)
+    assert np.array_equal(decode_all(rotated, decoder="torchcodec")[0], frames)
