@@ -139,6 +139,13 @@ def check_same_streams(requests: list[StreamRequest], device: str) -> list:
                             f"({exc}); pass --weights {request.info.name}=PATH") from None
         plan = plans[0]
         key = plan.info.with_key().key  # what the store will name the stream
+        recorded_compute = (request.info.preprocessing or {}).get("compute")
+        here_compute = plan.info.preprocessing.get("compute")
+        if key != request.info.key and recorded_compute and recorded_compute != here_compute:
+            raise UserError(
+                f"stream {request.info.alias}: the run's features were computed with "
+                f"{recorded_compute}, this run would compute them with {here_compute}; pass "
+                "--device to match (the values differ between precisions)")
         if key != request.info.key:
             recorded = request.info.weights_sha256 or request.info.weights
             raise UserError(
