@@ -29,6 +29,7 @@ import numpy as np
 
 from features_store import StreamInfo, open_store
 from features_store.errors import UserError
+from features_store.paths import safe_join
 
 PREDICT_SPLIT = "predict"
 MEDIA_SUFFIXES = (".mp4", ".avi", ".flv", ".mkv", ".mov", ".webm", ".wav", ".mp3", ".flac",
@@ -242,7 +243,8 @@ def write_predictions(predictions: dict[str, np.ndarray], data, out: Path, head)
         values = np.asarray(values, np.float32)
         if values.ndim == 1:
             values = values[:, None] if shift is not None else values[None, :]
-        path = out / "clips" / f"{_safe_name(clip_id)}.csv"
+        path = safe_join(out / "clips", clip_id, suffix=".csv")  # a clip id of a/b: a folder
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["time_s", *columns[: values.shape[-1]]])
@@ -252,12 +254,6 @@ def write_predictions(predictions: dict[str, np.ndarray], data, out: Path, head)
         files.append(str(path))
     files.append(str(plot_predictions(predictions, shift, columns, out / "predictions.png")))
     return files
-
-
-def _safe_name(clip_id: str) -> str:
-    # A clip id names a file inside `out/clips` only: no separators, no leading dots.
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in clip_id).lstrip(".")
-    return name or "clip"
 
 
 def _frame_shift(data) -> float | None:
