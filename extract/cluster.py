@@ -67,6 +67,15 @@ def _dashboard_address() -> str:
     return "127.0.0.1:0"
 
 
+def gpu_worker_options(n_workers: int, visible: list[str]) -> list[dict]:
+    """Without dask-cuda, the same placement by hand: worker i sees only the i-th GPU this
+    process may use (so "cuda" in a worker is its own GPU), runs one task at a time and
+    advertises one GPU resource."""
+    return [{"nthreads": 1, "resources": {GPU_RESOURCE: 1}, "host": "127.0.0.1",
+             "env": {"CUDA_VISIBLE_DEVICES": visible[i % len(visible)]}}
+            for i in range(n_workers)]
+
+
 def _local_cluster(n_workers: int, device: str):
     """A cluster on this machine; GPU runs get one worker per GPU, each seeing only its own."""
     from distributed import LocalCluster
@@ -85,13 +94,9 @@ def _local_cluster(n_workers: int, device: str):
                                 dashboard_address=dashboard)
     from distributed import Nanny, Scheduler, SpecCluster
 
-    # Without dask-cuda: the same placement by hand, one CUDA_VISIBLE_DEVICES per worker.
-    workers = {
-        f"gpu-{i}": {"cls": Nanny, "options": {
-            "nthreads": 1, "resources": resources, "host": "127.0.0.1",
-            "env": {"CUDA_VISIBLE_DEVICES": str(i)}}}
-        for i in range(n_workers)
-    }
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    workers = {f"gpu-{i}": {"cls": Nanny, "options": options} for i, options in enumerate(
+        gpu_worker_options(n_workers, visible or [str(i) for i in range(_gpu_count())]))}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1",
                                                 "dashboard_address": dashboard}}
     return SpecCluster(workers=workers, scheduler=scheduler)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from features_store import FeatureStore
+from features_store import FeatureStore, PartCommitted
 from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
 
@@ -258,9 +258,15 @@ class TaskRunner:
 
     def run(self, task: Task) -> ExtractReport:
         report = ExtractReport()
-        plans = [p for p in self.plans if p.info.key in task.pending]
-        writers = {p.info.key: self.store.part_writer(p.info, task.part_id(p.info.key))
-                   for p in plans}
+        writers = {}
+        for p in self.plans:
+            if p.info.key in task.pending:
+                try:
+                    writers[p.info.key] = self.store.part_writer(p.info,
+                                                                 task.part_id(p.info.key))
+                except PartCommitted:  # another run (or attempt) committed this part: skip
+                    continue
+        plans = [p for p in self.plans if p.info.key in writers]
         stats = {p.info.key: StreamStats(p.info.alias) for p in plans}
         batchers = {
             p.info.key: _VideoBatcher(p, writers[p.info.key], self.options.batch_size,

@@ -4,6 +4,7 @@ Imports neither `extract` nor `heads`: a store can be read on a machine with no 
 encoder weights.
 """
 
+from .commit import LeaseLost, PartCommitted
 from .errors import UserError
 from .manifest import ClipEntry, ClipShape, PartManifest, StreamInfo
 from .store import FeatureStore, open_store
@@ -14,6 +15,8 @@ __all__ = [
     "ClipEntry",
     "ClipShape",
     "FeatureStore",
+    "LeaseLost",
+    "PartCommitted",
     "PartManifest",
     "StreamArray",
     "StreamInfo",

@@ -220,6 +220,16 @@ class _Heartbeat:
 HEARTBEAT = _Heartbeat()
 
 
+def _forget_in_child() -> None:
+    # A forked child (a DataLoader or dask worker) holds none of its parent's leases: it must
+    # not renew them, or a dead parent's parts would look alive for as long as the child runs.
+    global HEARTBEAT
+    HEARTBEAT = _Heartbeat()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 # Acquire, check, release ------------------------------------------------------------------------
 
 

@@ -125,17 +125,21 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> b
     parent = path.rsplit("/", 1)[0]
     if is_local(fs):
         os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        # The temporary file sits one folder up (same filesystem, so it can be linked), out of
+        # the folder whose listing decides what is committed.
+        folder, name = os.path.split(path)
+        tmp = os.path.join(os.path.dirname(folder), f".{name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             os.link(tmp, path)
         except FileExistsError:
             return False
         finally:
-            os.unlink(tmp)
+            if os.path.exists(tmp):  # ours alone, linked or not (also on a full disk, a kill)
+                os.unlink(tmp)
         return True
     invalidate(fs, path)
     try:

@@ -166,10 +166,20 @@ class FeatureStore:
             return
         bucket = self.path.split("/", 1)[0]
         protocol = self.url.split("://", 1)[0]
-        if not exists(self.fs, bucket):
+        self.fs.invalidate_cache(bucket)
+        try:
+            self.fs.info(bucket)
+            return
+        except FileNotFoundError:
             raise UserError(f"{self.url}: no bucket {bucket!r} at "
-                            f"{self.storage_options.get('endpoint_url') or 'the endpoint'} "
-                            f"(create it first, e.g. `aws s3 mb {protocol}://{bucket}`)")
+                            f"{self._endpoint()} "
+                            f"(create it first, e.g. `aws s3 mb {protocol}://{bucket}`)"
+                            ) from None
+
+    def _endpoint(self) -> str:
+        return (self.storage_options.get("endpoint_url")
+                or (self.storage_options.get("client_kwargs") or {}).get("endpoint_url")
+                or os.environ.get("AWS_ENDPOINT_URL") or "the default endpoint")
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.url!r}, backend={self.backend_name!r})"
@@ -377,8 +387,11 @@ class FeatureStore:
         self._writable()
         key = self.resolve(stream).key
         run = run_id or self.run_id
+        clip_ids = set(clip_ids)
+        if clip_ids <= self.committed_clip_ids(key):
+            return  # a rerun with nothing left to do adds no record
         write_json(self.fs, f"{self._stream_dir(key)}/intents/{run}.json",
-                   {"run_id": run, "created": now_iso(), "clip_ids": sorted(set(clip_ids))})
+                   {"run_id": run, "created": now_iso(), "clip_ids": sorted(clip_ids)})
 
     def intended_clip_ids(self, stream: StreamRef) -> dict[str, str]:
         """{clip_id: the first run (by name) that intended it} over every recorded intent."""

@@ -52,7 +52,8 @@ def verify(
 ) -> VerifyReport:
     report = VerifyReport()
     store.refresh()
-    failed = {(f.get("clip_id"), f.get("stream")) for f in store.failures()}
+    # A ledger entry names its stream by key (older entries by `stream`, or by none: the clip).
+    failed = {(f.get("clip_id"), f.get("stream_key", f.get("stream"))) for f in store.failures()}
     for info in store.streams():
         report.streams += 1
         if progress:

@@ -493,6 +493,7 @@ def train(
     store_obj, store_location = open_store_for(store)
     provenance = _resolve_recipe(head, store_obj)
     data = head.build_data(store_obj)
+    provenance = _resolve_recipe(head, store_obj)  # a head may settle its recipe from the store
     paths.checkpoints.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
     model = head.build_model(data).to(dev)
     optimizer = build_optimizer(config, head.param_groups(model))
@@ -524,6 +525,7 @@ def train(
 
     write_json(paths.config, {
         "head": head.name,
+        "metric": head.metric_name, "metric_mode": head.metric_mode,
         "config": config_to_dict(config),
         "store": store_location,
         **provenance,
@@ -612,7 +614,7 @@ def train(
             "steps_per_s": epoch_items / busy if busy > 0 else 0.0,
         }
         _append_jsonl(paths.metrics, record)
-        scalars.record(record)
+        scalars.record(record, schedule.lrs())
 
         metric_value: float | None = None
         if (epoch + 1) % max(config.eval_every, 1) == 0 or epoch == last_epoch:

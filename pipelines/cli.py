@@ -29,6 +29,8 @@ COMMANDS = [
     ("pipelines.cli_heads", "ensemble"),
     ("pipelines.cli_metrics", "metrics"),
     ("pipelines.cli_demo", "demo"),
+    ("pipelines.cli_runs", "runs"),
+    ("pipelines.cli_runs", "report"),
 ]
 
 

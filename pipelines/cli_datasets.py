@@ -17,6 +17,7 @@ import click
 
 from .datasets import get_adapter, list_adapters
 from .samples import generate_sample, list_samples, sample_defaults
+from .storage_options import storage_option
 
 MAX_PROBLEMS_SHOWN = 30
 
@@ -108,6 +109,7 @@ def sample_command(layout: str, out: str, clips: int | None, seconds: float | No
 
 
 @click.command("ingest")
+@storage_option
 @click.option("--dataset", required=True, type=click.Choice(list_adapters()))
 @click.option("--data-root", required=True, type=click.Path(),
               help="The dataset folder, as distributed.")

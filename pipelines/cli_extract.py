@@ -9,6 +9,7 @@ import click
 
 from features_store import open_store
 from features_store.errors import Interrupted, UserError
+from pipelines.storage_options import storage_option
 
 
 def _split_list(value: str | None) -> list[str]:
@@ -16,6 +17,7 @@ def _split_list(value: str | None) -> list[str]:
 
 
 @click.command()
+@storage_option
 @click.option("--clips", "clips_file", type=click.Path(dir_okay=False),
               help="Clips file (JSON lines: clip_id, video|frames|audio|text, ...).")
 @click.option("--dataset", help="Dataset layout (see `affect datasets ls`) instead of --clips.")

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from features_store.errors import UserError
+from pipelines.storage_options import storage_option
 
 
 def _default_store(dataset: str) -> str:
@@ -29,6 +30,7 @@ def _print_metrics(payload: dict, as_json: bool, title: str | None = None) -> No
 
 
 @click.command()
+@storage_option
 @click.option("--head", "head_name", default=None, help="Head name (see the list on error).")
 @click.option("--store", default=None,
               help="Feature store (default: store/<head's dataset>.zarr).")
@@ -40,9 +42,16 @@ def _print_metrics(payload: dict, as_json: bool, title: str | None = None) -> No
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--seeds", default=None, metavar="S1,S2,...",
+              help="Train the same config once per seed into RUN/seed-<s>/ (same cached "
+                   "features) and write RUN/seeds-summary.json (mean ± std of each metric).")
 def train(head_name: str | None, store: str | None, out: str | None, epochs: int | None,
-          overrides: tuple[str, ...], device: str, resume: bool, quiet: bool) -> None:
+          overrides: tuple[str, ...], device: str, resume: bool, quiet: bool,
+          seeds: str | None) -> None:
     """Train a head on cached features; writes config, checkpoints, metrics and curves to RUN."""
+    if seeds is not None:
+        _train_seeds(head_name, store, out, epochs, overrides, device, resume, quiet, seeds)
+        return
     from heads.base import apply_overrides, config_to_dict
     from heads.registry import get_head
     from heads.trainer import RunPaths, head_from_run, read_run_config
@@ -77,7 +86,46 @@ def train(head_name: str | None, store: str | None, out: str | None, epochs: int
     }))
 
 
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise UserError(f"--seeds {text}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not values or len(set(values)) != len(values):
+        raise UserError(f"--seeds {text}: give distinct seeds, e.g. 0,1,2")
+    return values
+
+
+def _train_seeds(head_name: str | None, store: str | None, out: str | None,
+                 epochs: int | None, overrides: tuple[str, ...], device: str, resume: bool,
+                 quiet: bool, seeds: str) -> None:
+    """One run per seed under RUN/seed-<s>, then the summary beside them."""
+    from pipelines.runs import SUMMARY_FILE, format_summary, summarise_seeds
+
+    values = _parse_seeds(seeds)
+    if any(o.replace(" ", "").startswith("seed=") for o in overrides):
+        raise UserError("--seeds and --set seed=... both set the seed; give one of them")
+    if head_name is None and not resume:
+        raise UserError("--head is required (e.g. --head trm)")
+    root = Path(out or f"runs/{head_name}")
+    run_dirs = []
+    for seed in values:
+        run_dir = root / f"seed-{seed}"
+        args = [*(["--head", head_name] if head_name else []),
+                *(["--store", store] if store else []), "--out", str(run_dir),
+                *(["--epochs", str(epochs)] if epochs is not None else []),
+                *(a for o in overrides for a in ("--set", o)), "--set", f"seed={seed}",
+                "--device", device, *(["--resume"] if resume else []),
+                *(["--quiet"] if quiet else [])]
+        train.main(args=args, standalone_mode=False)
+        run_dirs.append(run_dir)
+    summary = summarise_seeds(run_dirs, root / SUMMARY_FILE)
+    click.echo(format_summary(summary))
+    click.echo(f"wrote {root / SUMMARY_FILE}")
+
+
 @click.command()
+@storage_option
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--split", default=None, help="Split to score (default: the run's validation "
               "split).")
@@ -95,6 +143,7 @@ def evaluate(run_dir: str, split: str | None, store: str | None, device: str,
 
 
 @click.command()
+@storage_option
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--split", default="test", show_default=True)
 @click.option("--export", "export_dir", default=None, type=click.Path(file_okay=False),
@@ -132,6 +181,7 @@ def predict(run_dir: str, split: str, export_dir: str | None, store: str | None,
 
 
 @click.command()
+@storage_option
 @click.option("--runs", required=True, help="Comma-separated run folders.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--export", "export_dir", required=True, type=click.Path(file_okay=False))
@@ -161,5 +211,7 @@ def ensemble(runs: str, split: str, export_dir: str, store: str | None, device: 
         metrics = head.score(combined, data, split)
     except UserError:
         return  # an unlabelled split (the challenge test set): nothing to score
-    payload = {"split": split, "runs": run_dirs, "metrics": metrics}
+    from heads.trainer import _json_ready  # a confusion matrix is an array: JSON lists
+
+    payload = {"split": split, "runs": run_dirs, "metrics": _json_ready(metrics)}
     _print_metrics(payload, as_json, f"split {split} (ensemble of {len(run_dirs)} runs)")

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from features_store import open_store, verify
 from features_store.exchange import FORMATS, export_stream, import_folder
+from pipelines.storage_options import storage_option
 
 
 def _fmt_shift(value: float | None) -> str:
@@ -29,6 +30,7 @@ def store() -> None:
 
 
 @store.command("ls")
+@storage_option
 @click.argument("store_url")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
 def ls(store_url: str, as_json: bool) -> None:
@@ -51,6 +53,7 @@ def ls(store_url: str, as_json: bool) -> None:
 
 
 @store.command("info")
+@storage_option
 @click.argument("store_url")
 @click.argument("stream")
 @click.option("--json", "as_json", is_flag=True)
@@ -75,6 +78,7 @@ def info(store_url: str, stream: str, as_json: bool) -> None:
 
 
 @store.command("verify")
+@storage_option
 @click.argument("store_url")
 @click.option("--no-values", is_flag=True, help="Skip the NaN/Inf and chunk-decoding scan.")
 def verify_cmd(store_url: str, no_values: bool) -> None:
@@ -85,23 +89,37 @@ def verify_cmd(store_url: str, no_values: bool) -> None:
                f"{report.rows} rows")
     if report.ok:
         click.echo(f"ok: {summary}")
+        for note in report.notes:
+            click.echo(f"note: {note}")
         return
     for problem in report.problems:
         click.echo(problem)
+    for note in report.notes:
+        click.echo(f"note: {note}")
     click.echo(f"{len(report.problems)} problem(s) in {summary}", err=True)
     sys.exit(1)
 
 
 @store.command("finalize")
+@storage_option
 @click.argument("store_url")
-@click.option("--prune", is_flag=True, help="Delete uncommitted parts (no writer may be running).")
+@click.option("--prune", is_flag=True,
+              help="Delete uncommitted parts whose writer is provably dead.")
 def finalize_cmd(store_url: str, prune: bool) -> None:
-    """Merge committed manifests into the index (one process only)."""
-    open_store(store_url).finalize(prune_orphans=prune)
+    """Merge committed manifests into the index (one process only).
+
+    --prune deletes only parts whose writer is provably dead (lease expired, or its pid gone on
+    this host); parts being written by live runs are kept.
+    """
+    pruned = open_store(store_url).finalize(prune_orphans=prune)
+    for key, parts in pruned.items():
+        for part, why in sorted(parts.items()):
+            click.echo(f"pruned {key}/{part}: {why}")
     click.echo("finalized")
 
 
 @store.command("ledger")
+@storage_option
 @click.argument("store_url")
 @click.option("--json", "as_json", is_flag=True)
 def ledger(store_url: str, as_json: bool) -> None:
@@ -116,6 +134,7 @@ def ledger(store_url: str, as_json: bool) -> None:
 
 
 @store.command("export")
+@storage_option
 @click.argument("store_url")
 @click.argument("stream")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="npy", show_default=True)
@@ -131,6 +150,7 @@ def export(store_url: str, stream: str, fmt: str, out_dir: str, dtype: str | Non
 
 
 @store.command("import")
+@storage_option
 @click.argument("folder", type=click.Path())
 @click.option("--store", "store_url", required=True)
 @click.option("--stream", "name", required=True, help="Name (and alias) of the new stream.")

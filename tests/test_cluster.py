@@ -29,7 +29,7 @@ from pipelines.synthetic.av_writer import write_video
 
 VIDEO = "hsemotion-enet-b0"
 AUDIO = "vggish"
-N_CLIPS = 6
+N_CLIPS = 4
 
 
 def _frames(n: int, seed: int, size: int = 40) -> np.ndarray:
@@ -45,7 +45,7 @@ def _tone(seconds: float, hz: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def clips_file(tmp_path_factory):
-    """Six short talking clips, listed with paths relative to the clips file."""
+    """Four short talking clips, listed with paths relative to the clips file."""
     root = tmp_path_factory.mktemp("clips")
     lines = []
     for i in range(N_CLIPS):
@@ -116,6 +116,9 @@ def test_a_two_worker_cluster_writes_the_store_a_local_run_writes(
         out = capsys.readouterr()
         assert f"{N_CLIPS} done" in out.out, out
         assert "workers: 2" in out.err, out.err           # progress names the cluster size
+        progress = [line for line in out.err.splitlines() if line.startswith("progress:")]
+        assert progress and f"{N_CLIPS}/{N_CLIPS} clips" in progress[-1], out.err
+        assert all(w in progress[-1] for w in ("clips/s", "frames/s", "ETA")), progress
         assert not (cluster.worker_dir / "cluster.zarr").exists()  # the path was made absolute
         with Client(cluster.address) as client:  # torch got each worker's share of the cores
             threads = client.run(lambda: __import__("extract.dask_runner").dask_runner
@@ -172,6 +175,11 @@ def test_gpu_tasks_ask_for_a_gpu_worker_and_the_device_is_in_the_stream_key():
     assert task_resources("cpu") is None
     assert compute_identity("cuda") != compute_identity("cpu")
     assert compute_identity("cuda:1") == compute_identity("cuda:0")  # which GPU does not matter
+    from extract.cluster import gpu_worker_options
+
+    placed = gpu_worker_options(2, ["2", "5"])  # CUDA_VISIBLE_DEVICES=2,5: one GPU each
+    assert [w["env"]["CUDA_VISIBLE_DEVICES"] for w in placed] == ["2", "5"]
+    assert all(w["resources"] == {"GPU": 1} and w["nthreads"] == 1 for w in placed)
 
 
 def test_workers_build_an_encoder_once_even_with_many_threads():

@@ -145,3 +145,24 @@ def test_broken_inputs_are_skipped_and_listed(react_root, tmp_path):
     # Rerunning lists nothing twice.
     ingest(get_adapter("react"), root, store)
     assert len(store.failures()) == 4
+
+
+def test_one_table_of_react_2024_emotion_renames_serves_ingest_and_metrics():
+    import pipelines.react_eval as react_eval
+    from pipelines.datasets import react
+    from pipelines.datasets.react_paths import path_variants
+
+    # the dataset adapter and the metrics command ask the same function
+    assert react.path_variants is path_variants is react_eval.path_variants
+    assert path_variants("NoXI/010_2016-03-25_Paris/Expert_video/3") == [
+        "NoXI/010_2016-03-25_Paris/Expert_video/3", "NoXI/010_2016-03-25_Paris/P1/3"]
+    for old, new in (("P25", "P1"), ("P26", "P2"), ("P41", "P1"), ("P42", "P2"),
+                     ("P45", "P1"), ("P46", "P2")):
+        assert path_variants(f"RECOLA/group-1/{old}/2") == [
+            f"RECOLA/group-1/{old}/2", f"RECOLA/group-1/{new}/2"]
+    # a 2024 name is looked up under every 2023 name it may have had
+    assert path_variants("RECOLA/group-2/P2/4")[1:] == [
+        "RECOLA/group-2/P26/4", "RECOLA/group-2/P42/4", "RECOLA/group-2/P46/4"]
+    # names outside the official table keep theirs; UDIVA is never renamed
+    assert path_variants("RECOLA/group-1/P27/2") == ["RECOLA/group-1/P27/2"]
+    assert path_variants("UDIVA/talk/023102/FC1/1") == ["UDIVA/talk/023102/FC1/1"]

@@ -196,6 +196,52 @@ def test_clip_matches_open_clip_on_the_same_checkpoint(frames, tmp_path):
     assert pooled.shape == (2, 64) and pre.spec.dim == 64
     assert pre.alias == "clip-vit-b16@preproj@reduced"
     torch.testing.assert_close(pooled @ model.visual.proj.detach(), expected, atol=1e-5, rtol=1e-5)
+    assert ours.arch["activation"] == "QuickGELU"  # a plain file: the default tag, openai
+
+
+def _clip_activation(encoder) -> str:
+    return type(encoder.visual.transformer.resblocks[0].mlp.gelu).__name__
+
+
+def test_clip_activation_follows_the_weights_open_clip_tag(frames, tmp_path, monkeypatch):
+    import open_clip
+
+    from extract.encoders.clip import REDUCED_CFG
+
+    path = create_encoder("clip-vit-b16", weights="random", reduced=True).save_weights(
+        tmp_path / "clip.pt")
+    # LAION's ViT-B/16 in the hub cache, where open_clip's laion2b_s34b_b88k tag resolves
+    repo = tmp_path / "hub" / "models--laion--CLIP-ViT-B-16-laion2B-s34B-b88K"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("r1")
+    (repo / "snapshots" / "r1").mkdir(parents=True)
+    cached = repo / "snapshots" / "r1" / "open_clip_pytorch_model.bin"
+    cached.write_bytes(path.read_bytes())
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    laion = create_encoder("clip-vit-b16", weights="default", reduced=True,
+                           pretrained_tag="laion2b_s34b_b88k")
+    by_path = create_encoder("clip-vit-b16", weights=str(cached), reduced=True)
+    openai = create_encoder("clip-vit-b16", weights=str(path), reduced=True)
+    assert _clip_activation(laion) == _clip_activation(by_path) == "GELU"
+    assert _clip_activation(openai) == "QuickGELU"
+    assert laion.arch["activation_source"] == "open_clip tag laion2b_s34b_b88k"
+    # what open_clip itself builds for GELU weights, on the same file
+    model = open_clip.create_model("ViT-B-16", pretrained=str(path), **REDUCED_CFG).eval()
+    batch = laion.preprocess(frames)
+    with torch.no_grad():
+        expected = model.encode_image(batch)
+    torch.testing.assert_close(laion.encode_batch(batch), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(openai.encode_batch(batch), expected, atol=1e-4)
+    assert laion.fingerprint() != openai.fingerprint()
+    # a local file: say which weights it is, or set the activation itself
+    named = create_encoder("clip-vit-b16", weights=str(path), reduced=True,
+                           pretrained_tag="laion2b_s34b_b88k")
+    forced = create_encoder("clip-vit-b16", weights=str(cached), reduced=True, quick_gelu=True)
+    assert _clip_activation(named) == "GELU" and _clip_activation(forced) == "QuickGELU"
+    assert forced.arch["activation_source"] == "option quick_gelu"
+    with pytest.raises(UserError, match="pretrained_tag"):
+        create_encoder("clip-vit-b16", weights="random", reduced=True, pretrained_tag="laion")
 
 
 def test_swin_matches_timm_on_the_same_checkpoint(frames, tmp_path):
@@ -232,6 +278,37 @@ def test_swin_matches_timm_on_the_same_checkpoint(frames, tmp_path):
     got = ours.encode_batch(batch)
     assert got.shape == (2, 256) and ours.spec.dim == 256
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert ours.preprocessing["transform"] == "react"  # a local file: the REACT FER checkpoint
+
+
+def test_swin_with_timms_imagenet_weights_uses_timms_data_config(frames, tmp_path, monkeypatch):
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    from extract.encoders.swin import HF_REPO, MODEL, REDUCED_KWARGS
+
+    # timm's checkpoint in the hub cache, as `huggingface-cli download` leaves it
+    snapshot = tmp_path / "hub" / f"models--{HF_REPO.replace('/', '--')}" / "snapshots" / "r1"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("r1")
+    create_encoder("swin-t", weights="random", reduced=True).save_weights(
+        snapshot / "model.safetensors")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    ours = create_encoder("swin-t", weights="default", reduced=True)
+    model = timm.create_model(MODEL, pretrained=False, num_classes=0, **REDUCED_KWARGS)
+    timm_eval = create_transform(**resolve_data_config({}, model=model))  # 248 bicubic, 224
+    expected = torch.stack([timm_eval(Image.fromarray(f)) for f in frames])
+    torch.testing.assert_close(ours.preprocess(frames), expected, atol=1e-6, rtol=0)
+    assert ours.preprocessing["transform"] == "timm"
+    assert ours.preprocessing["mean"] == [0.485, 0.456, 0.406]
+    # the same weights with the REACT transform are another stream
+    react = create_encoder("swin-t", weights="default", reduced=True, preprocess="react")
+    assert react.preprocessing["transform"] == "react"
+    assert react.fingerprint() != ours.fingerprint()
+    with pytest.raises(UserError, match="preprocess"):
+        create_encoder("swin-t", weights="random", reduced=True, preprocess="imagenet")
 
 
 def test_hsemotion_matches_timm_efficientnet_on_a_state_dict(frames, tmp_path):
@@ -390,7 +467,7 @@ def test_vggish_frontend_and_network_match_an_independent_reference(
     state = torchvggish_state()
     path = tmp_path / "vggish.pth"
     torch.save(state, path)
-    encoder = create_encoder(name, weights=str(path), reduced=True)
+    encoder = create_encoder(name, weights=str(path), reduced=True, embedding="raw")
     example_samples = int(round(example_s * sample_rate))
     window, hop = int(round(0.025 * sample_rate)), int(round(hop_s * sample_rate))
     n_examples = 3 if name == "vggish" else 12
@@ -410,7 +487,7 @@ def test_vggish_frontend_and_network_match_an_independent_reference(
 
 
 def test_vggish_react_gives_one_row_per_25_fps_frame_and_chunks_line_up():
-    encoder = create_encoder("vggish-react", weights="random", reduced=True)
+    encoder = create_encoder("vggish-react", weights="random", reduced=True, embedding="raw")
     wav = tone(24000, 2.0)
     whole = encoder.encode_audio(wav)
     assert whole.shape == (50, 128)
@@ -422,28 +499,83 @@ def test_vggish_react_gives_one_row_per_25_fps_frame_and_chunks_line_up():
     assert encoder.encode_audio(wav[:959]).shape == (0, 128)
 
 
-def test_vggish_pca_postprocessing_quantises_like_audioset(tmp_path):
+def audioset_postprocess_reference(embeddings, matrix, means):
+    """torchvggish's Postprocessor, restated from its documented definition (the PyPI package
+    needs resampy and soundfile and downloads its PCA file when constructed, so it is not a test
+    dependency): PCA with whitening, pca_matrix @ (embedding^T - pca_means), transposed back;
+    then clip to [-2, 2] and quantise to round((x + 2) * 255 / 4). In float64."""
+    projected = (matrix.astype(np.float64) @ (embeddings.astype(np.float64).T
+                                             - means.reshape(-1, 1).astype(np.float64))).T
+    return projected, np.round((np.clip(projected, -2.0, 2.0) + 2.0) * (255.0 / 4.0))
+
+
+def test_vggish_react_post_processes_like_torchvggish_by_default():
+    from extract.encoders.vggish import pca_project
+
+    wav = tone(24000, 1.0)
+    encoder = create_encoder("vggish-react", weights="random", reduced=True)
+    raw = create_encoder("vggish-react", weights="random", reduced=True, embedding="raw")
+    got = encoder.encode_audio(wav)
+    assert got.shape == (25, 128)
+    # 8-bit levels as float: integers in 0..255, and not all in one level
+    assert got.dtype == np.float32 and np.all(got == np.round(got))
+    assert got.min() >= 0 and got.max() <= 255 and len(np.unique(got)) > 20
+    # random weights come with random PCA parameters of the published shapes
+    matrix, means = (t.numpy() for t in encoder.pca)
+    assert matrix.shape == (128, 128) and means.shape == (128, 1)
+    embeddings = raw.encode_audio(wav)
+    projected, quantised = audioset_postprocess_reference(embeddings, matrix, means)
+    ours = pca_project(torch.from_numpy(embeddings), *encoder.pca).numpy()
+    np.testing.assert_allclose(ours, projected, rtol=1e-6, atol=1e-6)
+    # after quantisation: equal, except a value within float error of a rounding boundary
+    levels = (np.clip(projected, -2, 2) + 2) * 255 / 4
+    near_boundary = np.abs(levels - np.floor(levels) - 0.5) < 1e-4
+    assert np.array_equal(got[~near_boundary], quantised[~near_boundary])
+    # the choice is part of the stream: its own alias and fingerprint
+    assert encoder.alias == "vggish-react@random@reduced"
+    assert raw.alias == "vggish-react@raw@random@reduced"
+    assert encoder.fingerprint() != raw.fingerprint()
+    assert encoder.preprocessing["postprocess"] == "pca+quantize8"
+    assert raw.preprocessing["postprocess"] == "raw"
+
+
+def test_vggish_pca_parameters_come_with_the_weights(tmp_path):
     state = torchvggish_state()
-    torch.save(state, tmp_path / "vggish.pth")
+    wav = tone(16000, 2.5)
+    # a full torchvggish state dict carries its postprocessor (pproc.*): used by default
+    torch.save(state, tmp_path / "full.pth")
+    full = create_encoder("vggish", weights=str(tmp_path / "full.pth"), reduced=True)
+    assert full.options["embedding"] == "postprocessed"
+    # the network alone, with torchvggish's published PCA file beside it
     rng = np.random.default_rng(1)
     matrix = rng.normal(0, 0.3, (128, 128)).astype(np.float32)
-    means = rng.normal(0, 0.1, 128).astype(np.float32)
-    np.savez(tmp_path / "pca.npz", pca_eigen_vectors=matrix, pca_means=means)
-    wav = tone(16000, 2.5)
-    raw = create_encoder("vggish", weights=str(tmp_path / "vggish.pth"), reduced=True)
-    pca = create_encoder(
-        "vggish",
-        weights=str(tmp_path / "vggish.pth"),
-        reduced=True,
-        pca_params=str(tmp_path / "pca.npz"),
-    )
-    embeddings = raw.encode_audio(wav).astype(np.float64)
-    expected = np.round((np.clip((embeddings - means) @ matrix.T, -2, 2) + 2) * 255 / 4)
+    means = rng.normal(0, 0.1, (128, 1)).astype(np.float32)
+    net_dir = tmp_path / "published"
+    net_dir.mkdir()
+    torch.save({k: v for k, v in state.items() if not k.startswith("pproc.")},
+               net_dir / "vggish-10086976.pth")
+    torch.save({"pca_eigen_vectors": torch.from_numpy(matrix),
+                "pca_means": torch.from_numpy(means[:, 0])},
+               net_dir / "vggish_pca_params-970ea276.pth")
+    pca = create_encoder("vggish", weights=str(net_dir / "vggish-10086976.pth"), reduced=True)
+    raw = create_encoder("vggish", weights=str(net_dir / "vggish-10086976.pth"), reduced=True,
+                         embedding="raw")
+    _, expected = audioset_postprocess_reference(raw.encode_audio(wav), matrix, means)
     got = pca.encode_audio(wav)
     np.testing.assert_allclose(got, expected, atol=1)  # rounding at .5 may differ by one step
-    assert np.all(got == np.round(got)) and got.min() >= 0 and got.max() <= 255
-    assert pca.alias == "vggish@pca@reduced"
-    assert pca.fingerprint() != raw.fingerprint()
+    assert np.mean(got == expected) > 0.99
+    assert pca.alias == "vggish@reduced" and raw.alias == "vggish@raw@reduced"
+    assert pca.options["pca_params"].startswith("sha256:")
+    # an explicit pca_params file wins; a network without PCA parameters stays raw, unless
+    # post-processing is demanded
+    alone = tmp_path / "alone.pth"
+    torch.save({k: v for k, v in state.items() if not k.startswith("pproc.")}, alone)
+    explicit = create_encoder("vggish", weights=str(alone), reduced=True,
+                              pca_params=str(net_dir / "vggish_pca_params-970ea276.pth"))
+    np.testing.assert_array_equal(explicit.encode_audio(wav), got)
+    assert create_encoder("vggish", weights=str(alone), reduced=True).options["embedding"] == "raw"
+    with pytest.raises(UserError, match="vggish_pca_params-970ea276.pth"):
+        create_encoder("vggish", weights=str(alone), reduced=True, embedding="postprocessed")
 
 
 # ---- wav2vec2 and Dasheng --------------------------------------------------------------------

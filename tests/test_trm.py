@@ -112,9 +112,14 @@ def test_trm_learns_from_aligned_streams_of_different_rates(small_store, tmp_pat
     test = evaluate_run(tmp_path / "run", "test", device="cpu")["metrics"]
     # held-out actors (val picks the checkpoint, test is unseen): CCC 0 is a constant predictor
     assert result.best_metric > 0.5 and test["ccc_mean"] > 0.5, (result.best_metric, test)
+    keys = stream_keys(small_store)
     second = train(trm("epochs=6", "per_frame=false", "text="), small_store, tmp_path / "orig",
                    device="cpu", progress=False)
-    assert second.best_metric > 0.3
+    assert second.best_metric > 0.3  # the original mode on the same cached features
+    streams = json.loads((tmp_path / "orig" / "config.json").read_text())["streams"]
+    assert streams == {alias: keys[alias] for alias in
+                       ("dasheng-base", "hsemotion-enet-b0", "cremad-va")}
+    assert stream_keys(small_store) == keys
 
 
 def test_resumed_trm_run_ends_exactly_like_an_uninterrupted_one(small_store, tmp_path):
@@ -177,3 +182,55 @@ def test_loss_is_standard_ccc_plus_a_quarter_mse_and_the_original_formula_is_sel
     assert float(trm_loss(pred, target, mask, 0.25)) == pytest.approx(expected, rel=1e-5)
     original = float(trm_loss(pred, target, mask, 0.25, "original"))
     assert original != pytest.approx(expected, rel=1e-3)  # the extra sigma_x * sigma_y factor
+
+
+def test_every_head_trains_on_what_make_extract_writes_for_its_default_dataset():
+    """`make extract DATASET=<d>` runs the dataset's recipe; `make train HEAD=<h>` reads
+    store/<h's default dataset>.zarr: each shipped head's streams are in that recipe."""
+    from heads.registry import list_heads
+    from pipelines.datasets import get_adapter
+
+    shipped = [name for name in list_heads() if get_head(name).__module__.startswith("heads.")]
+    assert "trm" in shipped
+    for name in shipped:
+        cls = get_head(name)
+        recipe = cls().recipe()
+        adapter_recipe = get_adapter(cls.default_dataset).recipe
+        assert set(recipe.features) <= set(adapter_recipe.encoders), (name, recipe.features)
+        assert set(recipe.labels) <= set(adapter_recipe.labels), (name, recipe.labels)
+
+
+def test_train_without_store_reads_the_default_dataset_store(small_store, tmp_path, monkeypatch):
+    """What `make train HEAD=trm` runs: `affect train --head trm --out runs/trm`."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(small_store, tmp_path / "store" / "cremad.zarr")
+    result = CliRunner().invoke(cli, ["train", "--head", "trm", "--out", "runs/trm", "--epochs",
+                                      "1", "--quiet", *(a for s in SMALL for a in ("--set", s))])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "runs" / "trm" / "config.json").read_text())
+    assert config["store"] == "store/cremad.zarr"
+
+
+@pytest.mark.slow
+def test_one_iemocap_store_serves_tpn_awm_and_trm_without_extracting_again(tmp_path):
+    """Two different heads on one store: AWTPN classifies the utterances' emotions and TRM,
+    configured on IEMOCAP's streams, regresses their valence/activation ratings."""
+    from pipelines.synthetic.feature_stores import iemocap_like_store
+
+    store = iemocap_like_store(tmp_path / "iemocap.zarr", 60, seconds=1.5, audio_dim=16,
+                               video_dim=12)
+    keys_before = stream_keys(store)
+    cls = get_head("tpn_awm")
+    tpn = train(cls(apply_overrides(cls.config_cls(), [
+        "epochs=2", "shared_dim=32", "lr=3e-3", "batch_size=8"])), store, tmp_path / "tpn",
+        device="cpu", progress=False)
+    assert tpn.best_metric is not None
+    regression = train(trm("epochs=4", "audio=wav2vec2-base", "video=clip-vit-b16", "text=",
+                           "labels=iemocap-vad", "val_split=test"), store, tmp_path / "trm",
+                       device="cpu", progress=False)
+    assert regression.best_metric > 0.3
+    read = [json.loads((tmp_path / run / "config.json").read_text())["streams"]
+            for run in ("tpn", "trm")]
+    for alias in ("wav2vec2-base", "clip-vit-b16"):
+        assert read[0][alias] == read[1][alias] == keys_before[alias]
+    assert stream_keys(store) == keys_before

@@ -1,5 +1,15 @@
 """CLIP ViT-B/16 image encoder (open_clip): 512-d projected embedding per frame, or the 768-d
-pooled token before the projection (`projected=False`)."""
+pooled token before the projection (`projected=False`).
+
+The activation follows the weights. OpenAI's ViT-B/16 (and a few others) was trained with
+QuickGELU, LAION's and DataComp's with GELU; open_clip's pretrained tags say which
+(`get_pretrained_cfg(arch, tag)["quick_gelu"]`). Option `pretrained_tag` names the weights
+(default "openai"): `--weights default` loads that tag's checkpoint from the hub cache; a local
+file found in a tag's hub cache folder is that tag; any other local file is taken to be
+`pretrained_tag` (say so for a LAION file: `pretrained_tag=laion2b_s34b_b88k`), or set the
+activation directly with `quick_gelu=True|False`. The fingerprint records the activation and
+where it came from.
+"""
 
 from __future__ import annotations
 
@@ -62,16 +72,65 @@ REDUCED_CFG: dict[str, Any] = {
 }
 
 
-def _locate_default() -> tuple[Path, str]:
-    hit = hf_cached_file(HF_REPO, HF_FILES)
-    if hit is None:
-        raise missing_default(
-            SPEC.name,
-            f"{HF_REPO}/{HF_FILES[0]}",
-            f"https://huggingface.co/{HF_REPO} (huggingface-cli download {HF_REPO} {HF_FILES[0]})",
-            hf_hub_cache(),
-        )
-    return hit, HF_REPO
+def tag_config(tag: str) -> dict[str, Any]:
+    """open_clip's pretrained config of ViT-B-16 weights `tag` (UserError for an unknown tag)."""
+    import open_clip
+
+    config = open_clip.get_pretrained_cfg(ARCH, tag)
+    if not config:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(ARCH))
+        raise UserError(f"clip-vit-b16: pretrained_tag={tag!r} is not an open_clip {ARCH} tag "
+                        f"({tags})")
+    return config
+
+
+DEFAULT_TAG = "openai"
+
+
+def tag_hf_repo(tag: str) -> str:
+    if tag == DEFAULT_TAG:  # known without importing open_clip (a fast missing-weights error)
+        return HF_REPO
+    return str(tag_config(tag).get("hf_hub", "")).strip("/") or HF_REPO
+
+
+def _locator(tag: str):
+    def locate() -> tuple[Path, str]:
+        repo = tag_hf_repo(tag)
+        hit = hf_cached_file(repo, HF_FILES)
+        if hit is None:
+            raise missing_default(
+                SPEC.name,
+                f"{repo}/{HF_FILES[0]}",
+                f"https://huggingface.co/{repo} (huggingface-cli download {repo} {HF_FILES[0]})",
+                hf_hub_cache(),
+            )
+        return hit, repo
+
+    return locate
+
+
+def _cached_tag(path: Path) -> str | None:
+    """The open_clip tag whose hub cache folder holds `path`, if any."""
+    import open_clip
+
+    resolved = str(Path(path).resolve())
+    for tag in open_clip.list_pretrained_tags_by_model(ARCH):
+        repo = tag_hf_repo(tag)
+        if f"models--{repo.replace('/', '--')}" in resolved:
+            return tag
+    return None
+
+
+def activation_for(choice: Weights, weights: str, tag: str,
+                   quick_gelu: bool | None) -> tuple[bool, str]:
+    """(quick_gelu, where that came from) for these weights (see the module docstring)."""
+    if quick_gelu is not None:
+        return bool(quick_gelu), "option quick_gelu"
+    if choice.path is not None and weights != "default":
+        found = _cached_tag(choice.path)
+        if found is not None:
+            tag = found
+    return bool(tag_config(tag).get("quick_gelu", False)), f"open_clip tag {tag}"
 
 
 def available() -> bool:
@@ -106,11 +165,16 @@ class ClipEncoder(VideoEncoder):
 
 
 def build(
-    spec: EncoderSpec, weights: str, reduced: bool, projected: bool, quick_gelu: bool
+    spec: EncoderSpec, weights: str, reduced: bool, projected: bool, pretrained_tag: str,
+    quick_gelu: bool | None,
 ) -> ClipEncoder:
-    choice: Weights = resolve(spec.name, weights, _locate_default)
+    if pretrained_tag != DEFAULT_TAG:
+        tag_config(pretrained_tag)  # an unknown tag is a user error before anything else
+    choice: Weights = resolve(spec.name, weights, _locator(pretrained_tag))
     import open_clip  # after resolving: a missing-weights error should not wait for it
 
+    quick_gelu, activation_source = activation_for(choice, str(weights), pretrained_tag,
+                                                   quick_gelu)
     overrides = dict(REDUCED_CFG) if reduced else {}
     if choice.is_random:
         with seeded(choice.seed):
@@ -135,6 +199,8 @@ def build(
         "model": ARCH,
         "reduced": reduced,
         "quick_gelu": quick_gelu,
+        "activation": "QuickGELU" if quick_gelu else "GELU",
+        "activation_source": activation_source,
         "vision_layers": len(visual.transformer.resblocks),
         "vision_width": width,
         "patch_size": visual.patch_size[0] if isinstance(visual.patch_size, tuple) else None,
@@ -153,12 +219,12 @@ def build(
     )
 
 
+
 REGISTRATIONS = [
     Registration(
         spec=SPEC,
-        # quick_gelu: the OpenAI weights were trained with QuickGELU; open_clip's 'openai'
-        # tag switches it on, so a checkpoint file needs it said explicitly.
-        options={"projected": True, "quick_gelu": True},
+        # quick_gelu None: follow the weights' open_clip tag (OpenAI: QuickGELU, LAION: GELU)
+        options={"projected": True, "pretrained_tag": DEFAULT_TAG, "quick_gelu": None},
         build=build,
         available=available,
     )

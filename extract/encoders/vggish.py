@@ -12,8 +12,19 @@ Two registered variants share the network:
 
 Timeline: the tail is padded with (window - hop) zero samples, so N samples give
 floor(N / example samples) rows and row i covers [i, i + 1) example lengths.
-Optional postprocessing (`pca_params`): AudioSet's PCA/whitening then 8-bit quantisation
-(values 0..255 as float32), as in the released AudioSet embeddings.
+
+Post-processing (option `embedding`): AudioSet's PCA/whitening, clip to [-2, 2], 8-bit
+quantisation (values 0..255 kept as float32), as torchvggish applies by default
+(`postprocess=True`) and so as the REACT baseline's audio features, on which REGNN is trained:
+  auto           (default) post-process when PCA parameters come with the weights, else raw
+  postprocessed  post-process; an error if no PCA parameters are found
+  raw            the 128-d embedding layer output (a stream of its own, alias `<name>@raw`)
+PCA parameters come with the weights: `default` -> torchvggish's published
+`vggish_pca_params-970ea276.pth` in the torch hub cache (published beside the network);
+a local file -> its `pproc.*` entries (a full torchvggish state dict) or that PCA file in the
+same folder; `random` -> random parameters of the right shapes (seeded like the network).
+`pca_params=PATH` names the file explicitly. The stream fingerprint records the choice and the
+PCA parameters' identity.
 """
 
 from __future__ import annotations
@@ -185,20 +196,54 @@ class VGGishNetwork(nn.Module):
         return self.embeddings(x)
 
 
-def load_pca(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """AudioSet PCA parameters from torchvggish's .pth, TF's .npz, or a VGGish state dict."""
-    state = load_state_dict(path)
-    for matrix_key, means_key in (
-        ("pca_eigen_vectors", "pca_means"),
-        ("pproc.pca_matrix", "pproc.pca_means"),
-    ):
+_PCA_KEYS = (
+    ("pca_eigen_vectors", "pca_means"),  # torchvggish's vggish_pca_params .pth, TF's .npz
+    ("pproc.pca_eigen_vectors", "pproc.pca_means"),  # a full torchvggish VGGish state dict
+    ("pproc.pca_matrix", "pproc.pca_means"),
+)
+EMBEDDING_CHOICES = ("auto", "postprocessed", "raw")
+
+
+def pca_from_state(state: dict[str, torch.Tensor],
+                   path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(matrix [128, 128], means [128, 1]) from a state dict, None when it has none."""
+    for matrix_key, means_key in _PCA_KEYS:
         if matrix_key in state and means_key in state:
             matrix = state[matrix_key].float()
             means = state[means_key].float().reshape(-1, 1)
             if matrix.shape != (EMBEDDING_SIZE, EMBEDDING_SIZE) or len(means) != EMBEDDING_SIZE:
-                raise UserError(f"{path}: PCA parameters have shapes {matrix.shape}, {means.shape}")
+                raise UserError(f"{path}: PCA parameters have shapes {tuple(matrix.shape)}, "
+                                f"{tuple(means.shape)}, expected (128, 128) and (128, 1)")
             return matrix, means
-    raise UserError(f"{path}: no PCA parameters (pca_eigen_vectors and pca_means)")
+    return None
+
+
+def load_pca(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """AudioSet PCA parameters from torchvggish's .pth, TF's .npz, or a VGGish state dict."""
+    pca = pca_from_state(load_state_dict(path), path)
+    if pca is None:
+        raise UserError(f"{path}: no PCA parameters (pca_eigen_vectors and pca_means)")
+    return pca
+
+
+def random_pca(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random PCA parameters of the published shapes, for `--weights random` builds: an
+    orthogonal matrix scaled to the whitened range and small means."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    q, _ = torch.linalg.qr(torch.randn(EMBEDDING_SIZE, EMBEDDING_SIZE, generator=gen))
+    return q * 4.0, 0.05 * torch.randn(EMBEDDING_SIZE, 1, generator=gen)
+
+
+def pca_project(embeddings: torch.Tensor, matrix: torch.Tensor,
+                means: torch.Tensor) -> torch.Tensor:
+    """AudioSet PCA with whitening: matrix @ (embedding - means) per row, [N, 128]."""
+    return (matrix @ (embeddings.T - means)).T
+
+
+def quantize8(projected: torch.Tensor) -> torch.Tensor:
+    """Clip to [-2, 2] and map to the 256 levels 0..255 (kept as float)."""
+    clipped = projected.clamp(QUANTIZE_MIN, QUANTIZE_MAX)
+    return torch.round((clipped - QUANTIZE_MIN) * (255.0 / (QUANTIZE_MAX - QUANTIZE_MIN)))
 
 
 class VGGishEncoder(AudioEncoder):
@@ -246,9 +291,8 @@ class VGGishEncoder(AudioEncoder):
     def postprocess(self, embeddings: torch.Tensor) -> torch.Tensor:
         """PCA + whitening, clip to [-2, 2], quantise to 0..255 (kept as float)."""
         matrix, means = self.pca
-        projected = (matrix @ (embeddings.T - means)).T
-        clipped = projected.clamp(QUANTIZE_MIN, QUANTIZE_MAX)
-        return torch.round((clipped - QUANTIZE_MIN) * (255.0 / (QUANTIZE_MAX - QUANTIZE_MIN)))
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return quantize8(pca_project(embeddings.float(), matrix, means))
 
     def save_weights(self, path: str | Path) -> Path:
         return save_tensors(self.network.state_dict(), path)
@@ -277,37 +321,62 @@ def _pca_path(pca_params: str) -> Path:
     return path
 
 
+def _pca_for(choice: Any, state: dict[str, torch.Tensor] | None, pca_params: str | None,
+             required: bool, published: bool,
+             ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, str | None]:
+    """The PCA parameters that come with the weights, and their identity for the fingerprint."""
+    if pca_params is not None:
+        path = _pca_path(str(pca_params))
+        return load_pca(path), weights_digest(path)
+    if choice.path is None:  # random weights: random parameters through the same code
+        return random_pca(choice.seed), f"random:{choice.seed}"
+    if state is not None and (inside := pca_from_state(state, choice.path)) is not None:
+        return inside, f"{choice.identity} (pproc)"
+    folder = choice.path if choice.path.is_dir() else choice.path.parent
+    beside = folder / Path(PCA_URL).name
+    if beside.is_file():
+        return load_pca(beside), weights_digest(beside)
+    if required or published:
+        # the published weights ship their PCA file (in the same hub cache): say where it goes
+        raise missing_default("vggish (PCA parameters)", beside.name, PCA_URL, folder)
+    return None, None
+
+
 def _builder(frontend_cfg: LogMelConfig) -> Callable[..., VGGishEncoder]:
     def build(
         spec: EncoderSpec,
         weights: str,
         reduced: bool,
         pca_params: str | None,
+        embedding: str,
         batch_examples: int,
     ) -> VGGishEncoder:
+        if embedding not in EMBEDDING_CHOICES:
+            raise UserError(f"{spec.name}: embedding={embedding!r}, choose one of "
+                            f"{', '.join(EMBEDDING_CHOICES)}")
         choice = resolve(spec.name, weights, _locate_default)
         plan = tuple(s if s == "M" else int(s) // 8 for s in FULL_PLAN) if reduced else FULL_PLAN
         fc = FULL_FC // 16 if reduced else FULL_FC
         with seeded(choice.seed):
             network = VGGishNetwork(plan, fc)
+        state = None
         if choice.path is not None:
             state = load_state_dict(choice.path)
             # torchvggish's full model also carries its postprocessor; that is not the network.
-            state = {k: v for k, v in state.items() if not k.startswith("pproc.")}
+            network_state = {k: v for k, v in state.items() if not k.startswith("pproc.")}
             what = f"the VGGish network{' (reduced)' if reduced else ''} (torchvggish keys)"
-            load_strict(network, state, choice.path, what)
-        pca = None
-        pca_identity = None
-        if pca_params is not None:
-            pca_file = _pca_path(str(pca_params))
-            pca = load_pca(pca_file)
-            pca_identity = weights_digest(pca_file)
+            load_strict(network, network_state, choice.path, what)
+        pca, pca_identity = None, None
+        if embedding != "raw":
+            pca, pca_identity = _pca_for(choice, state, pca_params,
+                                         required=embedding == "postprocessed",
+                                         published=str(weights) == "default")
         preprocessing = {
             **asdict(frontend_cfg),
             "window": "periodic-hann",
             "mel_scale": "htk (mel-domain triangles, DC zeroed)",
             "tail_pad_samples": frontend_cfg.window_samples - frontend_cfg.hop_samples,
-            "postprocess": "pca+quantize8" if pca is not None else None,
+            "postprocess": "pca+quantize8" if pca is not None else "raw",
             "pca_params": pca_identity,
         }
         return VGGishEncoder(
@@ -316,12 +385,15 @@ def _builder(frontend_cfg: LogMelConfig) -> Callable[..., VGGishEncoder]:
             pca,
             int(batch_examples),
             spec=spec,
-            alias=alias_for(spec.name, ["pca"] if pca else [], choice.identity, reduced),
+            # the post-processed stream is the encoder's own name (REACT reads `vggish-react`)
+            alias=alias_for(spec.name, [] if pca is not None else ["raw"], choice.identity,
+                            reduced),
             weights_source=choice.source,
             weights_identity=choice.identity,
             arch={"model": "vggish", "plan": list(plan), "fc": fc, "reduced": reduced},
             preprocessing=preprocessing,
-            options={"pca_params": pca_identity},
+            options={"embedding": "postprocessed" if pca is not None else "raw",
+                     "pca_params": pca_identity},
         )
 
     return build
@@ -337,7 +409,7 @@ SPEC = EncoderSpec(
     chunk_s=0.96 * 625,  # 10 min; blocks of examples inside keep memory flat anyway
     library="torch (port of torchvggish)",
     default_weights=f"torchvggish {Path(WEIGHTS_URL).name} (GitHub; torch hub cache)",
-    description="VGGish 128-d per 0.96 s of 16 kHz audio; optional AudioSet PCA + 8-bit",
+    description="VGGish 128-d per 0.96 s of 16 kHz audio; AudioSet PCA + 8-bit by default",
 )
 
 REACT_SPEC = EncoderSpec(
@@ -353,7 +425,7 @@ REACT_SPEC = EncoderSpec(
     description="REACT's per-frame VGGish: one 96x64 patch per 0.04 s of 24 kHz audio",
 )
 
-_OPTIONS = {"pca_params": None, "batch_examples": 256}
+_OPTIONS = {"embedding": "auto", "pca_params": None, "batch_examples": 256}
 
 REGISTRATIONS = [
     Registration(SPEC, _OPTIONS, _builder(VGGISH_FRONTEND), available),

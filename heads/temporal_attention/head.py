@@ -24,7 +24,6 @@ alpha 0.2; class-balanced sampling with replacement; best checkpoint by validati
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from heads.base import Head, Recipe
+from heads.class_predictions import mean_of_runs, write_csv
 from heads.data import split_clip_ids
 from heads.metrics import confusion_matrix, uar, war
 from heads.registry import register_head
@@ -46,7 +46,12 @@ from heads.temporal_attention.model import (
     mi_loss,
 )
 from heads.temporal_attention.prompts import prompts_for
-from heads.temporal_attention.text import ClipTextTower, build_clip, describe_source
+from heads.temporal_attention.text import (
+    ClipTextTower,
+    build_clip,
+    checkpoint_path,
+    describe_source,
+)
 
 
 def _user_error(message: str) -> Exception:
@@ -210,15 +215,20 @@ class TemporalAttentionHead(Head):
                 face_rows=face.offsets[f_i].astype(np.int64),
                 body_rows=body.offsets[b_i].astype(np.int64),
                 n_frames=np.minimum(face.lengths[f_i], body.lengths[b_i]).astype(np.int64))
-        if "train" not in splits:
-            raise _user_error(f"{store.url}: no train clips with {face_info.alias}, "
-                              f"{body_info.alias} and {label_info.alias}")
+        for needed in ("train", c.val_split):  # before training, not after its first epoch
+            if needed not in splits:
+                raise _user_error(f"{store.url}: no {needed} clips with {face_info.alias}, "
+                                  f"{body_info.alias} and {label_info.alias} (splits: "
+                                  f"{', '.join(splits) or 'none'}; set val_split=)")
         empty = [s.clip_ids[i] for s in splits.values() for i in np.flatnonzero(s.n_frames < 1)]
         if empty:
             raise _user_error(f"{store.url}: clip {empty[0]!r} has no frames in "
                               f"{face_info.alias} or {body_info.alias}")
+        source = describe_source(face_info)
+        if c.text_weights or not source["random"]:  # find the weights before any training
+            source["checkpoint"] = str(checkpoint_path(source, c.text_weights))
         return SegmentData(face=face.data, body=body.data, splits=splits, classes=classes,
-                           dim=int(face_info.dim), source=describe_source(face_info))
+                           dim=int(face_info.dim), source=source)
 
     def build_model(self, data: SegmentData) -> nn.Module:
         c = self.config
@@ -291,20 +301,7 @@ class TemporalAttentionHead(Head):
 
     def export(self, predictions: dict[str, Any], data: SegmentData, split: str,
                out_dir: Path) -> list[Path]:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{split}_predictions.csv"
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["clip_id", "predicted", *data.classes])
-            for clip_id, probs in zip(predictions["clip_ids"], predictions["probabilities"]):
-                writer.writerow([clip_id, data.classes[int(np.argmax(probs))],
-                                 *(f"{p:.6f}" for p in probs)])
-        return [path]
+        return write_csv(predictions, data.classes, split, out_dir)
 
     def ensemble(self, predictions: list[dict[str, Any]]) -> dict[str, Any]:
-        first = predictions[0]["clip_ids"]
-        if any(p["clip_ids"] != first for p in predictions):
-            raise _user_error("temporal_attention: runs predicted different clips")
-        return {"clip_ids": list(first),
-                "probabilities": np.mean([p["probabilities"] for p in predictions], axis=0)}
+        return mean_of_runs(predictions, self.name)

@@ -17,6 +17,7 @@ which gives the same features at a fraction of the 77-token cost.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +87,19 @@ def build_clip(source: dict[str, Any], text_weights: str = "") -> nn.Module:
 
     overrides = dict(REDUCED_CFG) if source["reduced"] else {}
     if source["random"] and not text_weights:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(source["seed"])
-            return open_clip.create_model(source["model"], pretrained=None,
-                                          force_quick_gelu=source["quick_gelu"], **overrides)
-    path = _checkpoint_path(source, text_weights)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # random on purpose: not open_clip's "no weights" warning
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(source["seed"])
+                return open_clip.create_model(source["model"], pretrained=None,
+                                              force_quick_gelu=source["quick_gelu"],
+                                              **overrides)
+        finally:
+            root.setLevel(level)
+    path = Path(source["checkpoint"]) if source.get("checkpoint") else \
+        checkpoint_path(source, text_weights)
     try:
         return open_clip.create_model(source["model"], pretrained=str(path),
                                       force_quick_gelu=source["quick_gelu"], **overrides)
@@ -100,7 +109,8 @@ def build_clip(source: dict[str, Any], text_weights: str = "") -> nn.Module:
                           ) from None
 
 
-def _checkpoint_path(source: dict[str, Any], text_weights: str) -> Path:
+def checkpoint_path(source: dict[str, Any], text_weights: str) -> Path:
+    """The checkpoint file of the image stream's CLIP (sha256-checked), or a UserError."""
     if text_weights:
         path = Path(text_weights).expanduser()
         if not path.is_file():

@@ -34,7 +34,7 @@ def _dyad(site: str, i: int, clip: int) -> tuple[str, str]:
         group = f"{10 + i:03d}_2016-03-25_Paris"
         return (f"NoXI/{group}/Expert_video/{clip}", f"NoXI/{group}/Novice_video/{clip}")
     if site == "RECOLA":
-        first = 25 + 2 * (i % 10)
+        first = (25, 41, 45)[i % 3]  # REACT's RECOLA dyads (P25/P26, P41/P42, P45/P46)
         group = f"RECOLA/group-{i + 1}"
         return (f"{group}/P{first}/{clip}", f"{group}/P{first + 1}/{clip}")
     session = f"{23102 + i:06d}"
