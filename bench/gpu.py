@@ -229,8 +229,9 @@ def bench_decode(table: Table, size: Size, device: str, tmp: str) -> None:
             table.add("2 decode", decoder, "1 worker", "not measured", "",
                       str(exc).splitlines()[0][:100])
             continue
-        table.add("2 decode", decoder, f"1 worker, {side}x{side}",
-                  f"{frames / seconds:,.0f} frames/s", f"{frames / seconds / base:.2f}x PyAV",
+        table.add("2 decode", decoder, f"1 worker thread, {side}x{side}",
+                  f"{frames / seconds:,.0f} frames/s",
+                  f"{frames / seconds / base:.2f}x PyAV 1 process",
                   "identical" if hashes == reference else "frames differ (see note)")
 
 
