@@ -45,6 +45,8 @@ def _files_of(path: str) -> list[str]:
 
 def source_stat(path: str) -> dict[str, Any]:
     """Path, size and mtime of a file, or of a frame folder (its file count and totals)."""
+    if not isinstance(path, str | os.PathLike):  # a malformed record: the run ledgers it
+        return {"path": repr(path), "missing": True}
     absolute = os.path.abspath(path)
     try:
         files = _files_of(absolute)
@@ -58,6 +60,8 @@ def source_stat(path: str) -> dict[str, Any]:
 def source_digest(path: str) -> str | None:
     """sha256 over size and the first and last 64 KiB of each file (first/last frame of a
     folder, plus every frame's name and size)."""
+    if not isinstance(path, str | os.PathLike):
+        return None
     digest = hashlib.sha256()
     try:
         absolute = os.path.abspath(path)
@@ -98,7 +102,11 @@ def clip_definition(clip: dict) -> dict[str, Any]:
         if modality != "text" and not source:
             continue
         entry = _settings(clip, modality)
-        if source:
+        if source and not isinstance(source, str | os.PathLike):
+            # A malformed record from the Python API (clips files are validated when read):
+            # its decode failure is this clip's ledger line; its definition must not stop the run.
+            entry["source"] = {"path": repr(source), "invalid": True}
+        elif source:
             entry["source"] = {**source_stat(source), "digest": source_digest(source)}
         out[modality] = entry
     return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from features_store.tables import format_table, plural
+
 from .plan import DEFAULT_VIDEO_FPS
 
 
@@ -70,21 +72,35 @@ class ExtractReport:
             mine.model_s += s.model_s
 
 
+SUMMARY_FAILURES = 5  # failure lines repeated in the end summary; the ledger has them all
+
+
+def failure_line(record: dict) -> str:
+    """One failure as the user reads it: the clip id, the stream, then the file and reason."""
+    name = record.get("alias") or record.get("stream")
+    stream = f", stream {name}" if name else ""
+    return f"  failed: clip {record.get('clip_id')!r}{stream}: {record.get('message')}"
+
+
 def format_report(report: ExtractReport) -> str:
     lines = [
         f"clips: {report.clips_total} total, {report.done} done, {report.skipped} skipped "
-        f"(already in the store), {report.failed} failed; {report.frames} frames in "
+        f"(already in the store), {report.failed} failed; {plural(report.frames, 'frame')} in "
         f"{report.seconds:.1f} s",
-        f"{'stream':<32} {'clips':>6} {'rows':>9} {'model s':>9} {'rows/s':>9}",
     ]
-    for s in report.streams.values():
-        rate = s.rows / s.model_s if s.model_s > 0 else 0.0
-        lines.append(f"{s.alias:<32} {s.clips:>6} {s.rows:>9} {s.model_s:>9.2f} {rate:>9.1f}")
+    rows = [{"stream": s.alias, "clips": s.clips, "rows": s.rows, "model s": s.model_s,
+             "rows/s": s.rows / s.model_s if s.model_s > 0 else 0.0}
+            for s in report.streams.values()]
+    lines.append(format_table(rows, ["stream", "clips", "rows", "model s", "rows/s"],
+                              decimals=2))
     if report.failed:
         kept = (f" ({report.partial} of them kept their other streams)" if report.partial
                 else "")
-        lines.append(f"{report.failed} clip(s) failed{kept}; the failure ledger is at "
+        lines.append(f"{plural(report.failed, 'clip')} failed{kept}; the failure ledger is at "
                      f"{report.ledger} (`affect store ledger STORE`)")
+        lines += [failure_line(f) for f in report.failures[:SUMMARY_FAILURES]]
+        if len(report.failures) > SUMMARY_FAILURES:
+            lines.append(f"  ... and {len(report.failures) - SUMMARY_FAILURES} more in the ledger")
     return "\n".join(lines)
 
 

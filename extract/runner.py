@@ -11,12 +11,14 @@ stays busy; outputs stream into the part writers, so memory does not grow with c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from features_store import FeatureStore, PartCommitted
 from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
 
-from .clips import clip_table_record
+from .clips import check_clip, clip_table_record
 from .decode_ahead import (
     AudioItem,
     ClipError,
@@ -37,16 +39,21 @@ from .decode_ahead import (
 )
 from .definition import needs_new_record, refuse_changed_clips
 from .plan import StreamPlan, compute_identity, parse_request, stream_info
+from .progress import ProgressLines, wants_progress_lines
 from .report import (
     ExtractOptions,
     ExtractReport,
     StreamStats,
+    failure_line,
     format_report,
     interrupted_message,
 )
 from .resume import has_input, record_plans
 
 log = logging.getLogger(__name__)
+
+DEFAULT_PROGRESS_EVERY_S = 30.0  # progress lines when stderr is not a terminal (as dask runs)
+
 
 def resolve_device(device: str) -> str:
     if device == "auto":
@@ -113,10 +120,15 @@ class Task:
 
     clips: list[dict]
     pending: dict[str, list[str]]  # stream key -> clip ids
+    # stream key -> how many earlier runs committed a part for these same pending clips (their
+    # clips failed there); fixed when the task is made, so a recomputed task keeps its id.
+    retry: dict[str, int] = dataclass_field(default_factory=dict)
 
     def part_id(self, stream_key: str) -> str:
         # Same clips -> same part id, so a rerun after a kill overwrites the orphan part.
-        return "x" + fingerprint([stream_key, self.pending[stream_key]], 16)
+        retry = self.retry.get(stream_key, 0)
+        identity = [stream_key, self.pending[stream_key], *([retry] if retry else [])]
+        return "x" + fingerprint(identity, 16)
 
 
 def make_tasks(
@@ -124,6 +136,7 @@ def make_tasks(
 ) -> tuple[list[Task], int]:
     """Chunk the clips that some stream still lacks into tasks; also count the skipped ones."""
     done = {p.info.key: store.committed_clip_ids(p.info) for p in plans}
+    committed = {p.info.key: set(store.committed_parts(p.info)) for p in plans}
     todo, skipped = [], 0
     for clip in clips:
         missing = [p for p in plans
@@ -140,8 +153,18 @@ def make_tasks(
                          if c["clip_id"] not in done[p.info.key] and has_input(c, p.modality)]
             for p in plans
         }
-        tasks.append(Task(chunk, {k: v for k, v in pending.items() if v}))
+        task = Task(chunk, {k: v for k, v in pending.items() if v})
+        for key in task.pending:
+            # A committed part of these very clips means they failed in an earlier run (else
+            # they would be done): this attempt writes a new part beside it.
+            while _is_committed(committed, key, task.part_id(key)):
+                task.retry[key] = task.retry.get(key, 0) + 1
+        tasks.append(task)
     return tasks, skipped
+
+
+def _is_committed(committed: dict[str, set[str]], key: str, part_id: str) -> bool:
+    return any(p == part_id or p.startswith(f"{part_id}.") for p in committed[key])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,12 +375,13 @@ class TaskRunner:
                     writers[key].drop_clip()
                     audio_open.discard(key)
                 failed.add(key)
-                record = {"clip_id": clip_id, "stream": self._plan(key).info.alias,
-                          "stream_key": key, "stage": stage, "message": message}
+                # "stream" is the key (what `verify` matches); the alias is for people.
+                record = {"clip_id": clip_id, "stream": key,
+                          "alias": self._plan(key).info.alias, "stage": stage,
+                          "message": message}
                 report.failures.append(record)
                 self.store.add_failures([record])
-                log.warning("failed: clip %r, stream %s: %s", clip_id, record["stream"],
-                            message)
+                log.warning("%s", failure_line(record).strip())
 
         for item in items:
             if isinstance(item, VideoItem):
@@ -429,13 +453,20 @@ def run_extraction(
     store: FeatureStore,
     options: ExtractOptions,
     progress: bool = True,
+    progress_every_s: float | None = DEFAULT_PROGRESS_EVERY_S,
 ) -> ExtractReport:
-    """Extract every requested stream for `clips` into `store`, resuming where it stopped."""
+    """Extract every requested stream for `clips` into `store`, resuming where it stopped.
+
+    With ``progress``: a bar on a terminal; elsewhere (logs, CI) a line every
+    ``progress_every_s`` seconds (None: no lines).
+    """
     from tqdm import tqdm
 
     started = time.perf_counter()
     if options.limit is not None:
         clips = clips[: options.limit]
+    for i, clip in enumerate(clips):  # callers of the Python API get the clips file's checks
+        check_clip(clip, f"clips[{i}]")
     device = resolve_device(options.device)
     options = replace(options, device=device)  # the stream keys hold the device used
     plans = build_plans(options, device)
@@ -446,6 +477,8 @@ def run_extraction(
     todo = sum(len(t.clips) for t in tasks)
     bar = tqdm(total=todo, desc="extract", unit="clip", disable=None if progress else True,
                dynamic_ncols=True)
+    lines = (ProgressLines(todo, progress_every_s)
+             if progress and progress_every_s and todo and wants_progress_lines() else None)
     frames_seen = [0]
 
     def on_clip(n: int, frames: int) -> None:
@@ -453,11 +486,14 @@ def run_extraction(
         elapsed = max(time.perf_counter() - started, 1e-9)
         bar.set_postfix(frames_s=f"{frames_seen[0] / elapsed:.1f}", refresh=False)
         bar.update(n)
+        if lines is not None:
+            lines.update(n, frames)
 
     runner = TaskRunner(store, plans, options, device, on_clip)
     try:
-        for task in tasks:
-            report.merge(runner.run(task))
+        with lines if lines is not None else contextlib.nullcontext():
+            for task in tasks:
+                report.merge(runner.run(task))
     except KeyboardInterrupt as exc:
         raise Interrupted(interrupted_message(store.url, report.done + report.partial)) from exc
     finally:

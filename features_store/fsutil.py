@@ -25,19 +25,34 @@ from fsspec.implementations.local import LocalFileSystem
 from .errors import UserError
 
 # Options set once per process by the CLI (`--storage-option`), merged under explicit ones.
-_DEFAULT_STORAGE_OPTIONS: dict[str, Any] = {}
+# Also exported in the environment, so worker processes the command starts (a LocalCluster's)
+# open the store the same way; workers started elsewhere need their own settings.
+STORAGE_OPTIONS_ENV = "AFFECT_STORAGE_OPTIONS"
 
 
 def set_default_storage_options(options: dict[str, Any]) -> None:
-    """Storage options every store opened later in this process uses (explicit ones win)."""
-    _DEFAULT_STORAGE_OPTIONS.clear()
-    _DEFAULT_STORAGE_OPTIONS.update(options)
+    """Storage options every store opened later by this process and its children uses
+    (explicit ones win)."""
+    os.environ[STORAGE_OPTIONS_ENV] = json.dumps(options)
+
+
+def _default_storage_options() -> dict[str, Any]:
+    raw = os.environ.get(STORAGE_OPTIONS_ENV)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise UserError(f"{STORAGE_OPTIONS_ENV}: not a JSON object of fsspec options") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{STORAGE_OPTIONS_ENV}: not a JSON object of fsspec options")
+    return value
 
 
 def storage_options_for(url: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     if "://" not in str(url) or str(url).startswith("file://"):
         return {}
-    return {**_DEFAULT_STORAGE_OPTIONS, **(options or {})}
+    return {**_default_storage_options(), **(options or {})}
 
 
 def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
@@ -146,6 +161,10 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> b
         fs.pipe_file(path, data, mode="create")
     except FileExistsError:
         return False
+    except TypeError:  # a filesystem without exclusive writes: check, then write (not atomic)
+        if fs.exists(path):
+            return False
+        fs.pipe_file(path, data)
     except OSError as exc:  # s3fs reports a failed precondition as an OSError subclass
         if "precondition" in str(exc).lower() or getattr(exc, "errno", None) == 17:
             return False

@@ -571,8 +571,9 @@ class FeatureStore:
         """Several streams of one clip on one timeline `t0 + k * frame_shift_s`.
 
         `method` is "nearest", "mean" (average of the rows inside each target frame) or
-        "linear", or a dict alias -> method. Returns ({alias: [T, D]}, mask [T]) where the mask
-        is True where every stream has data.
+        "linear", or a dict stream -> method (named as in `streams`, or by alias). Returns
+        ({stream as the caller named it: [T, D]}, mask [T]) where the mask is True where every
+        stream has data; a StreamInfo passed in is named by its alias.
         """
         infos = [self.resolve(s) for s in streams]
         spans = []
@@ -591,11 +592,13 @@ class FeatureStore:
         targets = t0 + np.arange(n_frames) * frame_shift_s
         out: dict[str, np.ndarray] = {}
         mask = np.ones(n_frames, dtype=bool)
-        for info, (src_t0, _, _, shift) in zip(infos, spans):
+        for ref, info, (src_t0, _, _, shift) in zip(streams, infos, spans):
+            name = ref if isinstance(ref, str) else info.alias
             rows = self.read_clip(info, clip_id)
-            how = method.get(info.alias, "nearest") if isinstance(method, dict) else method
+            how = (method.get(name, method.get(info.alias, "nearest"))
+                   if isinstance(method, dict) else method)
             values, valid = align.to_timeline(rows, src_t0, shift, targets, frame_shift_s, how)
-            out[info.alias] = values
+            out[name] = values
             mask &= valid
         return out, mask
 
@@ -651,11 +654,43 @@ class FeatureStore:
             name = f"{now_iso().replace(':', '')}-{uuid.uuid4().hex[:8]}.json"
             write_json(self.fs, f"{self.path}/ledger/{name}", rows)
 
-    def failures(self) -> list[dict[str, Any]]:
+    def failures(self, history: bool = False) -> list[dict[str, Any]]:
+        """The failure ledger now: the latest entry per (clip, stream), without clips that a
+        later run committed to that stream. `history=True`: every entry ever written.
+
+        Entries are only ever added (one file per batch, so writers never contend); what is
+        current is worked out here, so a rerun neither duplicates entries nor keeps clips that
+        have since succeeded.
+        """
         out: list[dict[str, Any]] = []
-        for name in list_names(self.fs, f"{self.path}/ledger"):
+        for name in list_names(self.fs, f"{self.path}/ledger"):  # names sort by time
             out.extend(read_json(self.fs, f"{self.path}/ledger/{name}"))
-        return out
+        if history:
+            return out
+        def stream_of(record: dict[str, Any]) -> str | None:
+            # Extraction names the stream by key (`stream_key`) and alias (`stream`).
+            return record.get("stream_key") or record.get("stream")
+
+        latest: dict[tuple, dict[str, Any]] = {}
+        for record in out:
+            stream = stream_of(record)
+            # Entries without a stream (ingest problems) are told apart by stage and file.
+            key = ((record.get("clip_id"), stream) if stream else
+                   (record.get("clip_id"), None, record.get("stage"), record.get("file")))
+            latest.pop(key, None)
+            latest[key] = record
+        known = {s.key for s in self.streams()}
+        committed: dict[str, set[str]] = {}
+
+        def succeeded(record: dict[str, Any]) -> bool:
+            stream = stream_of(record)
+            if not stream or stream not in known:
+                return False
+            if stream not in committed:
+                committed[stream] = self.committed_clip_ids(stream)
+            return record.get("clip_id") in committed[stream]
+
+        return [r for r in latest.values() if not succeeded(r)]
 
     def ledger_path(self) -> str:
         return f"{self.url}/ledger"

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import commit as protocol
+from .backends.base import chunk_rows_for
 from .errors import UserError
 from .manifest import ClipEntry, PartManifest, StreamInfo
 from .paths import check_clip_id
@@ -56,6 +57,10 @@ class PartWriter:
             raise
         self.entries: list[ClipEntry] = []
         self.rows = 0
+        # Re-check the lease about once per backend flush (8 chunks): a writer pruned as dead
+        # (stalled past its TTL) stops writing into a path that may have a new owner.
+        self._check_every = 8 * chunk_rows_for(info.dim, info.dtype)
+        self._unchecked = 0
         self._open_clip: ClipEntry | None = None
         self._clip_ids: set[str] = set()
         self.closed = False
@@ -88,6 +93,10 @@ class PartWriter:
                 f"stream {self.info.alias}: rows of shape {rows.shape}, "
                 f"expected [T, {self.info.dim}]"
             )
+        self._unchecked += len(rows)
+        if self._unchecked >= self._check_every:
+            protocol.check_held(self.store, self.lease)
+            self._unchecked = 0
         self.array.append(rows.astype(self.dtype, copy=False))
         self.rows += len(rows)
         self._open_clip.n_rows += len(rows)
@@ -113,12 +122,19 @@ class PartWriter:
     def commit(self) -> PartManifest:
         """Publish the part. Clips another part committed first are left out (first commit
         wins, noted in `discarded`); if none is left, the part is dropped, not committed."""
+        # Fencing: a writer whose part was pruned writes nothing more and publishes nothing.
+        try:
+            protocol.check_held(self.store, self.lease)
+        except protocol.LeaseLost:
+            self.array.discard()
+            self.closed = True
+            raise
         if self._open_clip is not None:
             raise RuntimeError(f"clip {self._open_clip.clip_id!r} was not ended")
         n_rows = self.array.close()
         if n_rows != self.rows:
             raise RuntimeError(f"part {self.part_id}: wrote {n_rows} rows, expected {self.rows}")
-        protocol.check_held(self.store, self.lease)  # fencing: never publish pruned data
+        protocol.check_held(self.store, self.lease)
         self.store._indexes.pop(self.info.key, None)
         taken = self.store.committed_clip_ids(self.info.key)
         kept = [e for e in self.entries if e.clip_id not in taken]

@@ -324,10 +324,15 @@ CONFIG_RULES: tuple[tuple[str, Any, str], ...] = (
 
 
 def check_config(config: HeadConfig) -> HeadConfig:
-    """`config` itself, or a one-line UserError naming the first field out of its range."""
+    """`config` itself, or a one-line UserError naming the first field out of its range.
+
+    A head's config may widen or add rules with a `RANGE_RULES` class attribute
+    ({field: (test, what the value must be)}), e.g. where 0 means "the paper's value"."""
     from features_store.errors import UserError
 
-    for name, valid, expected in CONFIG_RULES:
+    rules = {name: (valid, expected) for name, valid, expected in CONFIG_RULES}
+    rules.update(getattr(type(config), "RANGE_RULES", {}))
+    for name, (valid, expected) in rules.items():
         value = getattr(config, name)
         bad_number = isinstance(value, float) and not np.isfinite(value)
         if bad_number or not valid(value):

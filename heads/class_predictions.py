@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from features_store.paths import safe_join
+
 
 def write_csv(predictions: dict[str, Any], classes: Sequence[str], split: str,
               out_dir: Path) -> list[Path]:
     """`<out_dir>/<split>_predictions.csv`: clip_id, predicted class, one probability per class."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{split}_predictions.csv"
+    path = safe_join(out_dir, split, suffix="_predictions.csv")  # --split is the user's text
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["clip_id", "predicted", *classes])

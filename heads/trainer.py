@@ -25,6 +25,7 @@ import queue
 import random
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,7 +384,41 @@ def _resolve_recipe(head: Head, store: Any) -> dict[str, Any]:
                 f"{_make_stream_command(store, alias, alias in labels)}"
             ) from None
         streams[alias] = getattr(info, "key", alias)
+        if alias in recipe.features:
+            _check_covers_training_split(head, store, alias, info)
     return {"streams": streams, "aux": list(recipe.aux)}
+
+
+def _check_covers_training_split(head: Head, store: Any, ref: str, info: Any) -> None:
+    """Refuse a stream that lacks clips of the training split when another stream of the same
+    alias has more of them (the alias picked the newest, e.g. a partial `--limit` run), naming
+    the key to use; warn when no stream has them all (some clips failed to extract)."""
+    if not hasattr(store, "clip_ids") or not hasattr(info, "key"):
+        return
+    split = getattr(head.config, "train_split", "train")
+    wanted = set(store.clip_ids(split))
+    if not wanted:
+        return
+    have = len(wanted & store.committed_clip_ids(info))
+    if have == len(wanted):
+        return
+    others = [(len(wanted & store.committed_clip_ids(o)), o) for o in store.streams()
+              if o.key != info.key and info.alias in (o.alias, o.name)]
+    best_count, best = max(others, key=lambda pair: pair[0], default=(0, None))
+    if best is not None and best_count > have:
+        how = f"stream key {best.key}"
+        for name, value in vars(head.config).items():  # the config field that named the stream
+            if value == ref:
+                how = f"--set {name}={best.key}"
+            elif isinstance(value, tuple | list) and ref in value:
+                listed = ",".join(best.key if v == ref else str(v) for v in value)
+                how = f"--set {name}={listed}"
+        raise _user_error(
+            f"store {_store_location(store)}: stream {ref!r} resolves to {info.key}, which has "
+            f"{have} of the {len(wanted)} clips of split {split!r}; {best.key} has "
+            f"{best_count}: use {how}")
+    warnings.warn(f"stream {ref!r} ({info.key}) has {have} of the {len(wanted)} clips of split "
+                  f"{split!r}; training on those", stacklevel=2)
 
 
 def _aliases(store: Any) -> str:

@@ -14,42 +14,68 @@ import sys
 import click
 
 from features_store.errors import UserError
+from pipelines.console import verbose_option
 
-# Sub-command modules, each defining one click command or group named like the attribute.
+# Sub-command modules, each defining one click command or group named like the attribute, and
+# the one-line help `affect --help` shows for it without importing the module (a test checks
+# that it is the command's own first docstring line).
 COMMANDS = [
-    ("pipelines.cli_store", "store"),
-    ("pipelines.cli_encoders", "encoders"),
-    ("pipelines.cli_extract", "extract"),
-    ("pipelines.cli_datasets", "datasets"),
-    ("pipelines.cli_datasets", "sample"),
-    ("pipelines.cli_datasets", "ingest"),
-    ("pipelines.cli_heads", "train"),
-    ("pipelines.cli_heads", "evaluate"),
-    ("pipelines.cli_heads", "predict"),
-    ("pipelines.cli_heads", "ensemble"),
-    ("pipelines.cli_metrics", "metrics"),
-    ("pipelines.cli_demo", "demo"),
-    ("pipelines.cli_runs", "runs"),
-    ("pipelines.cli_runs", "report"),
+    ("pipelines.cli_store", "store", "Inspect, verify, export and import feature stores."),
+    ("pipelines.cli_encoders", "encoders", "List the registered encoders."),
+    ("pipelines.cli_extract", "extract",
+     "Decode each clip once and write every requested encoder's features to the store."),
+    ("pipelines.cli_datasets", "datasets",
+     "Dataset layouts: what each reads and its default recipe."),
+    ("pipelines.cli_datasets", "sample",
+     "Write a small generated copy of a dataset layout with a learnable planted signal."),
+    ("pipelines.cli_datasets", "ingest",
+     "Read a dataset folder into the store: clip table, label streams, aux arrays, ledger."),
+    ("pipelines.cli_heads", "train",
+     "Train a head on cached features; writes config, checkpoints, metrics and curves to RUN."),
+    ("pipelines.cli_heads", "evaluate",
+     "Score a run's best checkpoint on a split; also writes RUN/eval-<split>.json."),
+    ("pipelines.cli_heads", "predict",
+     "Predict a split with a run's best checkpoint and export in the head's official format."),
+    ("pipelines.cli_heads", "ensemble",
+     "Average several runs' predictions on a split and export them (scored if labelled)."),
+    ("pipelines.cli_metrics", "metrics", "Score predictions with benchmark metrics."),
+    ("pipelines.cli_demo", "demo", "Sample -> extract -> train REGNN -> evaluate -> export, "
+     "printing each command."),
+    ("pipelines.cli_runs", "runs", "Run folders: the experiment table."),
+    ("pipelines.cli_runs", "report",
+     "Write one self-contained HTML page of a run: config, streams, curves, the head's plot."),
 ]
 
 
 class LazyGroup(click.Group):
-    """Imports a sub-command's module only when that command runs (or help lists it), so
-    `affect store ls` does not pay for importing torch and the encoder libraries."""
+    """Imports a sub-command's module only when that command runs (or its own help is asked
+    for), so `affect --help` and `affect store ls` do not pay for torch and the encoders."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *(name for _, name in COMMANDS)})
+        return sorted({*super().list_commands(ctx), *(name for _, name, _ in COMMANDS)})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        for module_name, attr in COMMANDS:
+        for module_name, attr, _ in COMMANDS:
             if attr == name:
                 return getattr(importlib.import_module(module_name), attr)
         return super().get_command(ctx, name)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            help_line = next((h for _, attr, h in COMMANDS if attr == name), "")
+            if help_line is None:  # not listed here: ask the command itself
+                command = self.get_command(ctx, name)
+                help_line = command.get_short_help_str(limit=120) if command else ""
+            rows.append((name, help_line))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="affect")
+@verbose_option
 def cli() -> None:
     """affect: extract features once into a store, train many heads on them."""
 
@@ -78,6 +104,9 @@ def os_error_line(exc: OSError) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pipelines import console
+
+    console.configure()  # before any model library is imported: they read it when imported
     try:
         cli.main(args=argv, prog_name="affect", standalone_mode=False)
     except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:

@@ -114,14 +114,16 @@ def sample_command(layout: str, out: str, clips: int | None, seconds: float | No
 @click.option("--data-root", required=True, type=click.Path(),
               help="The dataset folder, as distributed.")
 @click.option("--store", "store_url", required=True, help="Store path or URL (.zarr or .h5).")
-def ingest_command(dataset: str, data_root: str, store_url: str) -> None:
+@click.option("--add-dataset", is_flag=True,
+              help="Add this dataset to a store that holds another one (mixed clip tables).")
+def ingest_command(dataset: str, data_root: str, store_url: str, add_dataset: bool) -> None:
     """Read a dataset folder into the store: clip table, label streams, aux arrays, ledger."""
     from features_store import open_store
 
     from .ingest import ingest as run_ingest
 
     store = open_store(store_url, mode="a", dataset=dataset)
-    report = run_ingest(get_adapter(dataset), data_root, store)
+    report = run_ingest(get_adapter(dataset), data_root, store, add_dataset=add_dataset)
     click.echo(report.summary())
     _print_problems(report.problems, store.ledger_path())
     sys.stdout.flush()

@@ -7,6 +7,7 @@ import json
 import click
 
 from extract.encoders import list_encoders, weights_available
+from features_store.tables import format_table
 
 
 def _shift(value: float | None, modality: str) -> str:
@@ -52,12 +53,7 @@ def ls(as_json: bool) -> None:
         }
         for row in rows
     ]
-    columns = list(shown[0])
-    headers = {c: HEADERS.get(c, c) for c in columns}
-    widths = {c: max(len(headers[c]), *(len(str(r[c])) for r in shown)) for c in columns}
-    click.echo("  ".join(headers[c].ljust(widths[c]) for c in columns).rstrip())
-    for row in shown:
-        click.echo("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
+    click.echo(format_table(shown, list(shown[0]), HEADERS))
     missing = [row["name"] for row in rows if not row["available"]]
     if missing:
         click.echo(

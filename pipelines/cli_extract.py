@@ -9,6 +9,7 @@ import click
 
 from features_store import open_store
 from features_store.errors import Interrupted, UserError
+from pipelines.console import verbose_option
 from pipelines.storage_options import storage_option
 
 
@@ -24,9 +25,11 @@ def _split_list(value: str | None) -> list[str]:
 @click.option("--data-root", type=click.Path(file_okay=False), help="Dataset folder.")
 @click.option("--store", "store_url", required=True, help="Store path or fsspec URL.")
 @click.option("--encoders", help="Comma-separated, name[@face|@body]; default: the recipe's.")
-@click.option("--weights", default="default", show_default=True,
+@click.option("--weights", default="default", show_default=True, envvar="AFFECT_WEIGHTS",
+              show_envvar=True,
               help="default (published weights from the library cache), random, or a path.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1...")
+@click.option("--device", default="auto", show_default=True, envvar="AFFECT_DEVICE",
+              show_envvar=True, help="auto, cpu, cuda, cuda:1...")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Only the first N clips.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -41,7 +44,7 @@ def _split_list(value: str | None) -> list[str]:
               "level; a separate stream).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
               show_default=True)
-@click.option("--reduced", is_flag=True,
+@click.option("--reduced", is_flag=True, envvar="AFFECT_REDUCED", show_envvar=True,
               help="Smaller architectures of the same families (tests and smoke runs).")
 @click.option("--clips-per-part", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--decode-workers", type=click.IntRange(0), default=2, show_default=True)
@@ -58,9 +61,14 @@ def _split_list(value: str | None) -> list[str]:
               help="Run on the dask scheduler described by this file (`dask scheduler "
                    "--scheduler-file`, SLURM deployments).")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any clip fails.")
+@click.option("--progress-every", type=click.FloatRange(min=0, min_open=True),
+              envvar="AFFECT_PROGRESS_EVERY", show_envvar=True, default=30.0, show_default=True,
+              help="Seconds between progress lines when stderr is not a terminal (logs, CI).")
+@verbose_option
 def extract(clips_file, dataset, data_root, store_url, encoders, weights, device, batch_size,
             limit, fps, decode_size, resize_with, dtype, reduced, clips_per_part,
-            decode_workers, decode_in, decoder, scheduler, scheduler_file, strict) -> None:
+            decode_workers, decode_in, decoder, scheduler, scheduler_file, strict,
+            progress_every) -> None:
     """Decode each clip once and write every requested encoder's features to the store."""
     from extract.clips import read_clips_file
     from extract.cluster import ClusterRequest
@@ -132,7 +140,7 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
             options.device = resolve_device(device)
             report = already_done(clips[:limit] if limit else clips, store, options)
         if report is None:
-            report = run_extraction(clips, store, options)
+            report = run_extraction(clips, store, options, progress_every_s=progress_every)
     click.echo(format_report(report))
     # Non-zero only when nothing could be extracted at all, or with --strict.
     if report.failed and (strict or report.done + report.skipped + report.partial == 0):

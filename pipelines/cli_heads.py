@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from features_store.errors import UserError
+from features_store.tables import plural
 from pipelines.storage_options import storage_option
 
 
@@ -24,9 +25,11 @@ def _print_metrics(payload: dict, as_json: bool, title: str | None = None) -> No
         return
     click.echo(title or f"split {payload['split']} ({payload.get('checkpoint', '')} checkpoint, "
                f"epoch {payload.get('epoch', '?')})")
-    for name, value in payload["metrics"].items():
-        click.echo(f"  {name:<22} {value:.4f}" if isinstance(value, float) else
-                   f"  {name:<22} {value}")
+    from features_store.tables import format_table
+
+    rows = [{"metric": name, "value": value} for name, value in payload["metrics"].items()]
+    for line in format_table(rows, ["metric", "value"]).splitlines()[1:]:
+        click.echo(f"  {line}")
 
 
 @click.command()
@@ -177,7 +180,7 @@ def predict(run_dir: str, split: str, export_dir: str | None, store: str | None,
     predictions = predict_model(run.head, run.model, run.data, split)
     out = Path(export_dir) if export_dir else run.paths.predictions / split
     files = run.head.export(predictions, run.data, split, out)
-    click.echo(f"wrote {len(files)} file(s) to {out}")
+    click.echo(f"wrote {plural(len(files), 'file')} to {out}")
 
 
 @click.command()
@@ -206,12 +209,19 @@ def ensemble(runs: str, split: str, export_dir: str, store: str | None, device: 
     head, data = first
     combined = head.ensemble(all_predictions)
     files = head.export(combined, data, split, Path(export_dir))
-    click.echo(f"wrote {len(files)} file(s) to {export_dir}")
+    wrote = f"wrote {plural(len(files), 'file')} to {export_dir}"
     try:
         metrics = head.score(combined, data, split)
     except UserError:
-        return  # an unlabelled split (the challenge test set): nothing to score
+        metrics = None  # an unlabelled split (the challenge test set): nothing to score
     from heads.trainer import _json_ready  # a confusion matrix is an array: JSON lists
 
-    payload = {"split": split, "runs": run_dirs, "metrics": _json_ready(metrics)}
-    _print_metrics(payload, as_json, f"split {split} (ensemble of {len(run_dirs)} runs)")
+    metrics = None if metrics is None else _json_ready(metrics)
+    if as_json:  # stdout is one JSON document, nothing else
+        click.echo(json.dumps({"split": split, "runs": run_dirs, "export": str(export_dir),
+                               "files": len(files), "metrics": metrics}, indent=2))
+        return
+    click.echo(wrote)
+    if metrics is not None:
+        _print_metrics({"split": split, "runs": run_dirs, "metrics": metrics}, False,
+                       f"split {split} (ensemble of {len(run_dirs)} runs)")

@@ -11,18 +11,12 @@ from heads.react_metrics import ALL_METRIC_NAMES, METRIC_NAMES
 
 def _table(rows: dict[str, dict[str, float]]) -> str:
     """One line per predictor, one column per metric: the official ones, then `|` and ours."""
-    name_w = max(len(n) for n in rows)
+    from features_store.tables import format_table
 
-    def line(first: str, cells: list[str]) -> str:
-        official, ours = cells[:len(METRIC_NAMES)], cells[len(METRIC_NAMES):]
-        return "  ".join([first, *official, "|", *ours])
-
-    cols = [max(len(m), 9) for m in ALL_METRIC_NAMES]
-    lines = [line(" " * name_w, [m.rjust(w) for m, w in zip(ALL_METRIC_NAMES, cols)])]
-    for name, values in rows.items():
-        lines.append(line(name.ljust(name_w),
-                          [f"{values[m]:.4f}".rjust(w) for m, w in zip(ALL_METRIC_NAMES, cols)]))
-    return "\n".join(lines)
+    official, ours = list(METRIC_NAMES), [m for m in ALL_METRIC_NAMES if m not in METRIC_NAMES]
+    shown = [{"predictor": name, **{m: values[m] for m in ALL_METRIC_NAMES}, "|": "|"}
+             for name, values in rows.items()]
+    return format_table(shown, ["predictor", *official, "|", *ours], {"predictor": ""})
 
 
 @click.group()

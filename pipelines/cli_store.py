@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from features_store import open_store, verify
 from features_store.exchange import FORMATS, export_stream, import_folder
+from features_store.tables import format_table, plural
 from pipelines.storage_options import storage_option
 
 
@@ -17,11 +18,15 @@ def _fmt_shift(value: float | None) -> str:
     return "per-clip" if value is None else f"{value:g}"
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
+def _names_to_use(s, infos) -> dict[str, str]:
+    """stream key -> what selects that stream: its alias where the alias resolves to it, else
+    its key (two streams of one alias, e.g. a partial `--limit` run and a full one)."""
+    names = {}
+    for info in infos:
+        shared = [o for o in infos if o.alias == info.alias]
+        names[info.key] = (info.alias if len(shared) == 1 or s.resolve(info.alias).key == info.key
+                           else info.key)
+    return names
 
 
 @click.group()
@@ -36,20 +41,30 @@ def store() -> None:
 def ls(store_url: str, as_json: bool) -> None:
     """One row per stream: alias, key, kind, dim, dtype, frame shift, clips, rows, bytes."""
     s = open_store(store_url, mode="r")
+    infos = s.streams()
+    use = _names_to_use(s, infos)
+    table_clips = len(s.clip_ids())
     rows = []
-    for info in s.streams():
+    for info in infos:
         index = s.index(info)
         rows.append({
-            "alias": info.alias, "key": info.key, "kind": info.kind, "dim": info.dim,
-            "dtype": info.dtype, "frame_shift_s": info.frame_shift_s, "clips": len(index),
-            "rows": int(index.n_rows.sum()), "bytes": s.nbytes(info),
+            "use": use[info.key], "alias": info.alias, "key": info.key, "kind": info.kind,
+            "dim": info.dim, "dtype": info.dtype, "frame_shift_s": info.frame_shift_s,
+            "clips": len(index), "rows": int(index.n_rows.sum()), "bytes": s.nbytes(info),
+            "created": info.created,
         })
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
-    shown = [{**r, "frame_shift_s": _fmt_shift(r["frame_shift_s"])} for r in rows]
-    click.echo(_table(shown, list(rows[0]) if rows else ["alias"]) if rows else "(no streams)")
-    click.echo(f"{len(s.clip_ids())} clips in the clip table")
+    if not rows:
+        click.echo("(no streams)")
+    else:
+        # `use` is unique per row: the alias where it selects the stream, else the key.
+        shown = [{**r, "frame_shift_s": _fmt_shift(r["frame_shift_s"])} for r in rows]
+        columns = ["use", "key", "kind", "dim", "dtype", "frame_shift_s", "clips", "rows",
+                   "bytes", "created"]
+        click.echo(format_table(shown, columns, {"use": "stream", "frame_shift_s": "shift s"}))
+    click.echo(f"{plural(table_clips, 'clip')} in the clip table")
 
 
 @store.command("info")
@@ -71,7 +86,7 @@ def info(store_url: str, stream: str, as_json: bool) -> None:
         return
     for key, value in stream_info.to_dict().items():
         click.echo(f"{key:>15}: {value}")
-    click.echo(f"{len(shapes)} clips")
+    click.echo(plural(len(shapes), "clip"))
     for c in shapes:
         span = "" if c.t_end is None else f" .. {c.t_end:g}s"
         click.echo(f"  {c.clip_id}  {list(c.shape)}  t0={c.t0:g}s{span}")
@@ -85,8 +100,8 @@ def verify_cmd(store_url: str, no_values: bool) -> None:
     """Exit 0 when the store is sound, else 1 with every problem listed."""
     s = open_store(store_url, mode="r")
     report = verify(s, check_values=not no_values)
-    summary = (f"{report.streams} streams, {report.parts} parts, {report.clips} clips, "
-               f"{report.rows} rows")
+    summary = ", ".join(plural(n, w) for n, w in ((report.streams, "stream"),
+                        (report.parts, "part"), (report.clips, "clip"), (report.rows, "row")))
     if report.ok:
         click.echo(f"ok: {summary}")
         for note in report.notes:
@@ -122,15 +137,18 @@ def finalize_cmd(store_url: str, prune: bool) -> None:
 @storage_option
 @click.argument("store_url")
 @click.option("--json", "as_json", is_flag=True)
-def ledger(store_url: str, as_json: bool) -> None:
-    """The failure ledger: clips that failed, at which stage, and why."""
-    failures = open_store(store_url, mode="r").failures()
+@click.option("--history", is_flag=True,
+              help="Every entry ever written, including clips that later succeeded.")
+def ledger(store_url: str, as_json: bool, history: bool) -> None:
+    """The failure ledger: clips that failed (and have not succeeded since), at which stage,
+    and why."""
+    failures = open_store(store_url, mode="r").failures(history=history)
     if as_json:
         click.echo(json.dumps(failures, indent=1))
         return
     for f in failures:
         click.echo(f"{f.get('clip_id')}\t{f.get('stage')}\t{f.get('message')}")
-    click.echo(f"{len(failures)} failure(s)")
+    click.echo(plural(len(failures), "failure"))
 
 
 @store.command("export")
@@ -146,7 +164,7 @@ def export(store_url: str, stream: str, fmt: str, out_dir: str, dtype: str | Non
     total = len(s.index(stream))
     with tqdm(total=total, desc="export", unit="clip", disable=None) as bar:
         n = export_stream(s, stream, out_dir, fmt, dtype, progress=bar.update)
-    click.echo(f"exported {n} clips to {out_dir}")
+    click.echo(f"exported {plural(n, 'clip')} to {out_dir}")
 
 
 @store.command("import")
@@ -163,5 +181,5 @@ def import_cmd(folder: str, store_url: str, name: str, frame_shift: float | None
     s = open_store(store_url)
     with tqdm(desc="import", unit="clip", disable=None) as bar:
         report = import_folder(s, folder, name, frame_shift, kind, progress=bar.update)
-    click.echo(f"imported {report.clips} clips ({report.rows} rows) into {report.stream.alias} "
-               f"[{report.stream.key}]")
+    click.echo(f"imported {plural(report.clips, 'clip')} ({plural(report.rows, 'row')}) into "
+               f"{report.stream.alias} [{report.stream.key}]")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from features_store import FeatureStore, StreamInfo
+from features_store.errors import UserError
 
 from .datasets.base import ADAPTER_CODE_VERSION, Adapter, LabelStream, ScanResult
 
@@ -81,14 +82,33 @@ def label_stream_info(dataset: str, spec: LabelStream) -> StreamInfo:
 
 
 def ingest(adapter: Adapter, data_root: str | Path, store: FeatureStore,
-           log: Callable[[str], None] | None = None) -> IngestReport:
+           log: Callable[[str], None] | None = None, add_dataset: bool = False) -> IngestReport:
     """Scan `data_root` with `adapter` and write everything it found into `store`."""
+    check_dataset(store, adapter.name, add_dataset)  # before scanning a large folder
     result = adapter.scan(data_root)
-    return write_scan(result, store, log)
+    return write_scan(result, store, log, add_dataset)
+
+
+DATASETS_NOTE = "datasets"
+
+
+def check_dataset(store: FeatureStore, dataset: str, add_dataset: bool) -> None:
+    """A store holds one dataset unless a second was added on purpose (`--add-dataset`):
+    two datasets' clip tables mixed by accident make every split and label count wrong."""
+    first = store.attrs.get("dataset")
+    added = store.get_note(DATASETS_NOTE) or []
+    if first in (None, dataset) or dataset in added:
+        return
+    if not add_dataset:
+        raise UserError(f"{store.url}: is a {first} store; ingesting {dataset} would mix the two "
+                        f"clip tables; pass --add-dataset to add {dataset} on purpose, or use "
+                        "another --store")
+    store.put_note(DATASETS_NOTE, [*added, dataset])
 
 
 def write_scan(result: ScanResult, store: FeatureStore,
-               log: Callable[[str], None] | None = None) -> IngestReport:
+               log: Callable[[str], None] | None = None, add_dataset: bool = False) -> IngestReport:
+    check_dataset(store, result.dataset, add_dataset)
     report = IngestReport(dataset=result.dataset, data_root=result.data_root, store=store.url,
                           excluded=result.excluded, notes=list(result.notes),
                           problems=list(result.problems))
@@ -120,13 +140,18 @@ def write_scan(result: ScanResult, store: FeatureStore,
     return report
 
 
+_ABSENT = object()
+
+
 def _add_clips(store: FeatureStore, clips: list[dict[str, Any]]) -> None:
     """Only records that are new or changed, so reruns do not pile up identical batches."""
     existing = {r["clip_id"]: r for r in store.clips()}
     changed = []
     for clip in clips:
         record = _jsonable(clip)
-        if existing.get(record["clip_id"]) != record:
+        old = existing.get(record["clip_id"]) or {}
+        # Fields others added (extraction's clip definition) do not make a record "changed".
+        if any(old.get(k, _ABSENT) != v for k, v in record.items()):
             changed.append(record)
     if changed:
         store.add_clips(changed)

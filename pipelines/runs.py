@@ -126,19 +126,18 @@ def format_table(rows: Sequence[RunRow]) -> str:
     def value(x: float | None) -> str:
         return "-" if x is None else f"{x:.4f}"
 
+    from features_store.tables import format_table as shared_table
+
     header = ["run", "head", "dataset", "store", "streams", "seed", "epochs", "metric",
               "best", "test", "updated"]
-    lines = [header]
+    lines = []
     for r in rows:
         keys = ",".join(key.rsplit("-", 1)[-1][:8] for key in r.streams.values())
         epochs = f"{r.epochs_done}/{r.epochs}" if r.epochs is not None else str(r.epochs_done)
         best = value(r.best_value) + (f"@{r.best_epoch}" if r.best_epoch else "")
-        lines.append([r.run, r.head, r.dataset or "-", r.store, keys or "-",
-                      "-" if r.seed is None else str(r.seed), epochs, r.metric or "-", best,
-                      value(r.test_value), r.updated])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
-                     for line in lines)
+        lines.append([r.run, r.head, r.dataset or "-", r.store, keys or "-", r.seed, epochs,
+                      r.metric or "-", best, value(r.test_value), r.updated])
+    return shared_table([dict(zip(header, line)) for line in lines], header)
 
 
 def summarise_seeds(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:

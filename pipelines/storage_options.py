@@ -4,7 +4,9 @@ The options go to fsspec for remote stores (s3fs: endpoint_url, key, secret, ano
 client_kwargs.region_name, ...), on top of what fsspec and botocore already read from AWS_*
 variables, AWS_ENDPOINT_URL and fsspec's config files. They are set process-wide when the
 command line is parsed, so every store the command opens (including a run's recorded store in
-`evaluate`) uses them; local paths ignore them.
+`evaluate`, and the workers of `--scheduler local`) uses them; local paths ignore them. Workers
+of a cluster started elsewhere (`tcp://`, SLURM) take their settings from their own AWS_*
+variables or fsspec config.
 """
 
 from __future__ import annotations

@@ -177,6 +177,7 @@ def s3_server() -> Iterator[S3Server]:
 def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     for name, value in s3_server.env.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AFFECT_STORAGE_OPTIONS", raising=False)  # no --storage-option leaks
     clear_fsspec_instances()
     yield s3_server.env
     clear_fsspec_instances()

@@ -34,7 +34,7 @@ def test_sample_ingests_at_the_real_frame_rate(affwild_root, tmp_path):
     store = open_store(str(tmp_path / "aw.zarr"), dataset="affwild2")
     report = ingest(get_adapter("affwild2"), affwild_root, store)
     assert report.problems == []
-    assert report.clips_per_split == {"train": 5, "val": 1}
+    assert report.clips_per_split == {"train": 4, "val": 1, "test": 1}
     clips = {c["clip_id"]: c for c in store.clips()}
 
     # Two annotated people: two clips sharing one video.
@@ -87,5 +87,5 @@ def test_broken_label_files_are_skipped_and_listed(affwild_root, tmp_path):
     assert any("2-25-32x32.txt: line 8: expected 'valence,arousal'" in m for m in messages)
     assert any("not valid UTF-8" in m for m in messages)
     assert any("77-30-32x32.txt: missing video 77-30-32x32" in m for m in messages)
-    assert report.clips_per_split == {"train": 3, "val": 1}
+    assert report.clips_per_split == {"train": 2, "val": 1, "test": 1}
     assert verify(store).ok

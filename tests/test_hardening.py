@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -344,3 +345,294 @@ def test_store_import_of_two_files_for_one_clip_is_one_line_and_leaves_no_stream
                            capsys=capsys)
     assert code == 2 and "clip 'a' is also in" in err and len(err.splitlines()) == 1
     assert [s.alias for s in open_store(store.url, mode="r").streams()] == ["clip-vit-b16"]
+
+
+# --- 12: --json means stdout is one JSON document ------------------------------------------------
+
+def _json_commands() -> set[str]:
+    """Every command path that has a --json option."""
+    import click
+
+    from pipelines.cli import cli
+
+    found = set()
+
+    def walk(command, path):
+        if isinstance(command, click.Group):
+            ctx = click.Context(command)
+            for name in command.list_commands(ctx):
+                walk(command.get_command(ctx, name), [*path, name])
+        elif any("--json" in p.opts for p in command.params):
+            found.add(" ".join(path))
+
+    walk(cli, [])
+    return found
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    from test_trainer import TinyHead, build_tiny_store, tiny
+
+    from heads.registry import register_head
+    from heads.trainer import train
+
+    @register_head
+    class TinyEnsembleHead(TinyHead):
+        name = "tiny-ensemble-head"
+
+        def ensemble(self, predictions):
+            return np.mean(predictions, axis=0)
+
+        def export(self, predictions, data, split, out_dir):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            np.save(out_dir / f"{split}.npy", predictions)
+            return [out_dir / f"{split}.npy"]
+
+    root = tmp_path_factory.mktemp("runs")
+    store = build_tiny_store(root / "tiny.zarr")
+    runs = []
+    for seed in (0, 1):
+        head = TinyEnsembleHead(tiny(epochs=1, seed=seed).config)
+        train(head, store, root / f"run{seed}", device="cpu", progress=False)
+        runs.append(str(root / f"run{seed}"))
+    return store, runs, root
+
+
+def test_every_json_option_prints_only_json(two_runs, tmp_path, capsys):
+    store, runs, root = two_runs
+    invocations = {
+        "store ls": ["store", "ls", store, "--json"],
+        "store info": ["store", "info", store, "tiny-x", "--json"],
+        "store ledger": ["store", "ledger", store, "--json"],
+        "encoders ls": ["encoders", "ls", "--json"],
+        "datasets ls": ["datasets", "ls", "--json"],
+        "runs ls": ["runs", "ls", str(root), "--json"],
+        "evaluate": ["evaluate", "--run", runs[0], "--json", "--device", "cpu"],
+        "ensemble": ["ensemble", "--runs", ",".join(runs), "--split", "val", "--export",
+                     str(tmp_path / "ens"), "--json", "--device", "cpu"],
+    }
+    # `metrics react` needs a REACT tree; its --json path is covered in test_react_metrics.
+    assert _json_commands() - {"metrics react"} == set(invocations)
+    for name, args in invocations.items():
+        code, out, _ = run_cli(*args, capsys=capsys)
+        assert code == 0, name
+        json.loads(out)  # nothing but the document
+
+
+# --- 16: help without torch ----------------------------------------------------------------------
+
+def _fresh_python(code: str) -> tuple[str, float]:
+    import subprocess
+    import sys
+    import time
+
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()}, check=True)
+    return result.stdout.strip(), time.perf_counter() - started
+
+
+HEAVY = ("torch", "zarr", "h5py", "timm", "transformers", "open_clip", "av", "numpy")
+
+
+def test_affect_help_imports_no_model_or_array_library():
+    code = ("import sys\nfrom pipelines.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\n"
+            f"print('loaded:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out, seconds = _fresh_python(code)
+    assert out.splitlines()[-1] == "loaded:"  # none of them
+    assert "Commands:" in out and "extract" in out
+    assert seconds < 10  # about 0.25 s on the 2-core CI machine (BENCHMARKS.md); generous
+
+
+def test_the_help_lines_listed_without_imports_are_the_commands_own():
+    import click
+
+    from pipelines.cli import COMMANDS, cli
+
+    ctx = click.Context(cli)
+    for _, name, listed in COMMANDS:
+        own = cli.get_command(ctx, name).get_short_help_str(limit=500)
+        assert listed == own, name
+
+
+# --- 17 and 7: tables that line up, and one name per stream ------------------------------------
+
+def test_tables_align_long_names_print_counts_as_ints_and_say_1_clip():
+    from features_store.tables import format_table, plural
+
+    table = format_table([{"alias": "swin-t@random@reduced-and-then-some", "clips": 1,
+                           "speakers": 2, "FRC": 0.123456},
+                          {"alias": "v", "clips": 12, "speakers": 10, "FRC": 1.5}],
+                         ["alias", "clips", "speakers", "FRC"])
+    header, first, second = table.splitlines()
+    assert len({line.index("clips") + 5 for line in [header]} |
+               {first.index(" 1 ") + 2, second.index("12") + 2}) == 1  # right edges agree
+    assert "2.0000" not in table and " 2 " in first and "0.1235" in first
+    assert plural(1, "clip") == "1 clip" and plural(2, "clip") == "2 clips"
+
+
+def test_store_ls_gives_every_stream_a_unique_name_to_use(tmp_path, capsys):
+    store = open_store(str(tmp_path / "s.zarr"))
+    store.add_clips({"clip_id": c, "split": "train"} for c in ("a", "b", "c"))
+    infos = []
+    for clips, seed in ((["a"], 1), (["a", "b", "c"], 2)):  # a --limit 1 run, then a full one
+        info = store.create_stream(StreamInfo(name="swin-t", alias="swin-t@random@reduced",
+                                              dim=2, frame_shift_s=0.04,
+                                              preprocessing={"run": seed}))
+        with store.part_writer(info, "p0") as writer:
+            for c in clips:
+                writer.write_clip(c, np.zeros((2, 2), np.float32))
+        infos.append(info)
+    store.finalize()
+    code, out, _ = run_cli("store", "ls", store.url, "--json", capsys=capsys)
+    rows = json.loads(out)
+    assert len({r["use"] for r in rows}) == 2
+    newest = store.resolve("swin-t@random@reduced")
+    assert {r["use"] for r in rows} == {"swin-t@random@reduced",
+                                        next(i.key for i in infos if i.key != newest.key)}
+    code, out, _ = run_cli("store", "ls", store.url, capsys=capsys)
+    assert "3 clips in the clip table" in out
+    lines = out.splitlines()
+    assert len({line.index(" float32") for line in lines[1:3]}) == 1  # columns line up
+
+
+def test_a_head_refuses_a_partial_stream_and_names_the_complete_one(tmp_path):
+    from test_trainer import build_tiny_store, tiny
+
+    from heads.trainer import train
+
+    url = build_tiny_store(tmp_path / "tiny.zarr")
+    store = open_store(url)
+    full = store.resolve("tiny-x")
+    partial = store.create_stream(StreamInfo(name="tiny-x", dim=6, frame_shift_s=0.1,
+                                             preprocessing={"limit": 2},
+                                             created="2999-01-01T00:00:00+00:00"))
+    with store.part_writer(partial, "p0") as writer:  # a later `--limit 2` run: newest
+        for clip_id in ("c00", "c01"):
+            writer.write_clip(clip_id, np.zeros((5, 6), np.float32))
+    store.finalize()
+    assert store.resolve("tiny-x").key == partial.key
+    with pytest.raises(UserError) as refused:
+        train(tiny(epochs=1), url, tmp_path / "run", device="cpu", progress=False)
+    assert f"resolves to {partial.key}, which has 2 of the 8 clips of split 'train'" in str(
+        refused.value)
+    assert full.key in str(refused.value)
+
+
+# --- 13: the failure ledger says what is failing now ---------------------------------------------
+
+def test_the_ledger_keeps_one_current_entry_per_clip_and_stream_and_forgets_successes(
+        videos, tmp_path, capsys):
+    import shutil
+
+    store = str(tmp_path / "s.zarr")
+    late = tmp_path / "late.mp4"  # arrives after the first two runs
+    clips = write_lines(tmp_path / "clips.jsonl",
+                        {"clip_id": "good", "video": str(videos / "one.mp4")},
+                        {"clip_id": "late", "video": str(late)})
+    for _ in range(2):
+        run_cli(*extract_args(clips, store), capsys=capsys)
+    s = open_store(store, mode="r")
+    assert [(f["clip_id"], f["stage"]) for f in s.failures()] == [("late", "open")]
+    assert s.failures()[0]["stream_key"] == s.resolve("hsemotion-enet-b0").key
+    assert len(s.failures(history=True)) == 2
+
+    shutil.copy(videos / "two.mp4", late)
+    code, out, _ = run_cli(*extract_args(clips, store), capsys=capsys)
+    assert code == 0 and "1 done" in out
+    s = open_store(store, mode="r")
+    assert s.failures() == [] and len(s.failures(history=True)) == 2
+    code, out, _ = run_cli("store", "ledger", store, capsys=capsys)
+    assert out.strip() == "0 failures"
+
+
+# --- 18: a second dataset in a store only on purpose ----------------------------------------------
+
+def test_ingesting_a_second_dataset_needs_add_dataset(tmp_path, capsys):
+    from pipelines.samples import generate_sample
+
+    generate_sample("cremad", tmp_path / "crema", clips=4, seconds=0.5, seed=1, size=32)
+    generate_sample("meld", tmp_path / "meld", clips=4, seconds=0.5, seed=1, size=32)
+    store = str(tmp_path / "s.zarr")
+    ingest = ["ingest", "--store", store, "--dataset"]
+    assert run_cli(*ingest, "cremad", "--data-root", str(tmp_path / "crema"),
+                   capsys=capsys)[0] == 0
+    before = open_store(store, mode="r").clip_ids()
+    code, _, err = run_cli(*ingest, "meld", "--data-root", str(tmp_path / "meld"), capsys=capsys)
+    assert code == 2 and "is a cremad store" in err and "--add-dataset" in err
+    assert len(err.splitlines()) == 1
+    assert open_store(store, mode="r").clip_ids() == before
+    assert run_cli(*ingest, "meld", "--data-root", str(tmp_path / "meld"), "--add-dataset",
+                   capsys=capsys)[0] == 0
+    assert len(open_store(store, mode="r").clip_ids()) > len(before)
+    # Once added, a rerun (or `extract --dataset meld`) is not refused again.
+    assert run_cli(*ingest, "meld", "--data-root", str(tmp_path / "meld"), capsys=capsys)[0] == 0
+
+
+def test_split_named_exports_refuse_a_split_that_climbs_out(tmp_path):
+    from types import SimpleNamespace
+
+    from heads.registry import get_head
+
+    for name in ("trm", "temporal_attention"):
+        head = get_head(name)()
+        stub = SimpleNamespace(clips=lambda split: [], classes=[])
+        with pytest.raises(UserError, match="'..'"):
+            head.export({}, stub, "../../escaped", tmp_path / "out")
+    assert not (tmp_path.parent / "escaped_va.csv").exists()
+
+
+def test_encoders_ls_imports_no_model_library():
+    code = ("import sys\nfrom pipelines.cli import main\ntry:\n    main(['encoders', 'ls'])\n"
+            "except SystemExit:\n    pass\n"
+            f"print('loaded:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out, _ = _fresh_python(code)
+    assert "minilm-l6" in out and out.splitlines()[-1] == "loaded:"
+
+
+def test_each_family_builds_exactly_what_the_torch_free_catalog_lists():
+    import importlib
+
+    from extract.encoders.specs import CATALOG
+
+    for entry in CATALOG:
+        family = importlib.import_module(f"extract.encoders.{entry.family}")
+        built = {r.spec.name: r for r in family.REGISTRATIONS}
+        registration = built[entry.spec.name]
+        assert registration.spec is entry.spec and dict(registration.options) == dict(
+            entry.options) and registration.available is entry.available, entry.spec.name
+    families = {e.family for e in CATALOG}
+    assert sum(len(importlib.import_module(f"extract.encoders.{f}").REGISTRATIONS)
+               for f in families) == len(CATALOG)
+
+
+@pytest.mark.parametrize("env", [{"TORCH_HOME": "/tmp/th"}, {"XDG_CACHE_HOME": "/tmp/xdg"}, {}])
+def test_the_torch_free_hub_folder_is_torchs(monkeypatch, env):
+    import torch
+
+    from extract.encoders.specs import torch_hub_dir_from_env
+
+    for name in ("TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert torch_hub_dir_from_env() == Path(torch.hub.get_dir())
+
+
+def test_a_store_that_is_a_file_and_an_unknown_device_are_one_line(tmp_path, capsys):
+    text = write_lines(tmp_path / "clips.jsonl", {"clip_id": "t", "text": "hello"})
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a store")
+    base = ["extract", "--clips", text, "--encoders", "minilm-l6", "--weights", "random",
+            "--reduced"]
+    for extra, expected in ((["--store", str(afile)], "is a file, not a feature store"),
+                            (["--store", str(tmp_path / "s.zarr"), "--device", "tpu"],
+                             "--device tpu: not a torch device")):
+        code, _, err = run_cli(*base, *extra, capsys=capsys)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and expected in errors[0]
+        assert "Traceback" not in err
+    code, _, err = run_cli("store", "ls", str(afile), capsys=capsys)
+    assert code == 2 and "is a file" in err
+    assert afile.read_text() == "not a store"

@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 
 import extract.decode_ahead as decode_module
+import extract.runner as runner_module
 from extract.runner import ExtractOptions, run_extraction
 from features_store import open_store, verify
+from features_store.errors import UserError
 from pipelines.synthetic.av_writer import write_video
 
 VIDEO = "hsemotion-enet-b0"
@@ -47,25 +49,22 @@ def media(tmp_path_factory):
 
 
 def _options(**kw) -> ExtractOptions:
+    # 5 fps keeps the model's share of these tests small: they are about the runner.
     base = dict(encoders=[VIDEO, AUDIO], weights="random", reduced=True, device="cpu",
-                batch_size=16, clips_per_part=4, decode_workers=2, dtype="float32")
+                batch_size=16, clips_per_part=4, decode_workers=2, dtype="float32", fps=5)
     base.update(kw)
     return ExtractOptions(**base)
 
 
 @pytest.mark.timeout(120)
-def test_a_clip_whose_video_is_a_list_is_a_ledger_line_not_a_hang(media, tmp_path):
-    # Today the decode thread dies with a TypeError and the run waits for it forever.
-    clips = [{"clip_id": "l", "video": ["x"]},
-             {"clip_id": "good", "video": str(media / "talk.mp4")}]
+def test_a_clip_whose_video_is_a_list_is_one_error_line_not_a_hang(media, tmp_path):
+    # Once the decode thread died with a TypeError here and the run waited for it forever.
+    clips = [{"clip_id": "good", "video": str(media / "talk.mp4")},
+             {"clip_id": "l", "video": ["x"]}]
     store = open_store(str(tmp_path / "s.zarr"))
-    report = run_extraction(clips, store, _options(encoders=[VIDEO]), progress=False)
-    assert (report.done, report.failed) == (1, 1)
-    ledger = {f["clip_id"]: f for f in store.failures()}
-    assert set(ledger) == {"l"}
-    assert "TypeError" in ledger["l"]["message"]
-    assert store.committed_clip_ids(VIDEO) == {"good"}
-    assert verify(store).ok
+    with pytest.raises(UserError, match=r"clips\[1\]: clip 'l': 'video' must be a string"):
+        run_extraction(clips, store, _options(encoders=[VIDEO]), progress=False)
+    assert store.streams() == []  # refused before anything was written
 
 
 @pytest.mark.timeout(120)
@@ -104,10 +103,12 @@ def test_a_video_without_audio_keeps_its_video_features(media, tmp_path):
     assert store.committed_clip_ids(AUDIO) == {"talk"}
     (entry,) = store.failures()
     assert entry["clip_id"] == "silent" and entry["stage"] == "no_audio"
-    assert entry["stream"] == store.resolve(AUDIO).alias
+    assert entry["stream"] == store.resolve(AUDIO).key
+    assert entry["alias"] == store.resolve(AUDIO).alias
     assert "silent.mp4" in entry["message"]
     assert report.failed == 1 and report.failures[0]["stream"] == entry["stream"]
-    assert store.read_clip(VIDEO, "silent").shape[0] == 25
+    # The stream that failed is accounted for by the ledger, so the store verifies clean.
+    assert store.read_clip(VIDEO, "silent").shape[0] == 5  # 1 s at 5 fps
     assert verify(store).ok
     # A rerun retries only what is missing and keeps what is there.
     again = run_extraction(clips, store, _options(), progress=False)
@@ -115,6 +116,36 @@ def test_a_video_without_audio_keeps_its_video_features(media, tmp_path):
     assert store.committed_clip_ids(VIDEO) == {"talk", "silent"}
 
 
+@pytest.mark.timeout(120)
+def test_ctrl_c_in_the_cli_says_what_is_kept(media, tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    real_run = runner_module.TaskRunner.run
+    calls = []
+
+    def interrupted_on_the_third_task(self, task):
+        calls.append(task)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+        return real_run(self, task)
+
+    monkeypatch.setattr(runner_module.TaskRunner, "run", interrupted_on_the_third_task)
+    clips = [{"clip_id": f"c{i}", "video": str(media / "talk.mp4")} for i in range(4)]
+    clips_file = tmp_path / "clips.jsonl"
+    clips_file.write_text("\n".join(json.dumps(c) for c in clips) + "\n")
+    store = str(tmp_path / "s.zarr")
+    with pytest.raises(SystemExit) as ended:
+        main(["extract", "--clips", str(clips_file), "--store", store, "--encoders", VIDEO,
+              "--weights", "random", "--reduced", "--device", "cpu", "--dtype", "float32",
+              "--clips-per-part", "1", "--fps", "5"])
+    assert ended.value.code == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: the 2 clip(s) finished in this run"), last
+    assert store in last and "rerun the same command to resume" in last
+    assert open_store(store, "r").committed_clip_ids(VIDEO) == {"c0", "c1"}
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_ctrl_c_says_committed_parts_are_kept_and_a_rerun_resumes(media, tmp_path):
     clips = [{"clip_id": f"c{i}", "video": str(media / "talk.mp4")} for i in range(30)]
@@ -139,6 +170,92 @@ def test_ctrl_c_says_committed_parts_are_kept_and_a_rerun_resumes(media, tmp_pat
     kept = open_store(store, "r").committed_clip_ids(VIDEO)
     assert 2 <= len(kept) < len(clips)
     again = run_extraction(clips[:len(kept) + 1], open_store(store),
-                           _options(encoders=[VIDEO], dtype="float16"),  # as the CLI
+                           _options(encoders=[VIDEO], dtype="float16", fps=25.0),  # as the CLI
                            progress=False)
     assert (again.skipped, again.done) == (len(kept), 1)
+
+
+def _extract_cli(clips: list[dict], tmp_path, store: str, *extra: str,
+                 env: dict | None = None) -> subprocess.CompletedProcess:
+    clips_file = tmp_path / f"{os.path.basename(store)}.jsonl"
+    clips_file.write_text("\n".join(json.dumps(c) for c in clips) + "\n")
+    cmd = [sys.executable, "-m", "pipelines", "extract", "--clips", str(clips_file), "--store",
+           store, "--weights", "random", "--reduced", "--device", "cpu", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(320)
+def test_a_logged_run_names_clip_and_file_shows_progress_and_no_library_chatter(media,
+                                                                               tmp_path):
+    # stderr is a pipe here, as in a SLURM log or CI: no bar, so progress lines instead.
+    clips = [{"clip_id": "talk", "video": str(media / "talk.mp4")},
+             {"clip_id": "quiet-part", "video": str(media / "silent.mp4"), "start": 0.2}]
+    done = _extract_cli(clips, tmp_path, str(tmp_path / "log.zarr"), "--encoders",
+                        f"clip-vit-b16,{AUDIO}", env={"AFFECT_PROGRESS_EVERY": "0.5"})
+    assert done.returncode == 0, done.stderr
+    err = done.stderr.splitlines()
+    # The failure is a line of its own that says which clip, which stream and which file.
+    (failure,) = [line for line in err if "quiet-part" in line]
+    assert failure.startswith("failed: clip 'quiet-part', stream vggish")
+    assert "silent.mp4" in failure and "no audio" in failure
+    assert any("failed: clip 'quiet-part'" in line for line in done.stdout.splitlines())
+    # Progress lines come from a timer, so at least one shows while the models are built.
+    progress = [line for line in err if line.startswith("extract: ")]
+    assert progress and "/2 clips" in progress[-1]
+    for chatter in ("No pretrained weights", "Writing model shards", "Loading weights",
+                    "WARNING:root"):
+        assert chatter not in done.stderr
+    # --verbose brings the libraries' own lines back.
+    loud = _extract_cli(clips[:1], tmp_path, str(tmp_path / "loud.zarr"), "--encoders",
+                        "clip-vit-b16", "--verbose", "--progress-every", "1000")
+    assert loud.returncode == 0, loud.stderr
+    assert "No pretrained weights loaded" in loud.stderr
+    assert not any(line.startswith("extract: ") for line in loud.stderr.splitlines())
+
+
+@pytest.fixture
+def cli_console():
+    """The CLI's stderr set-up, undone afterwards (it changes the process's logging)."""
+    import logging
+
+    from pipelines import console
+
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    yield console
+    console.configure(verbose=True)  # drops the quiet env switches it set
+    root.handlers[:] = before[0]
+    root.setLevel(before[1])
+    logging.captureWarnings(False)
+
+
+def test_failure_lines_go_above_the_bar_and_library_warnings_only_with_verbose(
+        media, tmp_path, cli_console, capsys):
+    import logging
+
+    cli_console.configure(verbose=False)
+    clips = [{"clip_id": "quiet-part", "video": str(media / "silent.mp4"), "start": 0.2}]
+    run_extraction(clips, open_store(str(tmp_path / "s.zarr")), _options(encoders=[AUDIO]),
+                   progress=True, progress_every_s=None)
+    logging.getLogger("timm.models").warning("No pretrained weights exist for this model")
+    logging.warning("No pretrained weights loaded for model 'ViT-B-16'")  # open_clip's way
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "quiet-part" in x]
+    assert line.startswith("failed: clip 'quiet-part', stream vggish") and "silent.mp4" in line
+    assert "No pretrained weights" not in err
+    cli_console.configure(verbose=True)
+    logging.warning("No pretrained weights loaded for model 'ViT-B-16'")
+    assert "No pretrained weights loaded" in capsys.readouterr().err
+
+
+def test_without_a_terminal_progress_lines_come_every_few_seconds(media, tmp_path, capsys):
+    clips = [{"clip_id": f"c{i}", "video": str(media / "talk.mp4")} for i in range(3)]
+    run_extraction(clips, open_store(str(tmp_path / "s.zarr")),
+                   _options(encoders=[VIDEO], clips_per_part=1), progress=True,
+                   progress_every_s=0.05)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("extract: ")]
+    assert len(lines) >= 2  # stderr is captured, not a terminal: no bar, lines instead
+    assert lines[-1].startswith("extract: 3/3 clips, 15 frames")
+    assert "elapsed" in lines[-1]

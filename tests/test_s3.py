@@ -64,7 +64,7 @@ def test_store_commands_work_on_an_s3_store(s3_store_url, s3_server, tmp_path, n
     listed = json.loads(invoke("store", "ls", url, "--json"))
     assert [(s["alias"], s["clips"]) for s in listed] == [("enc", 4)]
     assert "4 clips" in invoke("store", "info", url, "enc")
-    assert invoke("store", "verify", url).startswith("ok: 1 streams, 1 parts, 4 clips")
+    assert invoke("store", "verify", url).startswith("ok: 1 stream, 1 part, 4 clips")
     assert invoke("store", "finalize", url, "--prune").strip() == "finalized"
     invoke("store", "export", url, "enc", "--out", str(tmp_path / "npy"))
     assert np.array_equal(np.load(tmp_path / "npy" / "c2.npy"), rows_of(2))
@@ -87,7 +87,7 @@ def test_storage_options_on_the_command_line(s3_store_url, s3_server, monkeypatc
     env = {k: v for k, v in os.environ.items()}
     done = subprocess.run([AFFECT, "store", "verify", url, *options], capture_output=True,
                           text=True, timeout=120, env=env)
-    assert done.returncode == 0 and done.stdout.startswith("ok: 1 streams"), done.stderr
+    assert done.returncode == 0 and done.stdout.startswith("ok: 1 stream,"), done.stderr
     # Without them the same command cannot sign its requests: one line, exit 2.
     failed = subprocess.run([AFFECT, "store", "ls", url], capture_output=True, text=True,
                             timeout=120, env={**env, "AWS_ENDPOINT_URL": s3_server.endpoint_url})

@@ -416,3 +416,16 @@ def test_window_dataset_maps_a_faster_stream_onto_the_first_streams_timeline(tmp
     assert last_b["audio"][:10, 0].tolist() == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
     assert last_b["mask"].tolist() == [True] * 10 + [False] * 6
     assert all(dataset[i]["audio"].equal(batch[i]["audio"]) for i in range(len(dataset)))
+
+
+def test_read_aligned_answers_under_the_names_the_caller_used(tmp_path):
+    store = open_store(str(tmp_path / "s.zarr"))
+    store.create_stream(StreamInfo(name="swin-t", alias="swin-t@random@reduced", dim=2,
+                                   frame_shift_s=0.04))
+    with store.part_writer("swin-t@random@reduced", "p0") as writer:
+        writer.write_clip("c", np.ones((5, 2), np.float32))
+    store.finalize()
+    key = store.resolve("swin-t").key
+    feats, _ = store.read_aligned("c", ["swin-t", key], 0.04, method={"swin-t": "mean"})
+    assert set(feats) == {"swin-t", key}
+    assert feats["swin-t"].shape == (5, 2)

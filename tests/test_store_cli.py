@@ -81,11 +81,14 @@ def test_ls_lists_every_stream_with_its_shape_and_size(react_store):
     assert set(streams) == {"clip-vit-b16", "va"}
     video = streams["clip-vit-b16"]
     assert set(video) == {
-        "alias", "key", "kind", "dim", "dtype", "frame_shift_s", "clips", "rows", "bytes"
+        "use", "alias", "key", "kind", "dim", "dtype", "frame_shift_s", "clips", "rows", "bytes",
+        "created",
     }
     total_rows = sum(len(rows_of(i)) for i in range(len(REACT_CLIPS)))
+    assert video.pop("created")
     assert video == {
-        "alias": "clip-vit-b16", "key": react_store.resolve("clip-vit-b16").key,
+        "use": "clip-vit-b16", "alias": "clip-vit-b16",
+        "key": react_store.resolve("clip-vit-b16").key,
         "kind": "feature", "dim": 16, "dtype": "float16", "frame_shift_s": 0.04,
         "clips": 4, "rows": total_rows, "bytes": total_rows * 16 * 2,
     }

@@ -8,7 +8,9 @@ commit.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import subprocess
 import sys
 import time
@@ -221,3 +223,68 @@ def test_verify_tells_a_complete_stream_from_an_incomplete_one(tmp_path):
     assert "incomplete: 1 of 3 intended clip(s) not committed ('clip02')" in report.problems[0]
     store.add_failures([{"clip_id": "clip02", "stage": "decode", "message": "corrupt"}])
     assert verify(store).ok  # a failure in the ledger is accounted for
+
+
+def test_a_writer_whose_part_was_pruned_never_publishes_a_manifest(tmp_path):
+    """A writer that stalled past its TTL and was judged dead must fail at commit, not publish
+    a manifest naming rows that are gone."""
+    url = str(tmp_path / "x.zarr")
+    store, audio, _ = new_store(url)
+    writer = store.part_writer(audio, "s0")
+    writer.write_clip("clip00", rows_of(0))
+    # Another run's clean-up judged it dead (here: as its own finished run) and removed it.
+    pruner = open_store(url, run_id=store.run_id)
+    assert protocol.delete_dead_part(pruner, audio.key, "s0", own_run_id=store.run_id)
+    with pytest.raises(protocol.LeaseLost):  # it notices by its next flush's worth of rows
+        writer.write_clip("clip01", rows_of(1))
+    with pytest.raises(protocol.LeaseLost):
+        writer.commit()
+    assert not store.part_committed(audio, "s0")
+    assert "s0" not in store.backend.list_parts(audio.key)
+    assert verify(store).ok
+
+
+@pytest.mark.slow  # two real extraction runs at once: a minute or more on two cores
+@pytest.mark.parametrize("name", BACKENDS)
+def test_two_affect_extract_runs_on_one_store_at_once_both_complete(tmp_path, name):
+    """One person extracts audio while another extracts video, into the same store."""
+    from pipelines.synthetic.av_writer import write_video
+
+    rng = np.random.default_rng(0)
+    clips = []
+    for i in range(8):
+        frames = rng.integers(0, 255, size=(40, 48, 48, 3)).astype(np.uint8)
+        tone = (0.3 * np.sin(np.arange(25600) * (0.05 + 0.01 * i))).astype(np.float32)
+        write_video(tmp_path / f"v{i}.mp4", frames, fps=25, audio=tone)
+        clips.append({"clip_id": f"v{i}", "video": str(tmp_path / f"v{i}.mp4")})
+    clips_file = tmp_path / "clips.jsonl"
+    clips_file.write_text("".join(json.dumps(c) + "\n" for c in clips))
+    url = str(tmp_path / name)
+    open_store(url)  # both runs open an existing store
+    def start(encoder: str, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipelines", "extract", "--clips", str(clips_file), "--store",
+             url, "--encoders", encoder, "--weights", "random", "--reduced", "--device", "cpu",
+             "--clips-per-part", "1", "--decode-workers", "1", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # The long video run is under way (a part committed, the next one being written) when a
+    # short audio run starts, finishes and cleans up.
+    video = start("hsemotion-enet-b0")
+    deadline = time.time() + 600
+    while time.time() < deadline and video.poll() is None:
+        if any(p.endswith(".json") for p in
+               glob.glob(os.path.join(url, "streams", "*", "manifests", "*"))):
+            break
+        time.sleep(0.05)
+    audio = start("vggish", "--limit", "2")
+    for run in (audio, video):
+        out, err = run.communicate(timeout=900)
+        assert run.returncode == 0, err[-2000:]
+    store = open_store(url, mode="r")
+    assert len(store.streams()) == 2
+    for info in store.streams():
+        expected = 2 if info.alias.startswith("vggish") else len(clips)
+        assert len(store.committed_clip_ids(info)) == expected, info.alias
+    report = verify(store)
+    assert report.ok, report.problems

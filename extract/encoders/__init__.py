@@ -11,22 +11,18 @@ imports its library only when an encoder is built.
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from extract.encoders import clip, dasheng, hsemotion, swin, text, vggish, wav2vec2
-from extract.encoders.base import (
-    EXTRACTOR_VERSION,
-    AudioEncoder,
-    Encoder,
-    EncoderSpec,
-    ImagePreprocess,
-    Registration,
-    TextEncoder,
-    VideoEncoder,
-)
+from extract.encoders.specs import CATALOG, CatalogEntry, EncoderSpec
 from features_store.errors import UserError
+
+if TYPE_CHECKING:
+    from extract.encoders.base import Encoder, Registration
+
+# Listing needs only the catalog (torch-free); these come from the family code on first use.
+_FROM_BASE = ("EXTRACTOR_VERSION", "AudioEncoder", "Encoder", "ImagePreprocess", "TextEncoder",
+              "VideoEncoder")
 
 __all__ = [
     "EXTRACTOR_VERSION",
@@ -42,21 +38,30 @@ __all__ = [
     "weights_available",
 ]
 
-_FAMILIES = (clip, swin, hsemotion, vggish, wav2vec2, dasheng, text)
-_REGISTRY: dict[str, Registration] = {
-    entry.spec.name: entry for family in _FAMILIES for entry in family.REGISTRATIONS
-}
+_CATALOG: dict[str, CatalogEntry] = {entry.spec.name: entry for entry in CATALOG}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_BASE:
+        return getattr(importlib.import_module("extract.encoders.base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def list_encoders() -> list[EncoderSpec]:
     """All registered encoders, in registry order (video, audio, text)."""
-    return [entry.spec for entry in _REGISTRY.values()]
+    return [entry.spec for entry in CATALOG]
 
 
-def _entry(name: str) -> Registration:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown encoder {name!r}; known encoders: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+def _entry(name: str) -> CatalogEntry:
+    if name not in _CATALOG:
+        raise UserError(f"unknown encoder {name!r}; known encoders: {', '.join(_CATALOG)}")
+    return _CATALOG[name]
+
+
+def _registration(name: str) -> Registration:
+    """The family module's build entry for `name` (imports that family's libraries)."""
+    family = importlib.import_module(f"extract.encoders.{_entry(name).family}")
+    return next(r for r in family.REGISTRATIONS if r.spec.name == name)
 
 
 def get_spec(name: str) -> EncoderSpec:
@@ -91,7 +96,9 @@ def create_encoder(
             f"encoder {name} has no option {', '.join(unknown)} (accepted options: {accepted})"
         )
     chosen = {**entry.options, **options}
-    encoder = entry.build(entry.spec, str(weights), bool(reduced), **chosen)
+    encoder = _registration(name).build(entry.spec, str(weights), bool(reduced), **chosen)
     if device == "auto":
+        import torch
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return encoder.to(device)

@@ -14,24 +14,9 @@ import numpy as np
 import torch
 
 from extract import versions
+from extract.encoders.specs import EncoderSpec  # noqa: F401 (re-exported: the registry's data)
 
 EXTRACTOR_VERSION = versions.ENCODERS_VERSION  # kept for importers; bump it in extract.versions
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """The registry entry: what an encoder consumes and produces, before any weights exist."""
-
-    name: str
-    modality: str  # "video" | "audio" | "text"
-    dim: int
-    frame_shift_s: float | None  # audio: row hop in seconds; video/text: None
-    fps: float | None  # video: decode rate (None = native)
-    sample_rate: int | None  # audio: input rate in Hz
-    chunk_s: float | None  # audio: longest input per call, a multiple of frame_shift_s
-    library: str
-    default_weights: str
-    description: str
 
 
 @dataclass(frozen=True)

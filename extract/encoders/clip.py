@@ -26,6 +26,11 @@ from extract.encoders.base import (
     alias_for,
     with_dim,
 )
+from extract.encoders.specs import CLIP_DEFAULT_TAG, CLIP_OPTIONS
+from extract.encoders.specs import CLIP_HF_FILES as HF_FILES
+from extract.encoders.specs import CLIP_HF_REPO as HF_REPO
+from extract.encoders.specs import CLIP_SPEC as SPEC
+from extract.encoders.specs import clip_available as available
 from extract.encoders.weights import (
     Weights,
     hf_cached_file,
@@ -38,21 +43,6 @@ from extract.encoders.weights import (
 from features_store.errors import UserError
 
 ARCH = "ViT-B-16"
-HF_REPO = "timm/vit_base_patch16_clip_224.openai"  # where open_clip's 'openai' tag resolves
-HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-SPEC = EncoderSpec(
-    name="clip-vit-b16",
-    modality="video",
-    dim=512,
-    frame_shift_s=None,
-    fps=None,
-    sample_rate=None,
-    chunk_s=None,
-    library="open_clip",
-    default_weights=f"open_clip 'openai' (HF {HF_REPO})",
-    description="CLIP ViT-B/16 image embedding per frame (512-d projected; 768-d pre-projection)",
-)
 
 # open_clip's eval transform for the OpenAI weights: shortest side to 224 (bicubic), centre
 # crop, OpenAI mean/std.
@@ -84,7 +74,7 @@ def tag_config(tag: str) -> dict[str, Any]:
     return config
 
 
-DEFAULT_TAG = "openai"
+DEFAULT_TAG = CLIP_DEFAULT_TAG
 
 
 def tag_hf_repo(tag: str) -> str:
@@ -131,10 +121,6 @@ def activation_for(choice: Weights, weights: str, tag: str,
         if found is not None:
             tag = found
     return bool(tag_config(tag).get("quick_gelu", False)), f"open_clip tag {tag}"
-
-
-def available() -> bool:
-    return hf_cached_file(HF_REPO, HF_FILES) is not None
 
 
 class ClipEncoder(VideoEncoder):
@@ -223,8 +209,7 @@ def build(
 REGISTRATIONS = [
     Registration(
         spec=SPEC,
-        # quick_gelu None: follow the weights' open_clip tag (OpenAI: QuickGELU, LAION: GELU)
-        options={"projected": True, "pretrained_tag": DEFAULT_TAG, "quick_gelu": None},
+        options=CLIP_OPTIONS,
         build=build,
         available=available,
     )

@@ -15,6 +15,10 @@ from typing import Any
 import torch
 
 from extract.encoders.base import AudioEncoder, EncoderSpec, Registration, alias_for, with_dim
+from extract.encoders.specs import DASHENG_FILENAME as FILENAME
+from extract.encoders.specs import DASHENG_SPEC as SPEC
+from extract.encoders.specs import DASHENG_URL as URL
+from extract.encoders.specs import dasheng_available as available
 from extract.encoders.weights import (
     PICKLE_HINT,
     load_state_dict,
@@ -27,23 +31,6 @@ from extract.encoders.weights import (
 )
 from features_store.errors import UserError
 
-# dasheng.pretrained.pretrained.PRETRAINED_CHECKPOINTS["dasheng_base"]
-URL = "https://zenodo.org/records/11511780/files/dasheng_base.pt?download=1"
-FILENAME = "dasheng_base.pt"  # torch.hub names the cached file after the URL path
-
-SPEC = EncoderSpec(
-    name="dasheng-base",
-    modality="audio",
-    dim=768,
-    frame_shift_s=0.04,
-    fps=None,
-    sample_rate=16000,
-    chunk_s=10.08,
-    library="dasheng",
-    default_weights=f"Zenodo {FILENAME} (torch hub cache)",
-    description="Dasheng base audio transformer, 768-d per 40 ms",
-)
-
 # dasheng.dasheng_base(): the package's defaults with these three set.
 BASE_CONFIG: dict[str, Any] = {"embed_dim": 768, "depth": 12, "num_heads": 12}
 REDUCED_CONFIG: dict[str, Any] = {"embed_dim": 64, "depth": 2, "num_heads": 2}
@@ -54,10 +41,6 @@ def _locate_default() -> tuple[Path, str]:
     if not path.is_file():
         raise missing_default(SPEC.name, FILENAME, URL, path.parent)
     return path, str(path)
-
-
-def available() -> bool:
-    return torch_hub_checkpoint(FILENAME).is_file()
 
 
 class DashengEncoder(AudioEncoder):

@@ -23,6 +23,11 @@ from extract.encoders.base import (
     alias_for,
     with_dim,
 )
+from extract.encoders.specs import HSEMOTION_CHECKPOINT as CHECKPOINT
+from extract.encoders.specs import HSEMOTION_SPEC as SPEC
+from extract.encoders.specs import HSEMOTION_URL as URL
+from extract.encoders.specs import hsemotion_available as available
+from extract.encoders.specs import hsemotion_cache_dir as cache_dir
 from extract.encoders.weights import (
     load_state_dict,
     load_strict,
@@ -33,24 +38,6 @@ from features_store.errors import UserError
 
 MODEL = "efficientnet_b0"
 NUM_CLASSES = 8
-CHECKPOINT = "enet_b0_8_best_afew"
-URL = (
-    "https://github.com/HSE-asavchenko/face-emotion-recognition/raw/main/models/"
-    f"affectnet_emotions/{CHECKPOINT}.pt"
-)
-
-SPEC = EncoderSpec(
-    name="hsemotion-enet-b0",
-    modality="video",
-    dim=1280,
-    frame_shift_s=None,
-    fps=None,
-    sample_rate=None,
-    chunk_s=None,
-    library="timm (hsemotion weights)",
-    default_weights=f"HSEmotion {CHECKPOINT} (GitHub) as safetensors in ~/.hsemotion",
-    description="HSEmotion EfficientNet-B0 penultimate features per face crop (1280-d)",
-)
 
 PREPROCESS = ImagePreprocess(
     resize=(224, 224),
@@ -59,11 +46,6 @@ PREPROCESS = ImagePreprocess(
     std=(0.229, 0.224, 0.225),
     interpolation="bilinear",
 )
-
-
-def cache_dir() -> Path:
-    """HSEmotion's own download folder (`hsemotion.facial_emotions.get_model_path`)."""
-    return Path("~/.hsemotion").expanduser()
 
 
 def convert_command(src: Path | str, dst: Path | str) -> str:
@@ -94,19 +76,6 @@ def _locate_default() -> tuple[Path, str]:
         f"convert it with {convert_command(published, converted)} "
         "(this tool never downloads or unpickles), or pass --weights PATH"
     )
-
-
-def available() -> bool:
-    if (cache_dir() / f"{CHECKPOINT}.safetensors").is_file():
-        return True
-    published = cache_dir() / f"{CHECKPOINT}.pt"
-    if not published.is_file():
-        return False
-    try:
-        load_state_dict(published)
-    except UserError:
-        return False
-    return True
 
 
 REDUCED_MULTIPLIERS = {"channel_multiplier": 0.25, "depth_multiplier": 0.34}

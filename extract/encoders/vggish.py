@@ -39,6 +39,13 @@ import torch
 from torch import nn
 
 from extract.encoders.base import AudioEncoder, EncoderSpec, Registration, alias_for, save_tensors
+from extract.encoders.specs import VGGISH_EMBEDDING_SIZE as EMBEDDING_SIZE
+from extract.encoders.specs import VGGISH_OPTIONS as _OPTIONS
+from extract.encoders.specs import VGGISH_PCA_URL as PCA_URL
+from extract.encoders.specs import VGGISH_REACT_SPEC as REACT_SPEC
+from extract.encoders.specs import VGGISH_SPEC as SPEC
+from extract.encoders.specs import VGGISH_WEIGHTS_URL as WEIGHTS_URL
+from extract.encoders.specs import vggish_available as available
 from extract.encoders.weights import (
     load_state_dict,
     load_strict,
@@ -50,14 +57,6 @@ from extract.encoders.weights import (
 )
 from features_store.errors import UserError
 
-WEIGHTS_URL = (
-    "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"
-)
-PCA_URL = (
-    "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
-    "vggish_pca_params-970ea276.pth"
-)
-EMBEDDING_SIZE = 128
 QUANTIZE_MIN, QUANTIZE_MAX = -2.0, 2.0
 
 # Layer plan of the VGG trunk ("M" = 2x2 max pool); reduced divides the widths by 8.
@@ -305,10 +304,6 @@ def _locate_default() -> tuple[Path, str]:
     return path, str(path)
 
 
-def available() -> bool:
-    return torch_hub_checkpoint(Path(WEIGHTS_URL).name).is_file()
-
-
 def _pca_path(pca_params: str) -> Path:
     if pca_params == "default":
         path = torch_hub_checkpoint(Path(PCA_URL).name)
@@ -399,33 +394,9 @@ def _builder(frontend_cfg: LogMelConfig) -> Callable[..., VGGishEncoder]:
     return build
 
 
-SPEC = EncoderSpec(
-    name="vggish",
-    modality="audio",
-    dim=EMBEDDING_SIZE,
-    frame_shift_s=0.96,
-    fps=None,
-    sample_rate=VGGISH_FRONTEND.sample_rate,
-    chunk_s=0.96 * 625,  # 10 min; blocks of examples inside keep memory flat anyway
-    library="torch (port of torchvggish)",
-    default_weights=f"torchvggish {Path(WEIGHTS_URL).name} (GitHub; torch hub cache)",
-    description="VGGish 128-d per 0.96 s of 16 kHz audio; AudioSet PCA + 8-bit by default",
-)
-
-REACT_SPEC = EncoderSpec(
-    name="vggish-react",
-    modality="audio",
-    dim=EMBEDDING_SIZE,
-    frame_shift_s=0.04,
-    fps=None,
-    sample_rate=REACT_FRONTEND.sample_rate,
-    chunk_s=0.04 * 1500,  # 60 s: the 2.4 kHz STFT makes the frontend the memory bound
-    library="torch (port of torchvggish)",
-    default_weights=f"torchvggish {Path(WEIGHTS_URL).name} (GitHub; torch hub cache)",
-    description="REACT's per-frame VGGish: one 96x64 patch per 0.04 s of 24 kHz audio",
-)
-
-_OPTIONS = {"embedding": "auto", "pca_params": None, "batch_examples": 256}
+# The specs' rates are the frontends' (specs.py is torch-free, so it states them as numbers).
+assert SPEC.sample_rate == VGGISH_FRONTEND.sample_rate
+assert REACT_SPEC.sample_rate == REACT_FRONTEND.sample_rate
 
 REGISTRATIONS = [
     Registration(SPEC, _OPTIONS, _builder(VGGISH_FRONTEND), available),

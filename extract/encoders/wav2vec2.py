@@ -18,6 +18,11 @@ from typing import Any
 import torch
 
 from extract.encoders.base import AudioEncoder, EncoderSpec, Registration, alias_for, with_dim
+from extract.encoders.specs import WAV2VEC2_HF_REPO as HF_REPO
+from extract.encoders.specs import WAV2VEC2_HF_REQUIRED as HF_REQUIRED
+from extract.encoders.specs import WAV2VEC2_OPTIONS
+from extract.encoders.specs import WAV2VEC2_SPEC as SPEC
+from extract.encoders.specs import wav2vec2_available as available
 from extract.encoders.weights import (
     hf_cached_snapshot,
     hf_hub_cache,
@@ -29,22 +34,6 @@ from extract.encoders.weights import (
     seeded,
 )
 from features_store.errors import UserError
-
-HF_REPO = "facebook/wav2vec2-base-960h"
-HF_REQUIRED = (("config.json",), ("model.safetensors", "pytorch_model.bin"))
-
-SPEC = EncoderSpec(
-    name="wav2vec2-base",
-    modality="audio",
-    dim=768,
-    frame_shift_s=0.02,
-    fps=None,
-    sample_rate=16000,
-    chunk_s=30.0,
-    library="transformers",
-    default_weights=f"HF {HF_REPO}",
-    description="wav2vec 2.0 base hidden states at 20 ms (layer selectable, or all layers)",
-)
 
 # wav2vec2-base-960h's architecture (transformers' defaults, written out so it is on record).
 BASE_CONFIG: dict[str, Any] = {
@@ -86,10 +75,6 @@ def _locate_default() -> tuple[Path, str]:
             hf_hub_cache(),
         )
     return folder, HF_REPO
-
-
-def available() -> bool:
-    return hf_cached_snapshot(HF_REPO, HF_REQUIRED) is not None
 
 
 def receptive_field(kernels: tuple[int, ...], strides: tuple[int, ...]) -> tuple[int, int]:
@@ -194,4 +179,4 @@ def build(
     )
 
 
-REGISTRATIONS = [Registration(SPEC, {"layer": None}, build, available)]
+REGISTRATIONS = [Registration(SPEC, WAV2VEC2_OPTIONS, build, available)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import pickle
 import re
 from collections.abc import Callable, Iterator
@@ -20,6 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The cache locations are torch-free (specs.py, for listings); re-exported for the families.
+from extract.encoders.specs import hf_cached_file as hf_cached_file
+from extract.encoders.specs import hf_cached_snapshot as hf_cached_snapshot
+from extract.encoders.specs import hf_hub_cache as hf_hub_cache
+from extract.encoders.specs import torch_hub_checkpoint as torch_hub_checkpoint
 from features_store.errors import UserError
 
 RANDOM = "random"
@@ -76,48 +80,6 @@ def missing_default(name: str, what: str, url: str, where: Path | str) -> UserEr
         f"encoder {name}: default weights ({what}) not in the local cache {where}; "
         f"download {url} there (this tool never downloads), or pass --weights PATH"
     )
-
-
-# ---- cache locations -------------------------------------------------------------------------
-
-
-def hf_hub_cache() -> Path:
-    """huggingface_hub's cache folder, following its environment variables."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "huggingface" / "hub"
-
-
-def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
-    """The first of `filenames` present in the local hub cache for `repo_id`, or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    cache = hf_hub_cache()
-    if not cache.is_dir():
-        return None
-    for filename in filenames:
-        hit = try_to_load_from_cache(repo_id, filename, cache_dir=cache)
-        if isinstance(hit, str) and Path(hit).is_file():
-            return Path(hit)
-    return None
-
-
-def hf_cached_snapshot(repo_id: str, required: tuple[tuple[str, ...], ...]) -> Path | None:
-    """The cached snapshot folder of `repo_id` holding one file of every alternative group."""
-    folder = None
-    for alternatives in required:
-        hit = hf_cached_file(repo_id, alternatives)
-        if hit is None:
-            return None
-        folder = hit.parent
-    return folder
-
-
-def torch_hub_checkpoint(filename: str) -> Path:
-    """Where torch.hub.load_state_dict_from_url keeps `filename` (may not exist)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
 # ---- identity --------------------------------------------------------------------------------

@@ -398,7 +398,7 @@ class RegnnHead(Head):
             )
             for baseline, values in baselines.items():
                 metrics.update({f"{baseline}/{k}": float(v) for k, v in values.items()})
-        metrics["speakers"] = float(len(pred))
+        metrics["speakers"] = len(pred)  # a count: printed and saved as an integer
         return metrics
 
     def export(

@@ -9,6 +9,7 @@ AdamW lr 1e-4, weight decay 1e-4, 10 epochs, grad-norm clip 1.0, seed 42; batch 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from heads.base import HeadConfig
 
@@ -23,6 +24,9 @@ INTER_SIGNS = ("correct", "original")
 
 @dataclass
 class TpnAwmConfig(HeadConfig):
+    # 0 is a valid batch size here: the paper's batch for the dataset (heads.base.check_config).
+    RANGE_RULES: ClassVar[dict] = {"batch_size": (lambda v: v >= 0,
+                                                  ">= 0 (0: the paper's batch for the dataset)")}
     epochs: int = 10
     batch_size: int = 16
     # True: a batch_size left at its default becomes the paper's for the store's dataset (8

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from features_store.paths import safe_join
 from heads.base import Head, Recipe
 from heads.metrics import ccc, ccc_loss
 from heads.registry import register_head
@@ -218,7 +219,7 @@ class TRMHead(Head):
         clips = data.clips(split)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{split}_va.csv"
+        path = safe_join(out_dir, split, suffix="_va.csv")  # --split is the user's text
         lines = ["clip_id,valence,arousal,target_valence,target_arousal"]
         for clip_id, target in zip(clips.clip_ids, clips.targets):
             v, a = np.asarray(predictions[clip_id])[-1]

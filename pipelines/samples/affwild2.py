@@ -24,8 +24,10 @@ INVALID_FRAMES = 4
 def generate(out: Path, options: SampleOptions) -> SampleInfo:
     rng = np.random.default_rng(options.seed)
     n_videos = max(3, options.clips - 1)  # the two-person video gives two clips
-    sizes = split_sizes(n_videos, (0.7, 0.3))
-    sets = ["Train_Set"] * sizes[0] + ["Validation_Set"] * sizes[1]
+    # All three sets, so every head command (train, evaluate/predict --split test) has a split.
+    sizes = split_sizes(n_videos, (0.6, 0.2, 0.2))
+    sets = (["Train_Set"] * sizes[0] + ["Validation_Set"] * sizes[1]
+            + ["Test_Set"] * sizes[2])
     clips = 0
     for i, set_name in enumerate(sets):
         fps = 25 if i == 1 else 30
@@ -58,7 +60,8 @@ def generate(out: Path, options: SampleOptions) -> SampleInfo:
         seed=options.seed, size=options.size,
         signal="valence -> red, arousal -> green, pitch and marker speed of the person's frame "
                "region",
-        details={"videos_per_set": {"Train_Set": sizes[0], "Validation_Set": sizes[1]},
+        details={"videos_per_set": {"Train_Set": sizes[0], "Validation_Set": sizes[1],
+                                    "Test_Set": sizes[2]},
                  "fps": "30 (video 2: 25)", "invalid_frames_video_1": INVALID_FRAMES})
 
 
