@@ -62,11 +62,12 @@ def make_videos(folder: str, n: int, seconds: float, size: tuple[int, int], fps:
 
 
 def extract(clips, store_path, encoders, device, batch_size=64, fps=25.0, workers=2,
-            decode_size=None):
+            decode_size=None, resize_with="pil", decode_in="auto"):
     store = open_store(store_path)
     options = ExtractOptions(encoders=encoders, weights="random", reduced=True, device=device,
                              batch_size=batch_size, fps=fps, decode_workers=workers,
-                             decode_size=decode_size)
+                             decode_size=decode_size, resize_with=resize_with,
+                             decode_in=decode_in)
     started = time.perf_counter()
     report = run_extraction(clips, store, options, progress=False)
     return time.perf_counter() - started, report
@@ -119,16 +120,24 @@ def bench_shared_decode(tmp: str, device: str, quick: bool) -> list[str]:
         "| decode | clips | one run, 3 encoders s | 3 separate runs s | ratio (target <= 0.8) |",
         "|---|---|---|---|---|",
     ]
-    for decode_size in (None, 256):
+    variants = [  # (label, decode_size, resize_with, decode_in)
+        ("full 1280x720 frames, PIL resize (exact), decode threads", None, "pil", "threads"),
+        ("full 1280x720 frames, PIL resize (exact), decode processes", None, "pil",
+         "processes"),
+        ("full 1280x720 frames, `--resize-with tensor`, decode processes", None, "tensor",
+         "processes"),
+        ("`--decode-size 256`, decode threads", 256, "pil", "threads"),
+    ]
+    for label, decode_size, resize_with, decode_in in variants:
         together, separate = [], []
+        kwargs = {"decode_size": decode_size, "resize_with": resize_with, "decode_in": decode_in}
         for round_ in range(2):
-            tag = f"{decode_size}-{round_}"
+            tag = f"{decode_size}-{resize_with}-{decode_in}-{round_}"
             together.append(extract(clips, os.path.join(tmp, f"shared-all-{tag}.zarr"), names,
-                                    device, decode_size=decode_size)[0])
+                                    device, **kwargs)[0])
             separate.append([extract(clips, os.path.join(tmp, f"shared-{n}-{tag}.zarr"), [n],
-                                     device, decode_size=decode_size)[0] for n in names])
+                                     device, **kwargs)[0] for n in names])
         runs = min(separate, key=sum)
-        label = "full 1280x720 frames" if decode_size is None else f"shorter side {decode_size}"
         lines.append(
             f"| {label} | {len(clips)} | {min(together):.2f} | {sum(runs):.2f} "
             f"({' + '.join(f'{s:.1f}' for s in runs)}) | {min(together) / sum(runs):.2f} |"

@@ -54,6 +54,7 @@ from extract.media_orientation import UnsupportedRotation, orientation_of
 from features_store.errors import UserError
 
 RESIZE_MODES = ("square", "shorter")
+DECODERS = ("pyav", "torchcodec", "torchcodec:cuda")
 # Timestamps are rationals turned into floats; a microsecond covers the rounding.
 _EPS = 1e-6
 
@@ -214,12 +215,16 @@ def _folder_frames(folder: Path, files: list[Path], folder_fps: float, start_s: 
 
 
 def _file_frames(path: Path, start_s: float | None, end_s: float | None,
-                 allow_seek: bool) -> Iterator[_Decoded]:
+                 allow_seek: bool, codec_threads: int | None = None) -> Iterator[_Decoded]:
     with open_container(path) as container:
         stream = video_stream(container)
         if stream is None:
             raise MediaError(path, "no_video", "has no video stream")
         stream.thread_type = "AUTO"
+        if codec_threads is not None:
+            # Decode workers ask for one thread each: FFmpeg's default (one per core) in every
+            # worker would oversubscribe the cores the workers already share out.
+            stream.codec_context.thread_count = codec_threads
         rate = float(stream.average_rate or stream.guessed_rate or 0) or None
         expected_end = stream_end_s(stream, container)
 
@@ -331,6 +336,8 @@ def iter_video_frames(
     start_s: float | None = None,
     end_s: float | None = None,
     folder_fps: float = DEFAULT_FOLDER_FPS,
+    codec_threads: int | None = None,
+    decoder: str = "pyav",
 ) -> Iterator[FrameBatch]:
     """Decode a video file or a frame folder lazily into batches of RGB uint8 frames.
 
@@ -341,6 +348,9 @@ def iter_video_frames(
     from the 0-based source frame index (or, for folders, the file name or stem) to a box;
     ``box_margin`` pixels are added on each side and the result is clamped to the image.
     ``start_s``/``end_s`` restrict the clip to a time range of the source.
+    ``codec_threads`` caps FFmpeg's decoding threads (None: FFmpeg's choice). ``decoder`` is
+    "pyav" or "torchcodec" (`extract.media_torchcodec`: same timestamps and frames, optionally
+    on a CUDA device as "torchcodec:cuda"); frame folders are always read with PIL.
     Raises MediaError (see `extract.media_base.MediaError` for the stages).
     """
     source = Path(source)
@@ -352,6 +362,8 @@ def iter_video_frames(
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
     if start_s is not None and end_s is not None and end_s <= start_s:
         raise ValueError(f"end_s ({end_s}) must be after start_s ({start_s})")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
 
     if source.is_dir():
         files = list_frame_folder(source)
@@ -361,7 +373,12 @@ def iter_video_frames(
         lookup = _BoxLookup(boxes, None, source)
         # Per-frame boxes are keyed by absolute frame index, which only a decode from the
         # start can count; otherwise seek straight to start_s.
-        decoded = _file_frames(source, start_s, end_s, allow_seek=not lookup.per_frame)
+        if decoder == "pyav":
+            decoded = _file_frames(source, start_s, end_s, not lookup.per_frame, codec_threads)
+        else:
+            from extract.media_torchcodec import torchcodec_frames
+
+            decoded = torchcodec_frames(source, start_s, end_s, not lookup.per_frame, decoder)
 
     yield from _batches(source, _grid(decoded, fps, start_s, end_s), lookup, box_margin, size,
                         resize_mode, batch_size, (start_s, end_s))

@@ -42,13 +42,18 @@ def request_fingerprint(request: str, options: ExtractOptions) -> str | None:
     if weights is None or options.device == "auto":
         return None
     name, crop = parse_request(request)
-    return fingerprint({
+    fields = {
         "name": name, "crop": crop, "weights": weights, "reduced": options.reduced,
         "options": options.encoder_options.get(name, {}), "fps": options.fps,
         "dtype": options.dtype, "decode_size": options.decode_size,
         "compute": compute_identity(options.device),
         "versions": versions.stream_key_versions(), "affect": _package_version(),
-    })
+    }
+    if options.decoder != "pyav":  # only then part of the stream key (see runner.build_plans)
+        fields["decoder"] = options.decoder
+    if options.resize_with != "pil":
+        fields["resize_with"] = options.resize_with
+    return fingerprint(fields)
 
 
 def _package_version() -> str:

@@ -14,10 +14,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 
@@ -29,10 +28,17 @@ from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
 
 from .clips import check_clip, clip_table_record
+from .decode_ahead import (
+    AudioItem,
+    ClipError,
+    DecodeAhead,
+    DecodeSettings,
+    StreamError,
+    VideoItem,
+    spec_for,
+)
 from .definition import needs_new_record, refuse_changed_clips
-from .media import MediaError, iter_timed_audio, iter_video_frames, list_frame_folder
-from .media_video import _BoxLookup, crop
-from .plan import FACE_MARGIN_PX, StreamPlan, compute_identity, parse_request, stream_info
+from .plan import StreamPlan, compute_identity, parse_request, stream_info
 from .progress import ProgressLines, wants_progress_lines
 from .report import (
     ExtractOptions,
@@ -46,8 +52,6 @@ from .resume import has_input, record_plans
 
 log = logging.getLogger(__name__)
 
-DECODE_BATCH = 32      # frames per decoded batch handed from a decode thread
-QUEUE_DEPTH = 8        # decoded batches buffered per clip ahead of the model
 DEFAULT_PROGRESS_EVERY_S = 30.0  # progress lines when stderr is not a terminal (as dask runs)
 
 
@@ -102,6 +106,10 @@ def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
         if encoder.spec.modality == "video" and options.decode_size:
             info.preprocessing["decode_shorter_side"] = options.decode_size
         info.preprocessing["compute"] = compute_identity(device)
+        if encoder.spec.modality == "video" and options.resize_with != "pil" and not crop_kind:
+            info.preprocessing["resize_with"] = options.resize_with
+        if encoder.spec.modality == "video" and options.decoder != "pyav":
+            info.preprocessing["decoder"] = options.decoder  # equal frames are tested, not assumed
         plans.append(StreamPlan(request, encoder, crop_kind, fps, info))
     return plans
 
@@ -157,188 +165,6 @@ def make_tasks(
 
 def _is_committed(committed: dict[str, set[str]], key: str, part_id: str) -> bool:
     return any(p == part_id or p.startswith(f"{part_id}.") for p in committed[key])
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding ahead of the model
-
-
-@dataclass
-class _VideoItem:
-    group: tuple
-    inputs: dict[str, torch.Tensor]  # stream key -> preprocessed frames
-    times_s: np.ndarray
-
-
-@dataclass
-class _AudioItem:
-    stream_key: str
-    time_s: float  # media time of the first sample
-    samples: np.ndarray
-
-
-@dataclass
-class _ClipEnd:
-    pass
-
-
-@dataclass
-class _StreamError:
-    """Some streams of a clip cannot be made (the others go on): which, where, why."""
-
-    stream_keys: tuple[str, ...]
-    stage: str
-    message: str
-
-
-@dataclass
-class _ClipError:
-    stage: str
-    message: str
-
-
-def _video_source(clip: dict) -> str:
-    return clip.get("video") or clip.get("frames")
-
-
-def _box_lookup(clip: dict, crop_kind: str, source: str) -> _BoxLookup:
-    # A clip without boxes of this kind is encoded on whole frames, as RAER's code does.
-    boxes = (clip.get("boxes") or {}).get(crop_kind)
-    names = [p.name for p in list_frame_folder(source)] if os.path.isdir(source) else None
-    return _BoxLookup(boxes, names, source)
-
-
-def _failure(exc: Exception, source: object) -> tuple[str, str]:
-    """(stage, message) for an exception met while decoding one clip for some streams.
-
-    Anything may be raised here (a malformed clip record from the Python API, a bug in a
-    decoder or a preprocess step), and all of it must reach the consumer: a decode thread that
-    dies silently leaves the run waiting for it forever.
-    """
-    if isinstance(exc, MediaError):
-        return exc.stage, str(exc)
-    if isinstance(exc, UserError | ValueError | OSError):
-        return "decode", f"{source}: {exc}"
-    log.debug("unexpected error decoding %s", source, exc_info=exc)
-    return "decode", f"{source}: unexpected {type(exc).__name__}: {exc}"
-
-
-def _decode_clip(clip: dict, plans: list[StreamPlan], pending: set[str], out: queue.Queue,
-                 stop: threading.Event, decode_size: int | None = None) -> None:
-    """Producer: decode one clip for every stream that needs it, put items on `out`.
-
-    A source that fails fails only the streams fed from it (a video without an audio track
-    keeps its video features); whatever is raised becomes a `_StreamError` for those streams.
-    """
-
-    def put(item) -> None:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    video_plans = [p for p in plans if p.modality == "video" and p.info.key in pending]
-    by_fps: dict[float, list[StreamPlan]] = {}
-    for p in video_plans:
-        by_fps.setdefault(p.fps, []).append(p)
-    for fps, group in by_fps.items():  # one decode per distinct frame rate
-        source = _video_source(clip)
-        try:
-            lookups = {p.info.key: _box_lookup(clip, p.crop, source) for p in group if p.crop}
-            for batch in iter_video_frames(
-                source, fps=fps, batch_size=DECODE_BATCH, start_s=clip.get("start"),
-                end_s=clip.get("end"), folder_fps=clip.get("fps") or 25.0,
-                size=decode_size, resize_mode="shorter",
-            ):
-                inputs = {}
-                for p in group:
-                    if p.crop:
-                        margin = FACE_MARGIN_PX if p.crop == "face" else 0
-                        lookup = lookups[p.info.key]
-                        crops = [
-                            _crop_or_full(frame, lookup(int(i)), margin)
-                            for frame, i in zip(batch.frames, batch.source_index)
-                        ]
-                        inputs[p.info.key] = torch.cat(
-                            [p.encoder.preprocess(c[None]) for c in crops])
-                    else:
-                        inputs[p.info.key] = p.encoder.preprocess(batch.frames)
-                put(_VideoItem((fps,), inputs, batch.times_s))
-                if stop.is_set():
-                    return
-        except Exception as exc:  # every failure must reach the consumer
-            put(_StreamError(tuple(p.info.key for p in group), *_failure(exc, source)))
-    for p in plans:
-        if p.modality != "audio" or p.info.key not in pending:
-            continue
-        source = clip.get("audio") or clip.get("video")
-        chunk_s = p.encoder.spec.chunk_s or 30.0
-        try:
-            for time_s, samples in iter_timed_audio(
-                    source, p.encoder.spec.sample_rate, chunk_s=chunk_s,
-                    start_s=clip.get("start"), end_s=clip.get("end")):
-                put(_AudioItem(p.info.key, time_s, samples))
-                if stop.is_set():
-                    return
-        except Exception as exc:  # every failure must reach the consumer
-            put(_StreamError((p.info.key,), *_failure(exc, source)))
-    put(_ClipEnd())
-
-
-def _crop_or_full(frame: np.ndarray, box, margin: int) -> np.ndarray:
-    return frame if box is None else crop(frame, box, margin)
-
-
-class _DecodeAhead:
-    """Decode up to `workers` clips concurrently, handing them to the consumer in order."""
-
-    def __init__(self, clips: list[dict], plans: list[StreamPlan], pending: dict[str, set[str]],
-                 workers: int, decode_size: int | None = None) -> None:
-        self.clips, self.plans, self.pending = clips, plans, pending
-        self.decode_size = decode_size
-        self.workers = max(1, workers)
-        self.stop = threading.Event()
-        self.queues: list[queue.Queue] = []
-        self.threads: list[threading.Thread] = []
-
-    def _start(self, i: int) -> None:
-        q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
-        keys = self.pending[self.clips[i]["clip_id"]]
-        t = threading.Thread(target=_decode_clip, args=(self.clips[i], self.plans, keys, q,
-                                                         self.stop, self.decode_size), daemon=True)
-        t.start()
-        self.queues.append(q)
-        self.threads.append(t)
-
-    def __iter__(self) -> Iterator[tuple[dict, Iterator]]:
-        for i in range(min(self.workers, len(self.clips))):
-            self._start(i)
-        for i, clip in enumerate(self.clips):
-            yield clip, self._items(self.queues[i], self.threads[i])
-            if i + self.workers < len(self.clips):
-                self._start(i + self.workers)
-
-    @staticmethod
-    def _items(q: queue.Queue, thread: threading.Thread) -> Iterator:
-        while True:
-            try:
-                item = q.get(timeout=0.5)
-            except queue.Empty:
-                if thread.is_alive() or not q.empty():
-                    continue
-                # The worker catches everything it can; this is the last line of defence.
-                yield _ClipError("decode", "the decode worker ended without a result")
-                return
-            yield item
-            if isinstance(item, _ClipEnd | _ClipError):
-                return
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,8 +303,8 @@ class TaskRunner:
         media_clips = [c for c in task.clips
                        if any(self._plan(k).modality != "text" for k in pending_by_clip[
                            c["clip_id"]])]
-        ahead = _DecodeAhead(media_clips, plans, pending_by_clip, self.options.decode_workers,
-                             self.options.decode_size)
+        ahead = DecodeAhead(media_clips, [spec_for(p) for p in plans if p.modality != "text"],
+                            pending_by_clip, self.decode_settings())
         failed: set[str] = set()
         try:
             with torch.inference_mode(), self._autocast():
@@ -512,6 +338,14 @@ class TaskRunner:
         report.failed = len(failed)
         report.streams = stats
         return report
+
+    def decode_settings(self) -> DecodeSettings:
+        mode = self.options.decode_in
+        # Processes pay a start-up but scale with cores: worth it when a device waits for them.
+        processes = mode == "processes" or (mode == "auto" and self.device.startswith("cuda")
+                                            and self.options.decode_workers > 1)
+        return DecodeSettings(self.options.decode_workers, processes, self.options.decode_size,
+                              self.options.decoder, self.options.resize_with)
 
     def _plan(self, key: str) -> StreamPlan:
         return next(p for p in self.plans if p.info.key == key)
@@ -550,11 +384,11 @@ class TaskRunner:
                 log.warning("%s", failure_line(record).strip())
 
         for item in items:
-            if isinstance(item, _VideoItem):
+            if isinstance(item, VideoItem):
                 for key, inputs in item.inputs.items():
                     batchers[key].add(clip_id, float(item.times_s[0]), inputs)
                     rows_fed[key] = rows_fed.get(key, 0) + len(inputs)
-            elif isinstance(item, _AudioItem):
+            elif isinstance(item, AudioItem):
                 writer = writers[item.stream_key]
                 plan = self._plan(item.stream_key)
                 if item.stream_key not in audio_open:
@@ -567,13 +401,13 @@ class TaskRunner:
                 stats[item.stream_key].model_s += time.perf_counter() - started
                 stats[item.stream_key].rows += len(rows)
                 writer.append(np.asarray(rows, dtype=np.float32))
-            elif isinstance(item, _StreamError):
+            elif isinstance(item, StreamError):
                 fail(item.stream_keys, item.stage, item.message)
-            elif isinstance(item, _ClipError):
+            elif isinstance(item, ClipError):
                 fail([k for k in sorted(keys) if k not in failed
                       and self._plan(k).modality != "text"], item.stage, item.message)
                 return 0, failed
-            else:  # _ClipEnd
+            else:  # ClipEnd
                 for key, batcher in batchers.items():
                     if key in rows_fed:
                         batcher.finish_clip(clip_id, rows_fed[key])

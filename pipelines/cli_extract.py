@@ -38,12 +38,22 @@ def _split_list(value: str | None) -> list[str]:
 @click.option("--decode-size", type=click.IntRange(32), default=None,
               help="Scale frames to this shorter side while decoding, once for all video "
                    "encoders (faster on large videos; default: decoded size, exact parity).")
+@click.option("--resize-with", type=click.Choice(["pil", "tensor"]), default="pil",
+              show_default=True, help="Resize whole frames with PIL (the upstream transforms, "
+              "exact) or torchvision's tensor kernels (faster on large frames, within one grey "
+              "level; a separate stream).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
               show_default=True)
 @click.option("--reduced", is_flag=True, envvar="AFFECT_REDUCED", show_envvar=True,
               help="Smaller architectures of the same families (tests and smoke runs).")
 @click.option("--clips-per-part", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--decode-workers", type=click.IntRange(0), default=2, show_default=True)
+@click.option("--decode-in", type=click.Choice(["auto", "threads", "processes"]), default="auto",
+              show_default=True, help="Decode workers as threads or processes (processes scale "
+              "with cores; auto: processes when a CUDA device waits for several workers).")
+@click.option("--decoder", type=click.Choice(["pyav", "torchcodec", "torchcodec:cuda"]),
+              default="pyav", show_default=True,
+              help="Video decoder; torchcodec needs the optional torchcodec package and FFmpeg.")
 @click.option("--scheduler",
               help="Run on dask: local[:N] (a cluster of N workers on this machine; default "
                    "one per GPU, else one per core pair) or a scheduler address tcp://HOST:PORT.")
@@ -56,8 +66,9 @@ def _split_list(value: str | None) -> list[str]:
               help="Seconds between progress lines when stderr is not a terminal (logs, CI).")
 @verbose_option
 def extract(clips_file, dataset, data_root, store_url, encoders, weights, device, batch_size,
-            limit, fps, decode_size, dtype, reduced, clips_per_part, decode_workers, scheduler,
-            scheduler_file, strict, progress_every) -> None:
+            limit, fps, decode_size, resize_with, dtype, reduced, clips_per_part,
+            decode_workers, decode_in, decoder, scheduler, scheduler_file, strict,
+            progress_every) -> None:
     """Decode each clip once and write every requested encoder's features to the store."""
     from extract.clips import read_clips_file
     from extract.cluster import ClusterRequest
@@ -102,7 +113,9 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         encoders=requests, weights=weights, device=device, batch_size=batch_size, limit=limit,
         reduced=reduced, dtype=dtype, fps=fps or 25.0, decode_size=decode_size,
         clips_per_part=clips_per_part,
-        decode_workers=decode_workers, strict=strict, encoder_options=encoder_options,
+        decode_workers=decode_workers, decode_in=decode_in, decoder=decoder,
+        resize_with=resize_with, strict=strict,
+        encoder_options=encoder_options,
     )
     # A rerun with nothing left to do is answered from the store's metadata alone (with
     # device auto, the runner decides the device first: that needs torch, or the cluster).

@@ -151,12 +151,30 @@ def evaluate(run_dir: str, split: str | None, store: str | None, device: str,
 @click.option("--split", default="test", show_default=True)
 @click.option("--export", "export_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder (default: RUN/predictions/<split>).")
-@click.option("--store", default=None, help="Use this store instead of the run's.")
+@click.option("--store", default=None, help="Use this store instead of the run's (with "
+              "--media: the store to extract the new media into; default OUT/store.zarr).")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--media", default=None, help="New media (a file, a frame folder, a folder of "
+              "files or a clips.jsonl): extract the run's streams from their provenance, then "
+              "predict.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="With --media: output folder (default: RUN/predictions/media).")
+@click.option("--weights", "weights", multiple=True, metavar="ENCODER=PATH",
+              help="With --media: weights file for an encoder whose recorded file moved.")
 def predict(run_dir: str, split: str, export_dir: str | None, store: str | None,
-            device: str) -> None:
-    """Predict a split with a run's best checkpoint and export in the head's official format."""
+            device: str, media: str | None, out_dir: str | None,
+            weights: tuple[str, ...]) -> None:
+    """Predict a split (or new --media) with a run's best checkpoint and export the results."""
     from heads.trainer import load_run, predict_model
+
+    if media is not None:
+        from pipelines.predict_media import parse_weights, predict_media
+
+        summary = predict_media(run_dir, media, out_dir or export_dir, store_url=store,
+                                device=device, weights=parse_weights(weights))
+        click.echo(f"predicted {summary['clips']} clip(s) with {summary['head']}: "
+                   f"{summary['out']} (features in {summary['store']})")
+        return
 
     run = load_run(run_dir, store=store, device=device)
     predictions = predict_model(run.head, run.model, run.data, split)

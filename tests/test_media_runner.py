@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 
+import extract.decode_ahead as decode_module
 import extract.runner as runner_module
 from extract.runner import ExtractOptions, run_extraction
 from features_store import open_store, verify
@@ -68,14 +69,15 @@ def test_a_clip_whose_video_is_a_list_is_one_error_line_not_a_hang(media, tmp_pa
 
 @pytest.mark.timeout(120)
 def test_an_unexpected_exception_inside_decoding_reaches_the_run(media, tmp_path, monkeypatch):
-    real = runner_module.iter_video_frames
+    real = decode_module.iter_video_frames
 
     def flaky(source, *args, **kwargs):
         if "boom" in str(source):
             raise RuntimeError("the decoder library broke")
         yield from real(source, *args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "iter_video_frames", flaky)
+    # Decoding lives in extract.decode_ahead (threads or worker processes); threads here.
+    monkeypatch.setattr(decode_module, "iter_video_frames", flaky)
     (media / "boom.mp4").write_bytes((media / "talk.mp4").read_bytes())
     clips = [{"clip_id": "first", "video": str(media / "talk.mp4")},
              {"clip_id": "broken", "video": str(media / "boom.mp4")},
