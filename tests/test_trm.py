@@ -234,3 +234,19 @@ def test_one_iemocap_store_serves_tpn_awm_and_trm_without_extracting_again(tmp_p
     for alias in ("wav2vec2-base", "clip-vit-b16"):
         assert read[0][alias] == read[1][alias] == keys_before[alias]
     assert stream_keys(store) == keys_before
+
+
+def test_the_input_layernorm_trains_by_default_and_stays_identity_as_in_the_original():
+    from dataclasses import replace
+
+    x, target = torch.randn(2, 4, 12), torch.randn(2, 4, 2)
+    for trainable in (True, False):
+        torch.manual_seed(0)
+        model = TinyRecursiveModel(12, replace(trm().config, input_norm_trainable=trainable))
+        torch.nn.init.normal_(model.output_head.weight)
+        optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        ((model(x) - target) ** 2).mean().backward()
+        optimiser.step()
+        at_identity = (torch.equal(model.input_norm.weight, torch.ones(12))
+                       and torch.equal(model.input_norm.bias, torch.zeros(12)))
+        assert at_identity is not trainable

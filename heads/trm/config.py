@@ -46,6 +46,9 @@ class TRMConfig(HeadConfig):
     h_cycles: int = 2
     l_cycles: int = 1
     rms_eps: float = 1e-5
+    # False: the public code's input LayerNorm, built outside the optimiser and so left at its
+    # initial identity affine map; True (ours) trains its scale and shift with the rest
+    input_norm_trainable: bool = True
     # loss: (1 - CCC_V + 1 - CCC_A) / 2 + mse_weight * MSE; "original" selects the public
     # code's CCC formula (an extra sigma_x * sigma_y factor in the numerator)
     mse_weight: float = 0.25

@@ -18,7 +18,7 @@ Where this differs from the public code, and how to get the original back:
 - Loss: (1 - CCC_V + 1 - CCC_A) / 2 + 0.25 MSE with the standard CCC; the public formula has an
   extra sigma_x * sigma_y factor in the numerator: `--set ccc_formula=original`.
 - The input LayerNorm is trained (the public code builds it outside the optimiser, so it stays
-  at its initial identity; `--set` cannot freeze it, the difference is a learnable affine map).
+  at its initial identity): `--set input_norm_trainable=false` freezes it as the original does.
 - Plateau schedule: stepped on the validation CCC (the public code steps on validation loss).
 - Halting exploration (the public code's 5% chance of not halting, which repeats the previous
   frame's input) is not reproduced: with one step per frame it only injects input noise.

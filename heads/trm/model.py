@@ -98,6 +98,7 @@ class TinyRecursiveModel(nn.Module):
         self.config = config
         hidden = config.hidden
         self.input_norm = nn.LayerNorm(input_dim)
+        self.input_norm.requires_grad_(config.input_norm_trainable)
         self.input_proj = nn.Linear(input_dim, hidden, bias=False)
         self.blocks = nn.ModuleList(
             Block(hidden, config.heads, config.expansion, config.rms_eps)
