@@ -12,9 +12,22 @@ import json
 from typing import Any
 
 
+def _same_number_same_text(obj: Any) -> Any:
+    # 25 and 25.0 are one frame rate: JSON writes them differently, so an integral float is
+    # hashed as its integer (a clips file's `"fps": 25` and the CLI's 25.0 give one stream).
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)
+    if isinstance(obj, dict):
+        return {k: _same_number_same_text(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_same_number_same_text(v) for v in obj]
+    return obj
+
+
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace, so equal content hashes equally."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return json.dumps(_same_number_same_text(obj), sort_keys=True, separators=(",", ":"),
+                      default=str)
 
 
 def fingerprint(obj: Any, length: int = 16) -> str:

@@ -264,3 +264,14 @@ def test_a_finished_rerun_is_answered_from_the_store_without_building_encoders(
     os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert already_done(clips, opened, options) is None
     assert already_done(clips, opened, _options(encoders=[VIDEO], dtype="float16")) is None
+
+
+def test_a_frame_rate_written_as_25_or_25_0_is_one_stream():
+    # A clips file or the Python API says 25, the CLI's default is 25.0: one value, one key.
+    from extract.report import ExtractOptions
+    from extract.resume import request_fingerprint
+
+    keys = {request_fingerprint(VIDEO, ExtractOptions(encoders=[VIDEO], weights="random",
+                                                      device="cpu", fps=fps))
+            for fps in (25, 25.0)}
+    assert len(keys) == 1 and None not in keys
