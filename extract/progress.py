@@ -59,9 +59,11 @@ class ProgressLines:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if exc_type is None:  # a log ends with where the run ended, not with the last tick
+            print(self.line(), file=self.stream, flush=True)
 
 
 def wants_progress_lines(stream: TextIO | None = None) -> bool:

@@ -35,7 +35,7 @@ COMMANDS = [
     ("pipelines.cli_heads", "evaluate",
      "Score a run's best checkpoint on a split; also writes RUN/eval-<split>.json."),
     ("pipelines.cli_heads", "predict",
-     "Predict a split with a run's best checkpoint and export in the head's official format."),
+     "Predict a split (or new --media) with a run's best checkpoint and export the results."),
     ("pipelines.cli_heads", "ensemble",
      "Average several runs' predictions on a split and export them (scored if labelled)."),
     ("pipelines.cli_metrics", "metrics", "Score predictions with benchmark metrics."),
