@@ -96,6 +96,14 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
+def _write_synced(path: str, data: bytes) -> None:
+    """A whole local file on disk (fsync) before it is renamed or linked into view."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write `data` so that readers see either the old file, no file, or the whole new file."""
     parent = path.rsplit("/", 1)[0]
@@ -103,10 +111,7 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
         os.makedirs(parent, exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(tmp, data)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):  # our own temporary file (a full disk, a kill signal)
@@ -145,10 +150,7 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> b
         folder, name = os.path.split(path)
         tmp = os.path.join(os.path.dirname(folder), f".{name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(tmp, data)
             os.link(tmp, path)
         except FileExistsError:
             return False
