@@ -478,10 +478,13 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
 
 
 def _json_ready(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Metrics as JSON values: scalars as floats, arrays (a confusion matrix) as nested lists."""
+    """Metrics as JSON values: counts as ints, other scalars as floats, arrays (a confusion
+    matrix) as nested lists."""
     out: dict[str, Any] = {}
     for key, value in metrics.items():
-        if isinstance(value, int | float | np.number):
+        if isinstance(value, int | np.integer) and not isinstance(value, bool):
+            out[key] = int(value)  # a count (REGNN's speakers) stays a count in JSON and tables
+        elif isinstance(value, float | np.number):
             out[key] = float(value)
         elif isinstance(value, np.ndarray | torch.Tensor):
             out[key] = value.tolist()

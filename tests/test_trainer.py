@@ -315,3 +315,14 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tiny_store, tmp_path):
     with pytest.raises(UserError, match="last.pt"):
         train(tiny(epochs=2), tiny_store, run, device="cpu", progress=False, resume=True)
     assert not marker.exists()
+
+
+def test_counts_stay_counts_in_saved_metrics():
+    # `affect evaluate` printed REGNN's "speakers 2.0000": a count saved as a float.
+    from heads.trainer import _json_ready
+
+    saved = _json_ready({"speakers": 2, "n": np.int64(7), "FRC": 0.5, "ccc": np.float32(0.25),
+                         "confusion": np.eye(2)})
+    assert saved["speakers"] == 2 and type(saved["speakers"]) is int
+    assert type(saved["n"]) is int and type(saved["FRC"]) is float
+    assert type(saved["ccc"]) is float and saved["confusion"] == [[1.0, 0.0], [0.0, 1.0]]
