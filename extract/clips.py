@@ -86,6 +86,13 @@ def _number(record: dict, key: str, where: str, clip_id: str) -> float | None:
     return float(value)
 
 
+def check_clips(clips: Iterable[dict]) -> None:
+    """The clips file's checks for clips handed over in Python (either runner, before any
+    write): `clips[i]` names the one at fault."""
+    for i, clip in enumerate(clips):
+        check_clip(clip, f"clips[{i}]")
+
+
 def check_clip(record: object, where: str) -> None:
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected a JSON object per line")

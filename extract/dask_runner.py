@@ -265,6 +265,7 @@ def run_extraction_dask(
     """Extract on a dask cluster: a ClusterRequest, a scheduler address, or (None) local:N."""
     from distributed import as_completed
 
+    from .clips import check_clips
     from .runner import finish_run, make_tasks, prepare_store
 
     if cluster is None or isinstance(cluster, str):
@@ -273,6 +274,7 @@ def run_extraction_dask(
     started = time.perf_counter()
     if options.limit is not None:
         clips = clips[: options.limit]
+    check_clips(clips)
     store_url = absolute_url(store_url)
     options = _absolute_options(options)
     store = open_store(store_url, storage_options=storage_options)

@@ -102,11 +102,7 @@ def clip_definition(clip: dict) -> dict[str, Any]:
         if modality != "text" and not source:
             continue
         entry = _settings(clip, modality)
-        if source and not isinstance(source, str | os.PathLike):
-            # A malformed record from the Python API (clips files are validated when read):
-            # its decode failure is this clip's ledger line; its definition must not stop the run.
-            entry["source"] = {"path": repr(source), "invalid": True}
-        elif source:
+        if source:
             entry["source"] = {**source_stat(source), "digest": source_digest(source)}
         out[modality] = entry
     return out

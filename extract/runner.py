@@ -27,7 +27,7 @@ from features_store import FeatureStore, PartCommitted
 from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
 
-from .clips import check_clip, clip_table_record
+from .clips import check_clips, clip_table_record
 from .decode_ahead import (
     AudioItem,
     ClipError,
@@ -465,8 +465,7 @@ def run_extraction(
     started = time.perf_counter()
     if options.limit is not None:
         clips = clips[: options.limit]
-    for i, clip in enumerate(clips):  # callers of the Python API get the clips file's checks
-        check_clip(clip, f"clips[{i}]")
+    check_clips(clips)
     device = resolve_device(options.device)
     options = replace(options, device=device)  # the stream keys hold the device used
     plans = build_plans(options, device)
