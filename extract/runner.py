@@ -103,6 +103,9 @@ def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
             raise UserError(f"encoder {request!r}: --decode-size cannot be combined with crops "
                             "(boxes are in the source's pixel coordinates)")
         info = stream_info(encoder, crop_kind, fps, options.dtype)
+        # The arguments as given, beside the resolved options in the key: what rebuilds this
+        # encoder for new media (`affect predict --media`); not part of the key.
+        info.extra["arguments"] = dict(options.encoder_options.get(name, {}))
         if encoder.spec.modality == "video" and options.decode_size:
             info.preprocessing["decode_shorter_side"] = options.decode_size
         info.preprocessing["compute"] = compute_identity(device)

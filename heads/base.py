@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from heads.prediction_table import PredictionTable, series_tables
+
 # The schedules the trainer implements (see heads/trainer.py `LrSchedule`).
 SCHEDULES = ("constant", "linear", "warmup_step", "multistep", "plateau")
 
@@ -186,6 +188,28 @@ class Head(ABC):
     @abstractmethod
     def export(self, predictions: Any, data: Any, split: str, out_dir: Path) -> list[Path]:
         """Write `predictions` into `out_dir` in the head's official format; return the files."""
+
+    def predict_data(self, trained: Any, store: Any, split: str) -> Any:
+        """Data to predict every clip of `split` in `store`, labelled or not.
+
+        `trained` is what `build_data` returned for the run's own store: what training learned
+        from its data (normalisation statistics, class names, the text tower's source) comes
+        from there, never from the clips being predicted, so a clip gets the same prediction
+        whichever store or split it sits in. `store` may be another store with the same
+        streams (`affect predict --media` extracts into a scratch store).
+        """
+        from features_store.errors import UserError
+
+        raise UserError(f"head {self.name!r} cannot predict clips outside the splits it loads "
+                        "for training")
+
+    def prediction_tables(self, predictions: Any, data: Any, split: str
+                          ) -> dict[str, PredictionTable]:
+        """`predictions` as one table per clip (CSV and plot of `affect predict --media`).
+
+        Default: clip id -> [T, C] array, one row per frame, times unknown.
+        """
+        return series_tables(predictions, None, None)
 
     def ensemble(self, predictions: Sequence[Any]) -> Any:
         """Combine several runs' predictions into one; heads that support ensembles override."""

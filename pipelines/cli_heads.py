@@ -177,9 +177,12 @@ def predict(run_dir: str, split: str, export_dir: str | None, store: str | None,
         return
 
     run = load_run(run_dir, store=store, device=device)
-    predictions = predict_model(run.head, run.model, run.data, split)
+    # Any split of the store, labelled or not (a split ingested only to be predicted), read
+    # with what training learned (normalisation, classes): as `--media` predicts.
+    data = run.head.predict_data(run.data, run.store, split)
+    predictions = predict_model(run.head, run.model, data, split)
     out = Path(export_dir) if export_dir else run.paths.predictions / split
-    files = run.head.export(predictions, run.data, split, out)
+    files = run.head.export(predictions, data, split, out)
     click.echo(f"wrote {plural(len(files), 'file')} to {out}")
 
 

@@ -11,8 +11,10 @@ streams for the new media into a scratch store (or a store the user names), poin
 data at that store (keeping the training split's normalisation), predicts, and writes one CSV per
 clip, the head's own export format and a plot.
 
-How a head's data is pointed at another store is head-specific; `MEDIA_DATA` holds one small
-function per data type, and a head without one is refused in one line.
+Every head says how to predict clips that are not in its training splits (`Head.predict_data`:
+what training learned, such as normalisation statistics, stays the run's) and how its
+predictions read as one table per clip (`Head.prediction_tables`); so `--media` gives the same
+predictions as ingesting the media into a store, extracting and `affect predict --split`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import csv
 import dataclasses
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import numpy as np
 from features_store import StreamInfo, open_store
 from features_store.errors import UserError
 from features_store.paths import safe_join
+from heads.prediction_table import PredictionTable
 
 PREDICT_SPLIT = "predict"
 MEDIA_SUFFIXES = (".mp4", ".avi", ".flv", ".mkv", ".mov", ".webm", ".wav", ".mp3", ".flac",
@@ -77,6 +79,9 @@ class StreamRequest:
 
     info: StreamInfo            # the stream as the training store records it
     options: Any                # extract.report.ExtractOptions for this stream alone
+    # Other options to try when `options` does not give the recorded key (a store written before
+    # streams recorded the encoder's arguments: see `_encoder_arguments`).
+    fallbacks: list = dataclasses.field(default_factory=list)
 
 
 def _weights_for(info: StreamInfo, given: dict[str, str]) -> str:
@@ -106,25 +111,38 @@ def stream_requests(training_store, keys: list[str], given_weights: dict[str, st
         crop = pre.get("crop")
         request = info.name + (f"@{crop}" if crop else "")
         arch = encoder.get("arch") or {}
-        options = ExtractOptions(
-            encoders=[request], weights=_weights_for(info, given_weights), device=device,
-            reduced=bool(arch.get("reduced", False)), dtype=info.dtype,
-            fps=float(pre.get("fps") or 25.0), decode_size=pre.get("decode_shorter_side"),
-            decoder=pre.get("decoder", "pyav"), resize_with=pre.get("resize_with", "pil"),
-            encoder_options=({info.name: _encoder_options(info.name, encoder.get("options"))}),
-        )
-        requests.append(StreamRequest(info, options))
+        candidates = [
+            ExtractOptions(
+                encoders=[request], weights=_weights_for(info, given_weights), device=device,
+                reduced=bool(arch.get("reduced", False)), dtype=info.dtype,
+                fps=float(pre.get("fps") or 25.0), decode_size=pre.get("decode_shorter_side"),
+                decoder=pre.get("decoder", "pyav"), resize_with=pre.get("resize_with", "pil"),
+                encoder_options={info.name: arguments})
+            for arguments in _encoder_arguments(info)]
+        requests.append(StreamRequest(info, candidates[0], candidates[1:]))
     if not requests:
         raise UserError("the run reads no feature streams: nothing to extract for new media")
     return requests
 
 
-def _encoder_options(name: str, recorded: dict | None) -> dict:
-    """The recorded options the encoder accepts as arguments (the rest show up in the key)."""
+def _encoder_arguments(info: StreamInfo) -> list[dict]:
+    """The encoder's keyword arguments to try, most likely first.
+
+    A stream records the arguments its encoder was built with (`extra["arguments"]`). Its
+    recorded `options` are not arguments: they are the resolved values that enter the key (a
+    PCA file's digest, the activation a weights tag implies), so they are only a guess for a
+    store written before the arguments were recorded: the defaults first, then the recorded
+    options the encoder accepts, minus values that name an identity rather than a choice.
+    """
     from extract.encoders import _entry
 
-    accepted = _entry(name).options
-    return {k: v for k, v in (recorded or {}).items() if k in accepted}
+    if "arguments" in (info.extra or {}):
+        return [dict(info.extra["arguments"] or {})]
+    accepted = _entry(info.name).options
+    recorded = ((info.preprocessing or {}).get("encoder") or {}).get("options") or {}
+    guess = {k: v for k, v in recorded.items() if k in accepted and not (
+        isinstance(v, str) and v.startswith(("random:", "sha256:")))}
+    return [{}, guess] if guess else [{}]
 
 
 def check_same_streams(requests: list[StreamRequest], device: str) -> list:
@@ -133,6 +151,12 @@ def check_same_streams(requests: list[StreamRequest], device: str) -> list:
 
     all_plans = []
     for request in requests:
+        for options in request.fallbacks:  # older stores: the first guess that gives the key
+            if _key_of(request.options, device) == request.info.key:
+                break
+            if _key_of(options, device) == request.info.key:
+                request.options = options
+                break
         try:
             plans = build_plans(request.options, device)
         except UserError as exc:
@@ -158,23 +182,35 @@ def check_same_streams(requests: list[StreamRequest], device: str) -> list:
     return all_plans
 
 
-# --- pointing a head's data at the new store --------------------------------------------------
+def _key_of(options, device: str) -> str | None:
+    from extract.runner import build_plans
 
-def _family_data(data, store):
-    # Transformer family: splits load lazily from `store`; keep the train mean/std.
-    return dataclasses.replace(data, store=store, splits={})
+    try:
+        return build_plans(options, device)[0].info.with_key().key
+    except UserError:
+        return None
 
 
-MEDIA_DATA: dict[str, Callable[[Any, Any], Any]] = {"FamilyData": _family_data}
+# --- what the new media must give ---------------------------------------------------------
 
+def check_inputs(clips: list[dict], all_plans: list) -> None:
+    """Refuse in one line when a clip cannot give a stream the run reads (a transcript for a
+    text stream, pictures for a video stream): extraction would skip it and the head would
+    find no clip with every stream."""
+    from extract.resume import has_input
 
-def media_data(head, data, store):
-    adapt = MEDIA_DATA.get(type(data).__name__)
-    if adapt is None:
-        raise UserError(f"head {head.name} cannot predict on new media yet (its data type "
-                        f"{type(data).__name__} has no entry in pipelines.predict_media."
-                        "MEDIA_DATA); ingest the media and use `affect predict --split`")
-    return adapt(data, store)
+    needs = {"text": 'a "text" field with its transcript',
+             "video": 'a "video" file or a "frames" folder',
+             "audio": 'an "audio" or "video" file'}
+    for plans in all_plans:
+        plan = plans[0]
+        for clip in clips:
+            if not has_input(clip, plan.modality):
+                raise UserError(
+                    f"{clip.get('video') or clip.get('audio') or clip['clip_id']}: the run reads "
+                    f"stream {plan.info.alias} ({plan.modality}), and clip {clip['clip_id']!r} "
+                    f"has nothing for it; give --media a clips.jsonl whose lines have "
+                    f"{needs[plan.modality]}")
 
 
 def parse_weights(items) -> dict[str, str]:
@@ -204,7 +240,7 @@ def predict_media(run_dir: str, media: str, out_dir: str | None = None,
     run = load_run(run_dir, device=dev)
     keys = list((saved.get("streams") or {}).values())
     requests = stream_requests(run.store, keys, weights or {}, dev)
-    check_same_streams(requests, dev)
+    check_inputs(clips, check_same_streams(requests, dev))
 
     out.mkdir(parents=True, exist_ok=True)
     scratch = open_store(store_url or str(out / "store.zarr"))
@@ -219,74 +255,77 @@ def predict_media(run_dir: str, media: str, out_dir: str | None = None,
             raise UserError(f"{first['message']} (stream {request.info.alias}; "
                             f"{len(report.failures)} clip(s) failed, see {report.ledger})")
     scratch.refresh()
-    data = media_data(run.head, run.data, scratch)
+    data = run.head.predict_data(run.data, scratch, PREDICT_SPLIT)
     predictions = predict_model(run.head, run.model, data, PREDICT_SPLIT)
-    files = write_predictions(predictions, data, out, run.head)
+    tables = run.head.prediction_tables(predictions, data, PREDICT_SPLIT)
+    files = write_tables(tables, out / "clips")
+    files.append(str(plot_tables(tables, out / "predictions.png")))
     try:
         files += [str(p) for p in run.head.export(predictions, data, PREDICT_SPLIT,
                                                   out / "export")]
     except (UserError, NotImplementedError):
         pass  # a head without an export format still gets the CSVs and the plot
-    summary = {"run": str(run_dir), "head": run.head.name, "clips": len(predictions),
+    summary = {"run": str(run_dir), "head": run.head.name, "clips": len(tables),
                "store": scratch.url, "out": str(out), "files": files}
     (out / "predictions.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def write_predictions(predictions: dict[str, np.ndarray], data, out: Path, head) -> list[str]:
-    """One CSV per clip (time, one column per output) and one plot of every clip."""
-    shift = _frame_shift(data)
-    columns = _columns(head, predictions)
+def write_tables(tables: dict[str, PredictionTable], folder: Path) -> list[str]:
+    """One CSV per clip: [time_s,] [sample,] then the table's columns (class tables start with
+    the predicted class)."""
     files = []
-    (out / "clips").mkdir(exist_ok=True)
-    for clip_id, values in predictions.items():
-        values = np.asarray(values, np.float32)
-        if values.ndim == 1:
-            values = values[:, None] if shift is not None else values[None, :]
-        path = safe_join(out / "clips", clip_id, suffix=".csv")  # a clip id of a/b: a folder
+    for clip_id, table in tables.items():
+        path = safe_join(folder, clip_id, suffix=".csv")  # a clip id of a/b: a folder
         path.parent.mkdir(parents=True, exist_ok=True)
+        header = (["time_s"] if table.time_s is not None else []) \
+            + (["sample"] if table.sample is not None else []) \
+            + (["predicted"] if table.kind == "classes" else []) + list(table.columns)
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["time_s", *columns[: values.shape[-1]]])
-            for i, row in enumerate(values.reshape(len(values), -1)):
-                time = "" if shift is None else f"{i * shift:.4f}"
-                writer.writerow([time, *(f"{v:.6f}" for v in row)])
+            writer.writerow(header)
+            for r, row in enumerate(table.values):
+                lead = ([f"{table.time_s[r]:.4f}"] if table.time_s is not None else []) \
+                    + ([int(table.sample[r])] if table.sample is not None else []) \
+                    + ([table.columns[int(np.argmax(row))]] if table.kind == "classes" else [])
+                writer.writerow([*lead, *(f"{v:.6f}" for v in row)])
         files.append(str(path))
-    files.append(str(plot_predictions(predictions, shift, columns, out / "predictions.png")))
     return files
 
 
-def _frame_shift(data) -> float | None:
-    for seqs in getattr(data, "splits", {}).values():
-        shift = getattr(seqs, "frame_shift_s", None)
-        if shift:
-            return float(shift)
-    return None
+# Channels drawn for a table with many columns (REGNN's 25 reaction attributes): the affect
+# dimensions when present, else the first few.
+PLOTTED = ("valence", "arousal")
+MAX_LINES = 4
 
 
-def _columns(head, predictions) -> list[str]:
-    width = max((np.asarray(v).shape[-1] for v in predictions.values()), default=0)
-    if width == 2 and "va" in (getattr(head.config, "labels", "") or "").lower():
-        return ["valence", "arousal"]
-    return [f"output_{i}" for i in range(width)]
-
-
-def plot_predictions(predictions: dict[str, np.ndarray], shift: float | None,
-                     columns: list[str], path: Path) -> Path:
+def plot_tables(tables: dict[str, PredictionTable], path: Path) -> Path:
+    """One panel per clip: outputs over time (each generated sample thinly) or class bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = max(1, len(predictions))
+    n = max(1, len(tables))
     fig, axes = plt.subplots(n, 1, figsize=(8, 2.4 * n), squeeze=False)
-    for ax, (clip_id, values) in zip(axes[:, 0], predictions.items()):
-        values = np.asarray(values, np.float32).reshape(len(values), -1)
-        times = np.arange(len(values)) * (shift or 1.0)
-        for k in range(values.shape[1]):
-            ax.plot(times, values[:, k], label=columns[k] if k < len(columns) else str(k))
+    for ax, (clip_id, table) in zip(axes[:, 0], tables.items()):
         ax.set_title(clip_id, fontsize=9)
-        ax.set_xlabel("time (s)" if shift else "row")
+        if table.kind == "classes":
+            ax.barh(table.columns, table.values[0])
+            ax.set_xlim(0, 1)
+            ax.set_xlabel("probability")
+            continue
+        shown = [c for c in table.columns if c in PLOTTED] or table.columns[:MAX_LINES]
+        samples = table.sample if table.sample is not None else np.zeros(len(table.values), int)
+        for k, name in enumerate(shown):
+            column = table.columns.index(name)
+            for s in np.unique(samples):
+                rows = samples == s
+                times = table.time_s[rows] if table.time_s is not None else np.arange(rows.sum())
+                ax.plot(times, table.values[rows, column], color=f"C{k}",
+                        alpha=1.0 if table.sample is None else 0.5,
+                        label=name if s == samples[0] else None)
+        ax.set_xlabel("time (s)" if table.time_s is not None else "row")
         ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -295,4 +334,4 @@ def plot_predictions(predictions: dict[str, np.ndarray], shift: float | None,
 
 
 __all__ = ["predict_media", "media_clips", "stream_requests", "check_same_streams",
-           "MEDIA_DATA", "PREDICT_SPLIT"]
+           "check_inputs", "write_tables", "plot_tables", "PREDICT_SPLIT"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,8 @@ from torch import nn
 
 from features_store.paths import safe_join
 from heads.base import Head, Recipe
-from heads.data import FrameSequences, load_frame_sequences
+from heads.data import FrameSequences, load_frame_sequences, split_clip_ids
+from heads.prediction_table import PredictionTable, sample_tables
 from heads.registry import register_head
 from heads.regnn.config import RegnnConfig
 from heads.regnn.loss import ThresholdSchedule
@@ -73,6 +75,7 @@ class RegnnData:
     splits: dict[str, ReactSplit]
     video_columns: tuple[int, int]
     audio_columns: tuple[int, int]
+    label_columns: list[str] = field(default_factory=list)  # names of the reaction channels
     # training windows: (sample k, start frame) and each sample's appropriate listener clips
     train_windows: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     candidates: list[np.ndarray] = field(default_factory=list)
@@ -153,6 +156,26 @@ def load_split(store: Any, config: RegnnConfig, split: str) -> ReactSplit | None
         neighbours=np.asarray(matrix, dtype=bool)[np.ix_(kept, kept)],
         labelled=labelled,
     )
+
+
+def speaker_split(store: Any, config: RegnnConfig, split: str) -> ReactSplit:
+    """Every clip of `split` with both feature streams as a speaker to generate reactions for.
+
+    For clips with no appropriateness aux (new media, a split ingested without the challenge's
+    neighbour files): no listeners, nothing to score, only generation.
+    """
+    features = [config.video_stream, config.audio_stream]
+    clip_ids = split_clip_ids(store, split, features)
+    if not clip_ids:
+        raise _user_error(f"{store.url}: no clip of split {split!r} has the streams "
+                          f"{', '.join(features)}")
+    sequences = load_frame_sequences(
+        store, clip_ids, features, config.label_stream, invalid_value=None
+    )
+    everyone = np.arange(len(clip_ids), dtype=np.int64)
+    return ReactSplit(name=split, sequences=sequences, speaker=everyone, listener=everyone,
+                      neighbours=np.zeros((len(clip_ids), len(clip_ids)), dtype=bool),
+                      labelled=False)
 
 
 def plan_train_windows(
@@ -243,6 +266,12 @@ def _check_scorable(split: ReactSplit | None, name: str) -> None:
                           "`affect sample --seconds 3` or more)")
 
 
+def clip_seed(seed: int, clip_id: str) -> int:
+    """The generator seed of one clip: its reactions do not depend on which other clips are
+    generated before it (a split, a single new video)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(clip_id.encode("utf-8"))) % (2**63)
+
+
 @register_head
 class RegnnHead(Head):
     """REGNN (REACT 2023) multiple appropriate facial reaction generation."""
@@ -299,6 +328,8 @@ class RegnnHead(Head):
             splits=splits,
             video_columns=slices[store.resolve(config.video_stream).alias],
             audio_columns=slices[store.resolve(config.audio_stream).alias],
+            label_columns=list((store.resolve(config.label_stream).extra or {}).get("columns")
+                               or []),
         )
         data.train_windows, data.candidates = plan_train_windows(
             train, config.window, config.stride
@@ -353,16 +384,29 @@ class RegnnHead(Head):
         react = data.split(split)
         seqs = react.sequences
         device = next(model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(self.config.seed)
         (v0, v1), (a0, a1) = data.video_columns, data.audio_columns
         predictions: dict[str, np.ndarray] = {}
         for clip in dict.fromkeys(react.speaker.tolist()):
+            generator = torch.Generator(device=device).manual_seed(
+                clip_seed(self.config.seed, seqs.clip_ids[clip]))
             features = torch.from_numpy(seqs.features[seqs.clip_slice(clip)]).to(device)
             reactions = model.generate(
                 features[:, v0:v1], features[:, a0:a1], self.config.n_samples, generator
             )
             predictions[seqs.clip_ids[clip]] = reactions.float().cpu().numpy()
         return predictions
+
+    def predict_data(self, trained: RegnnData, store: Any, split: str) -> RegnnData:
+        """The split with its appropriateness aux when `store` has one, else every clip with
+        both streams as a speaker (generation only)."""
+        react = load_split(store, self.config, split) or speaker_split(store, self.config, split)
+        return dataclasses.replace(trained, splits={split: react})
+
+    def prediction_tables(self, predictions: dict[str, np.ndarray], data: RegnnData,
+                          split: str) -> dict[str, PredictionTable]:
+        """The `n_samples` generated reactions of each clip, one after another."""
+        shift = data.split(split).sequences.frame_shift_s
+        return sample_tables(predictions, data.label_columns, shift)
 
     def score(
         self, predictions: dict[str, np.ndarray], data: RegnnData, split: str

@@ -36,6 +36,7 @@ from heads.base import Head, Recipe
 from heads.class_predictions import mean_of_runs, write_csv
 from heads.data import split_clip_ids
 from heads.metrics import confusion_matrix, uar, war
+from heads.prediction_table import PredictionTable, class_tables
 from heads.registry import register_head
 from heads.temporal_attention.config import TemporalAttentionConfig
 from heads.temporal_attention.model import (
@@ -156,6 +157,35 @@ def gather(data: SegmentData, split: SegmentSplit, clips: np.ndarray, frames: np
             "label": torch.from_numpy(split.labels[clips].astype(np.int64))}
 
 
+def load_segments(store: Any, ids: dict[str, list[str]], face_info: Any, body_info: Any,
+                  label_info: Any) -> tuple[np.ndarray, np.ndarray, dict[str, SegmentSplit]]:
+    """Face and body rows of every clip in `ids` (split -> clip ids) and each split's index into
+    them; a clip without a label gets class -1."""
+    all_ids = sorted({i for v in ids.values() for i in v})
+    face = store.load_stream(face_info, all_ids)
+    body = store.load_stream(body_info, all_ids)
+    labelled = store.committed_clip_ids(label_info) & set(all_ids)
+    label_array = store.load_stream(label_info, sorted(labelled)) if labelled else None
+    splits = {}
+    for split, clip_ids in ids.items():
+        if not clip_ids:
+            continue
+        f_i = np.array([face.index_of(k) for k in clip_ids])
+        b_i = np.array([body.index_of(k) for k in clip_ids])
+        labels = np.array([int(np.asarray(label_array.clip(k)).reshape(-1)[0])
+                           if k in labelled else -1 for k in clip_ids], dtype=np.int64)
+        splits[split] = SegmentSplit(
+            name=split, clip_ids=list(clip_ids), labels=labels,
+            face_rows=face.offsets[f_i].astype(np.int64),
+            body_rows=body.offsets[b_i].astype(np.int64),
+            n_frames=np.minimum(face.lengths[f_i], body.lengths[b_i]).astype(np.int64))
+    empty = [s.clip_ids[i] for s in splits.values() for i in np.flatnonzero(s.n_frames < 1)]
+    if empty:
+        raise _user_error(f"{store.url}: clip {empty[0]!r} has no frames in "
+                          f"{face_info.alias} or {body_info.alias}")
+    return face.data, body.data, splits
+
+
 @register_head
 class TemporalAttentionHead(Head):
     name: ClassVar[str] = "temporal_attention"
@@ -198,36 +228,16 @@ class TemporalAttentionHead(Head):
         if not all_ids:
             raise _user_error(f"{store.url}: no clip has both {face_info.alias} and "
                               f"{body_info.alias}")
-        face = store.load_stream(face_info, all_ids)
-        body = store.load_stream(body_info, all_ids)
-        labelled = store.committed_clip_ids(label_info) & set(all_ids)
-        label_array = store.load_stream(label_info, sorted(labelled)) if labelled else None
-        splits = {}
-        for split, clip_ids in ids.items():
-            if not clip_ids:
-                continue
-            f_i = np.array([face.index_of(k) for k in clip_ids])
-            b_i = np.array([body.index_of(k) for k in clip_ids])
-            labels = np.array([int(np.asarray(label_array.clip(k)).reshape(-1)[0])
-                               if k in labelled else -1 for k in clip_ids], dtype=np.int64)
-            splits[split] = SegmentSplit(
-                name=split, clip_ids=list(clip_ids), labels=labels,
-                face_rows=face.offsets[f_i].astype(np.int64),
-                body_rows=body.offsets[b_i].astype(np.int64),
-                n_frames=np.minimum(face.lengths[f_i], body.lengths[b_i]).astype(np.int64))
+        face, body, splits = load_segments(store, ids, face_info, body_info, label_info)
         for needed in ("train", c.val_split):  # before training, not after its first epoch
             if needed not in splits:
                 raise _user_error(f"{store.url}: no {needed} clips with {face_info.alias}, "
                                   f"{body_info.alias} and {label_info.alias} (splits: "
                                   f"{', '.join(splits) or 'none'}; set val_split=)")
-        empty = [s.clip_ids[i] for s in splits.values() for i in np.flatnonzero(s.n_frames < 1)]
-        if empty:
-            raise _user_error(f"{store.url}: clip {empty[0]!r} has no frames in "
-                              f"{face_info.alias} or {body_info.alias}")
         source = describe_source(face_info)
         if c.text_weights or not source["random"]:  # find the weights before any training
             source["checkpoint"] = str(checkpoint_path(source, c.text_weights))
-        return SegmentData(face=face.data, body=body.data, splits=splits, classes=classes,
+        return SegmentData(face=face, body=body, splits=splits, classes=classes,
                            dim=int(face_info.dim), source=source)
 
     def build_model(self, data: SegmentData) -> nn.Module:
@@ -302,6 +312,24 @@ class TemporalAttentionHead(Head):
     def export(self, predictions: dict[str, Any], data: SegmentData, split: str,
                out_dir: Path) -> list[Path]:
         return write_csv(predictions, data.classes, split, out_dir)
+
+    def predict_data(self, trained: SegmentData, store: Any, split: str) -> SegmentData:
+        """The clips of `split` in `store` (labels where it has them); classes and the text
+        tower's source are the run's."""
+        c = self.config
+        face_info, body_info = store.resolve(c.face_stream), store.resolve(c.body_stream)
+        ids = {split: split_clip_ids(store, split, [face_info.key, body_info.key])}
+        if not ids[split]:
+            raise _user_error(f"{store.url}: no clip of split {split!r} has both "
+                              f"{face_info.alias} and {body_info.alias}")
+        face, body, splits = load_segments(store, ids, face_info, body_info,
+                                           store.resolve(c.label_stream))
+        return SegmentData(face=face, body=body, splits=splits, classes=trained.classes,
+                           dim=trained.dim, source=trained.source)
+
+    def prediction_tables(self, predictions: dict[str, Any], data: SegmentData, split: str
+                          ) -> dict[str, PredictionTable]:
+        return class_tables(predictions, data.classes)
 
     def ensemble(self, predictions: list[dict[str, Any]]) -> dict[str, Any]:
         return mean_of_runs(predictions, self.name)

@@ -21,8 +21,9 @@ Best checkpoint by weighted F1 on the validation split; accuracy (w-ACC) reporte
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,10 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from features_store.errors import UserError
 from heads.base import Head, Recipe
 from heads.class_predictions import mean_of_runs, write_csv
 from heads.data import split_clip_ids
 from heads.metrics import confusion_matrix, war, weighted_f1
+from heads.prediction_table import PredictionTable, class_tables
 from heads.registry import register_head
 from heads.tpn_awm.config import INTER_SIGNS, PRESETS, TpnAwmConfig
 from heads.tpn_awm.model import Awtpn, awtpn_losses
@@ -76,6 +79,12 @@ class UtteranceSplit:
     def __len__(self) -> int:
         return len(self.clip_ids)
 
+    def normalize(self, norm: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """z-normalise the audio and video frames with (mean, std) per modality (train's)."""
+        for name, (mean, std) in norm.items():
+            ragged = getattr(self, name)
+            ragged.data = (ragged.data.astype(np.float32) - mean) / std
+
     def batch(self, items: np.ndarray) -> dict[str, torch.Tensor]:
         audio, audio_mask = self.audio.pad(items)
         video, video_mask = self.video.pad(items)
@@ -89,6 +98,8 @@ class UtteranceData:
     classes: list[str]
     audio_dim: int
     video_dim: int
+    # train-split (mean, std) per modality when `normalize` is on; new clips reuse them
+    norm: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def split(self, name: str) -> UtteranceSplit:
         if name not in self.splits:
@@ -147,6 +158,21 @@ def class_ids(values: np.ndarray, dataset: str) -> np.ndarray:
         ids = emotions.argmax(axis=1)
         return np.where(emotions.max(axis=1) > 0, ids, -1).astype(np.int64)
     return values.reshape(len(values), -1)[:, 0].astype(np.int64)
+
+
+def load_utterances(store: Any, split: str, clip_ids: list[str], labels: np.ndarray,
+                    audio_info: Any, video_info: Any) -> UtteranceSplit:
+    """The audio and video frames of `clip_ids`, as stored (not normalised)."""
+    audio = store.load_stream(audio_info, clip_ids)
+    video = store.load_stream(video_info, clip_ids)
+    short = [k for k, n, m in zip(clip_ids, audio.lengths, video.lengths) if n < 1 or m < 1]
+    if short:
+        raise _user_error(f"{store.url}: utterance {short[0]!r} has no frames in "
+                          f"{audio_info.alias} or {video_info.alias}")
+    return UtteranceSplit(
+        name=split, clip_ids=list(clip_ids), labels=np.asarray(labels, np.int64),
+        audio=Ragged(audio.data, audio.offsets.astype(np.int64), audio.lengths.astype(np.int64)),
+        video=Ragged(video.data, video.offsets.astype(np.int64), video.lengths.astype(np.int64)))
 
 
 @register_head
@@ -219,28 +245,14 @@ class TpnAwmHead(Head):
             dropped += len(clip_ids) - len(keep)
             if not keep:
                 continue
-            labels = labels[labels >= 0]
-            audio = store.load_stream(audio_info, keep)
-            video = store.load_stream(video_info, keep)
-            short = [k for k, n, m in zip(keep, audio.lengths, video.lengths) if n < 1 or m < 1]
-            if short:
-                raise _user_error(f"{store.url}: utterance {short[0]!r} has no frames in "
-                                  f"{audio_info.alias} or {video_info.alias}")
-            splits[split] = UtteranceSplit(
-                name=split, clip_ids=keep, labels=labels,
-                audio=Ragged(audio.data, audio.offsets.astype(np.int64),
-                             audio.lengths.astype(np.int64)),
-                video=Ragged(video.data, video.offsets.astype(np.int64),
-                             video.lengths.astype(np.int64)))
-        if c.normalize:
+            splits[split] = load_utterances(store, split, keep, labels[labels >= 0],
+                                            audio_info, video_info)
+        norm: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if c.normalize and "train" in splits:
             for ragged in ("audio", "video"):
-                train = getattr(splits["train"], ragged).data if "train" in splits else None
-                if train is None:
-                    break
-                mean, std = _stats(train)
-                for part in splits.values():
-                    r = getattr(part, ragged)
-                    r.data = (r.data.astype(np.float32) - mean) / std
+                norm[ragged] = _stats(getattr(splits["train"], ragged).data)
+            for part in splits.values():
+                part.normalize(norm)
         if dropped:
             warnings.warn(f"tpn_awm: {dropped} utterance(s) name no class (no emotion) and are "
                           "left out", stacklevel=2)
@@ -250,7 +262,37 @@ class TpnAwmHead(Head):
                                   f" {video_info.alias} and {label_info.alias} (splits: "
                                   f"{', '.join(splits) or 'none'}; set val_split=)")
         return UtteranceData(splits=splits, classes=classes, audio_dim=int(audio_info.dim),
-                             video_dim=int(video_info.dim))
+                             video_dim=int(video_info.dim), norm=norm)
+
+    def predict_data(self, trained: UtteranceData, store: Any, split: str) -> UtteranceData:
+        """Every utterance of `split` with both streams, labelled or not (class -1), normalised
+        with the run's train statistics."""
+        c = self.config
+        audio_info, video_info = store.resolve(c.audio_stream), store.resolve(c.video_stream)
+        clip_ids = split_clip_ids(store, split, [audio_info.key, video_info.key])
+        if not clip_ids:
+            raise _user_error(f"{store.url}: no utterance of split {split!r} has both "
+                              f"{audio_info.alias} and {video_info.alias}")
+        labels = np.full(len(clip_ids), -1, np.int64)
+        try:
+            label_info = store.resolve(c.label_stream)
+        except UserError:  # a store of new media may have no label stream at all
+            label_info = None
+        committed = store.committed_clip_ids(label_info) if label_info is not None else set()
+        labelled = [k for k in clip_ids if k in committed]
+        if labelled:
+            rows = store.load_stream(label_info, labelled)
+            ids = class_ids(np.concatenate([np.asarray(rows.clip(k))[:1] for k in labelled]),
+                            c.dataset)
+            position = {k: i for i, k in enumerate(clip_ids)}
+            labels[[position[k] for k in labelled]] = ids
+        part = load_utterances(store, split, clip_ids, labels, audio_info, video_info)
+        part.normalize(trained.norm)
+        return dataclasses.replace(trained, splits={split: part})
+
+    def prediction_tables(self, predictions: dict[str, Any], data: UtteranceData, split: str
+                          ) -> dict[str, PredictionTable]:
+        return class_tables(predictions, data.classes)
 
     def build_model(self, data: UtteranceData) -> nn.Module:
         c = self.config
@@ -287,6 +329,8 @@ class TpnAwmHead(Head):
     def score(self, predictions: dict[str, Any], data: UtteranceData, split: str
               ) -> dict[str, Any]:
         part = data.split(split)
+        if np.any(part.labels < 0):
+            raise _user_error(f"tpn_awm: split {split!r} has unlabelled utterances")
         position = {k: i for i, k in enumerate(predictions["clip_ids"])}
         y_pred = np.asarray(predictions["probabilities"])[[position[k] for k in part.clip_ids]]
         y_pred = y_pred.argmax(axis=1)

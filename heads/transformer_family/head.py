@@ -9,6 +9,7 @@ state never crosses from one video into another.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from torch import nn
 from heads.base import Head, Recipe
 from heads.data import FrameSequences, feature_stats, load_frame_sequences, split_clip_ids
 from heads.metrics import ccc, ccc_loss
+from heads.prediction_table import PredictionTable, series_tables
 from heads.registry import register_head
 from heads.transformer_family.config import (
     FCLSTMXLConfig,
@@ -299,6 +301,15 @@ class TransformerFamilyHead(Head):
         if not isinstance(predictions, PostProcessed):
             predictions = {k: self.postprocess(v) for k, v in predictions.items()}
         return write_challenge_files(predictions, Path(out_dir))
+
+    def predict_data(self, trained: FamilyData, store: Any, split: str) -> FamilyData:
+        """Splits load from `store` on first use, normalised with the run's train statistics."""
+        return dataclasses.replace(trained, store=store, splits={})
+
+    def prediction_tables(self, predictions: dict[str, np.ndarray], data: FamilyData,
+                          split: str) -> dict[str, PredictionTable]:
+        """Raw per-frame valence and arousal on the label timeline (the export smooths them)."""
+        return series_tables(predictions, TARGETS, data.sequences(split).frame_shift_s)
 
     def ensemble(self, predictions: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Official (`ensemble_of="postprocessed"`): the mean of each run's smoothed and clipped

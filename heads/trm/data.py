@@ -73,26 +73,26 @@ class AlignedClips:
 
 
 def load_aligned_clips(store: Any, split: str, streams: Sequence[str], clock: str,
-                       labels: str) -> AlignedClips:
-    """Every clip of `split` that has all `streams` and a label, aligned on `clock`'s rows."""
-    clip_ids = split_clip_ids(store, split, [*streams, labels])
+                       labels: str, require_labels: bool = True) -> AlignedClips:
+    """Every clip of `split` that has all `streams` and a label, aligned on `clock`'s rows.
+
+    With `require_labels=False` (prediction), clips without a label are kept too, with NaN
+    targets.
+    """
+    needed = [*streams, labels] if require_labels else list(streams)
+    clip_ids = split_clip_ids(store, split, needed)
     if not clip_ids:
         raise _user_error(f"{store.url}: no clip of split {split!r} has every stream "
-                          f"({', '.join([*streams, labels])})")
+                          f"({', '.join(needed)})")
     infos = [store.resolve(s) for s in streams]
     clock_info = store.resolve(clock)
     if clock_info.frame_shift_s is None:
         raise _user_error(f"{store.url}: stream {clock!r} has one row per clip; the clock must "
                           "be a per-frame stream (the video features)")
-    label_info = store.resolve(labels)
-    if label_info.frame_shift_s is not None:
-        raise _user_error(f"{store.url}: label stream {labels!r} is per frame; TRM reads one "
-                          "valence/arousal target per clip (as CREMA-D's cremad-va)")
-    if label_info.dim < 2:
-        raise _user_error(f"{store.url}: label stream {labels!r} has {label_info.dim} column(s);"
-                          " TRM needs valence and arousal")
+    label_info = _label_info(store, labels, required=require_labels)
     arrays = {info.key: store.load_stream(info, clip_ids) for info in infos}
-    label_array = store.load_stream(label_info, clip_ids)
+    labelled = store.committed_clip_ids(label_info) & set(clip_ids) if label_info else set()
+    label_array = store.load_stream(label_info, sorted(labelled)) if labelled else None
     shift = float(clock_info.frame_shift_s)
     columns: list[list[np.ndarray]] = [[] for _ in infos]
     lengths = np.zeros(len(clip_ids), np.int64)
@@ -118,8 +118,10 @@ def load_aligned_clips(store: Any, split: str, streams: Sequence[str], clock: st
                                     auto_method(info.frame_shift_s, shift))
             columns[k].append(values.astype(dtype, copy=False))
         lengths[c] = n
-        label_rows = np.asarray(label_array.clip(clip_id), np.float32)
-        targets[c] = label_rows[0, :2]
+        if clip_id in labelled:
+            targets[c] = np.asarray(label_array.clip(clip_id), np.float32)[0, :2]
+        else:
+            targets[c] = np.nan  # unlabelled (new media): nothing to score against
     features = np.concatenate([np.concatenate(col) for col in columns], axis=1)
     dims = [info.dim for info in infos]
     edges = np.concatenate([[0], np.cumsum(dims)]).astype(int)
@@ -128,3 +130,21 @@ def load_aligned_clips(store: Any, split: str, streams: Sequence[str], clock: st
         offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
         lengths=lengths, targets=targets, frame_shift_s=shift,
         slices={s: (int(edges[k]), int(edges[k + 1])) for k, s in enumerate(streams)})
+
+
+def _label_info(store: Any, labels: str, required: bool) -> Any:
+    """The label stream, checked to be one valence/arousal row per clip; None when it is
+    missing and not `required`."""
+    try:
+        info = store.resolve(labels)
+    except Exception:
+        if required:
+            raise
+        return None
+    if info.frame_shift_s is not None:
+        raise _user_error(f"{store.url}: label stream {labels!r} is per frame; TRM reads one "
+                          "valence/arousal target per clip (as CREMA-D's cremad-va)")
+    if info.dim < 2:
+        raise _user_error(f"{store.url}: label stream {labels!r} has {info.dim} column(s);"
+                          " TRM needs valence and arousal")
+    return info

@@ -41,6 +41,7 @@ from torch import nn
 from features_store.paths import safe_join
 from heads.base import Head, Recipe
 from heads.metrics import ccc, ccc_loss
+from heads.prediction_table import PredictionTable, series_tables
 from heads.registry import register_head
 from heads.trm.config import TRMConfig
 from heads.trm.data import AlignedClips, load_aligned_clips
@@ -89,6 +90,7 @@ class TRMData:
     store: Any
     config: TRMConfig
     splits: dict[str, AlignedClips] = field(default_factory=dict)
+    labelled_only: bool = True  # False when predicting: unlabelled clips are kept (NaN targets)
 
     @property
     def streams(self) -> list[str]:
@@ -98,7 +100,8 @@ class TRMData:
     def clips(self, split: str) -> AlignedClips:
         if split not in self.splits:
             self.splits[split] = load_aligned_clips(self.store, split, self.streams,
-                                                    self.config.video, self.config.labels)
+                                                    self.config.video, self.config.labels,
+                                                    require_labels=self.labelled_only)
         return self.splits[split]
 
     @property
@@ -197,6 +200,8 @@ class TRMHead(Head):
     def score(self, predictions: dict[str, np.ndarray], data: TRMData,
               split: str) -> dict[str, float]:
         clips = data.clips(split)
+        if np.isnan(clips.targets).any():
+            raise _user_error(f"trm: split {split!r} has clips without a valence/arousal label")
         missing = [c for c in clips.clip_ids if c not in predictions]
         if missing:
             raise _user_error(f"no prediction for clip {missing[0]!r} of split {split!r}")
@@ -223,6 +228,16 @@ class TRMHead(Head):
         lines = ["clip_id,valence,arousal,target_valence,target_arousal"]
         for clip_id, target in zip(clips.clip_ids, clips.targets):
             v, a = np.asarray(predictions[clip_id])[-1]
-            lines.append(f"{clip_id},{v:.6f},{a:.6f},{target[0]:.6f},{target[1]:.6f}")
+            known = ",".join("" if np.isnan(t) else f"{t:.6f}" for t in target)  # unlabelled
+            lines.append(f"{clip_id},{v:.6f},{a:.6f},{known}")
         path.write_text("\n".join(lines) + "\n")
         return [path]
+
+    def predict_data(self, trained: TRMData, store: Any, split: str) -> TRMData:
+        """The clips of `split` in `store`, labelled or not (nothing is learned from data)."""
+        return TRMData(store=store, config=self.config, labelled_only=False)
+
+    def prediction_tables(self, predictions: dict[str, np.ndarray], data: TRMData, split: str
+                          ) -> dict[str, PredictionTable]:
+        """Valence and arousal per frame of the video clock (the clip's is the last row)."""
+        return series_tables(predictions, ("valence", "arousal"), data.clips(split).frame_shift_s)
