@@ -32,6 +32,7 @@ from features_store.errors import UserError
 from features_store.fingerprint import fingerprint
 
 from .cluster import GPU_RESOURCE, ClusterRequest, has_gpu_workers, open_client, workers_by_host
+from .malloc_tuning import keep_freed_memory
 from .report import ExtractOptions, ExtractReport
 from .resume import NOTE_PREFIX, already_done, record_plans, request_fingerprint
 
@@ -77,43 +78,6 @@ class WorkerSetup(WorkerPlugin):
         cores = self.cores or usable_cores()
         _TORCH_THREADS[:] = [max(1, cores // max(1, sharing))]
         keep_freed_memory()
-
-
-# glibc's mallopt parameters (malloc.h) and the values a tensor workload wants: big enough that
-# a batch's activations and frames, freed, are reused from the heap instead of returned to the
-# kernel and faulted in again.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-TRIM_THRESHOLD_BYTES = 256 << 20
-MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's own ceiling for its dynamic threshold (64-bit)
-
-
-def keep_freed_memory() -> bool:
-    """Undo dask's MALLOC_TRIM_THRESHOLD_=65536 for this worker process (glibc only).
-
-    A dask nanny starts every worker with that variable (`distributed.nanny.pre-spawn-environ`),
-    so that idle workers give memory back. Setting it also switches off glibc's adaptive mmap
-    threshold: every allocation over 128 KiB (each activation of a conv layer, each batch of
-    frames) becomes a fresh mmap whose pages the kernel zeroes and faults in, then unmaps. The
-    model ran about 1.5x slower in a worker than in a plain process, most of it in system time
-    (bench/scale.py, BENCHMARKS.md). Setting the thresholds at run time fixes it for workers
-    however they were started (LocalCluster, `dask worker`, SLURM). Returns whether it applied.
-    """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to undo
-        return False
-    return bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-                and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-
-    def teardown(self, worker) -> None:
-        _TORCH_THREADS.clear()
 
 
 def _apply_torch_threads() -> None:

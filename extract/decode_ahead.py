@@ -34,6 +34,7 @@ import torch
 
 from features_store.errors import UserError
 
+from .malloc_tuning import keep_freed_memory
 from .media import MediaError, iter_timed_audio, iter_video_frames, list_frame_folder
 from .media_video import _BoxLookup, crop
 from .plan import FACE_MARGIN_PX
@@ -380,6 +381,7 @@ def _worker_main(jobs, specs, settings: DecodeSettings, results, stop) -> None:
     # One core each: FFmpeg's own frame threads and torch's intra-op threads would fight the
     # other workers for the same cores.
     torch.set_num_threads(1)
+    keep_freed_memory()  # started from a dask worker, it inherits the nanny's malloc setting
     put = _putter(results, stop)
     for clip, pending in jobs:
         if stop.is_set():
