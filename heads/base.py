@@ -63,7 +63,8 @@ class HeadConfig:
                    then multiply by `gamma` at each epoch in `milestones` (REGNN).
       multistep    multiply by `gamma` at each epoch in `milestones` (MultiStepLR).
       plateau      multiply by `plateau_factor` after `plateau_patience` epochs without
-                   improvement of the validation metric (ReduceLROnPlateau).
+                   improvement of the validation metric, or of `plateau_metric` when set
+                   (ReduceLROnPlateau).
     `warmup_steps > 0` adds the warmup to any schedule.
     """
 
@@ -81,6 +82,9 @@ class HeadConfig:
     gamma: float = 0.1
     plateau_factor: float = 0.5
     plateau_patience: int = 2
+    # the validation value `plateau` watches: "" is the head's own metric (in its mode); a
+    # name ending in "loss" is minimised (the head's `score` must report it)
+    plateau_metric: str = ""
     grad_clip: float = 0.0  # max grad-norm; 0 disables clipping
     grad_accum: int = 1  # micro-batches per optimiser step
     amp: str = "bf16"  # "bf16" | "fp16" | "off"; only used on CUDA

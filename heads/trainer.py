@@ -535,7 +535,9 @@ def train(
     paths.checkpoints.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
     model = head.build_model(data).to(dev)
     optimizer = build_optimizer(config, head.param_groups(model))
-    schedule = LrSchedule(optimizer, config, head.metric_mode)
+    watched = config.plateau_metric or head.metric_name
+    schedule = LrSchedule(optimizer, config,
+                          "min" if watched.endswith("loss") else head.metric_mode)
     amp_dtype = _amp_dtype(config, dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
@@ -655,11 +657,15 @@ def train(
         scalars.record(record, schedule.lrs())
 
         metric_value: float | None = None
+        watched_value: float | None = None
         if (epoch + 1) % max(config.eval_every, 1) == 0 or epoch == last_epoch:
             metrics = evaluate_model(head, model, data, config.val_split)
-            if head.metric_name not in metrics:
-                raise RuntimeError(f"{head.name}.score returned no {head.metric_name!r}")
+            for name in (head.metric_name, watched):
+                if name not in metrics:
+                    raise _user_error(f"{head.name}: its validation metrics have no {name!r} "
+                                      f"(they have {', '.join(sorted(metrics))})")
             metric_value = float(metrics[head.metric_name])
+            watched_value = float(metrics[watched])
             improved = _better(metric_value, best_metric, head.metric_mode)
             if improved:
                 best_metric, best_epoch, bad_evals = metric_value, epoch, 0
@@ -675,7 +681,7 @@ def train(
             }
             _append_jsonl(paths.metrics, record)
             scalars.record(record)
-        schedule.end_epoch(metric_value)
+        schedule.end_epoch(watched_value)
         epochs_done = epoch + 1
         torch.save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),

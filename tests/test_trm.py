@@ -122,6 +122,59 @@ def test_trm_learns_from_aligned_streams_of_different_rates(small_store, tmp_pat
     assert stream_keys(small_store) == keys
 
 
+@pytest.mark.parametrize("watched,mode", [("loss", "min"), ("ccc_mean", "max")])
+def test_the_plateau_schedule_steps_on_the_validation_loss_as_the_public_code(
+        small_store, tmp_path, watched, mode):
+    """The public code steps ReduceLROnPlateau on its validation loss (the default here);
+    `plateau_metric=ccc_mean` steps on the CCC. Checked against torch's own scheduler fed the
+    same validation values."""
+    sets = ["epochs=6", "plateau_patience=0", "lr=0.1"] + (["plateau_metric=ccc_mean"]
+                                                  if watched != "loss" else [])
+    train(trm(*sets), small_store, tmp_path / "run", device="cpu", progress=False)
+    records = [json.loads(line) for line in
+               (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if r["kind"] == "epoch"]
+    values = [r["metrics"][watched] for r in records if r["kind"] == "eval"]
+    assert len(values) == 6 and all(np.isfinite(values))
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimiser = torch.optim.AdamW([parameter], lr=lrs[0])
+    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode=mode, factor=0.5,
+                                                           patience=0)
+    expected = []
+    for value in values:
+        expected.append(optimiser.param_groups[0]["lr"])
+        reference.step(value)
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    assert len(set(lrs)) > 1  # the schedule did act on this run
+
+
+def test_the_validation_loss_is_the_mean_of_the_public_codes_batches():
+    from heads.trm.data import AlignedClips
+
+    rng = np.random.default_rng(0)
+    lengths = np.array([3, 5, 2, 4, 6])
+    clips = AlignedClips(clip_ids=[f"c{i}" for i in range(5)], features=np.zeros((20, 1)),
+                         offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+                         lengths=lengths, targets=rng.normal(size=(5, 2)).astype(np.float32),
+                         frame_shift_s=0.04, slices={})
+    predictions = {c: rng.normal(size=(n, 2)).astype(np.float32)
+                   for c, n in zip(clips.clip_ids, lengths)}
+    head = trm("batch_size=2")
+    batches = [[0, 1], [2, 3], [4]]  # the clips in order, two at a time
+    expected = []
+    for batch in batches:
+        p = np.concatenate([predictions[f"c{i}"] for i in batch])
+        t = np.concatenate([np.repeat(clips.targets[i][None], lengths[i], 0) for i in batch])
+        ccc_part = np.mean([1 - _ccc(p[:, k], t[:, k]) for k in range(2)])
+        expected.append(ccc_part + 0.25 * np.mean((p - t) ** 2))
+    assert head.split_loss(predictions, clips) == pytest.approx(np.mean(expected), rel=1e-5)
+
+
+def _ccc(x: np.ndarray, y: np.ndarray) -> float:
+    cov = np.mean((x - x.mean()) * (y - y.mean()))
+    return 2 * cov / (x.var() + y.var() + (x.mean() - y.mean()) ** 2)
+
+
 def test_resumed_trm_run_ends_exactly_like_an_uninterrupted_one(small_store, tmp_path):
     full = train(trm("epochs=2"), small_store, tmp_path / "full", device="cpu", progress=False)
     train(trm("epochs=2"), small_store, tmp_path / "split", device="cpu", progress=False,

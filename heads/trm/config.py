@@ -12,7 +12,7 @@ class TRMConfig(HeadConfig):
     """Affective-TRM (CREMA-D continuous valence/arousal).
 
     Training as the public code: AdamW lr 5e-4, weight decay 1e-4, ReduceLROnPlateau (factor
-    0.5, patience 2), 25 epochs, batch 32, grad-norm clip 1.0.
+    0.5, patience 2) on the validation loss, 25 epochs, batch 32, grad-norm clip 1.0.
 
     Streams are concatenated in the original's order: audio, video, text. An empty name leaves
     a stream out (`--set text=` trains on audio and video only); any stream of the store can be
@@ -28,6 +28,7 @@ class TRMConfig(HeadConfig):
     schedule: str = "plateau"
     plateau_factor: float = 0.5
     plateau_patience: int = 2
+    plateau_metric: str = "loss"  # the public code's: validation loss ("ccc_mean": the CCC)
     grad_clip: float = 1.0
     # what it reads (aliases in the store)
     audio: str = "dasheng-base"

@@ -19,7 +19,9 @@ Where this differs from the public code, and how to get the original back:
   extra sigma_x * sigma_y factor in the numerator: `--set ccc_formula=original`.
 - The input LayerNorm is trained (the public code builds it outside the optimiser, so it stays
   at its initial identity): `--set input_norm_trainable=false` freezes it as the original does.
-- Plateau schedule: stepped on the validation CCC (the public code steps on validation loss).
+- Plateau schedule: stepped on the validation loss as the public code does (the mean of its
+  batches' losses, clips in order); `--set plateau_metric=ccc_mean` steps on the validation
+  CCC instead.
 - Halting exploration (the public code's 5% chance of not halting, which repeats the previous
   frame's input) is not reproduced: with one step per frame it only injects input noise.
 
@@ -216,7 +218,24 @@ class TRMHead(Head):
             metrics[f"{prefix}ccc_a"] = ccc_a
             metrics[f"{prefix}ccc_mean"] = (ccc_v + ccc_a) / 2
         metrics["mse"] = float(np.mean((last - clips.targets) ** 2))
+        metrics["loss"] = self.split_loss(predictions, clips)
         return metrics
+
+    def split_loss(self, predictions: dict[str, np.ndarray], clips: AlignedClips) -> float:
+        """The training loss on a split as the public code's validation loop takes it (what its
+        ReduceLROnPlateau steps on): the clips in their order, `batch_size` at a time, the mean
+        of the batches' losses. The outputs are the predictions, so nothing runs again."""
+        losses = []
+        for start in range(0, len(clips), self.config.batch_size):
+            ids = clips.clip_ids[start: start + self.config.batch_size]
+            outputs = [np.asarray(predictions[c], np.float32) for c in ids]
+            targets = np.repeat(clips.targets[start: start + len(ids)],
+                                [len(o) for o in outputs], axis=0)
+            pred = torch.from_numpy(np.concatenate(outputs))
+            losses.append(float(trm_loss(pred, torch.from_numpy(targets),
+                                         torch.ones(len(pred), dtype=torch.bool),
+                                         self.config.mse_weight, self.config.ccc_formula)))
+        return float(np.mean(losses))
 
     def export(self, predictions: dict[str, np.ndarray], data: TRMData, split: str,
                out_dir: Path) -> list[Path]:
