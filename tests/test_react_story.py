@@ -15,13 +15,7 @@ from click.testing import CliRunner
 from pipelines.cli import cli
 from pipelines.samples import generate_sample
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ok(result) -> str:

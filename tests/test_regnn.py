@@ -18,15 +18,7 @@ from heads.regnn.model import Regnn
 from heads.regnn.motor import LipschitzGraphResidual, MotorProcessor, power_series_logdet
 from heads.regnn.windows import overlap_add, split_windows, valid_length
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Toy-sized models only lose from intra-op threads, and on a busy shared machine
-    spinning OpenMP threads slow them down many times over; restore the setting after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**overrides) -> RegnnConfig:

@@ -40,12 +40,7 @@ TRM_SMALL = ["--set", "hidden=32", "--set", "heads=4", "--set", "batch_size=8",
              "--set", "lr=1e-2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build_class_store(path: Path, seed: int = 0) -> str:

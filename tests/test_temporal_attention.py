@@ -30,12 +30,7 @@ FAST = ["lr=2e-4", "lr_adapter=2e-4", "lr_prompts=1e-2", "milestones=100",
         "aux_warmup_epochs=0", "aux_ramp_epochs=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ok(result) -> str:

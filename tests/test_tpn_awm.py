@@ -30,12 +30,7 @@ FAST = ["lr=1e-3", "normalize=true"]
 ENCODERS = "wav2vec2-base,clip-vit-b16"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ok(result) -> str:

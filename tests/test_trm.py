@@ -37,12 +37,7 @@ SMALL = ["hidden=64", "heads=4", "batch_size=8", "lr=1e-2"]
 SAMPLE = ["batch_size=4", "lr=3e-3", "epochs=12"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
