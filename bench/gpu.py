@@ -278,7 +278,34 @@ def react_store(path: Path, size: Size) -> Path:
     return path
 
 
-STORES = {"affwild2": affwild2_store, "react": react_store}
+# The issue-11 heads' stores: real feature widths at full size (a few hundred clips: one epoch
+# fits the script's minutes), narrow ones and a reduced CLIP text tower when tiny.
+def cremad_store(path: Path, size: Size) -> Path:
+    from pipelines.synthetic.feature_stores import cremad_like_store
+
+    clips, actors = (24, 10) if size.reduced else (640, 91)
+    dims = {"dasheng-base": 16, "hsemotion-enet-b0": 24, "embeddinggemma": 8} \
+        if size.reduced else None
+    return Path(cremad_like_store(path, clips, frames=63, actors=actors, dims=dims))
+
+
+def raer_store(path: Path, size: Size) -> Path:
+    from pipelines.synthetic.feature_stores import raer_like_store
+
+    return Path(raer_like_store(path, 30 if size.reduced else 640, frames=48,
+                                reduced=size.reduced))
+
+
+def iemocap_store(path: Path, size: Size) -> Path:
+    from pipelines.synthetic.feature_stores import iemocap_like_store
+
+    if size.reduced:
+        return Path(iemocap_like_store(path, 30, seconds=1.0, audio_dim=16, video_dim=12))
+    return Path(iemocap_like_store(path, 640, seconds=4.5))
+
+
+STORES = {"affwild2": affwild2_store, "react": react_store, "cremad": cremad_store,
+          "raer": raer_store, "iemocap": iemocap_store}
 HEAD_SETTINGS = {  # paper configs on GPU; one short epoch either way
     "affwild2": {"full": ["features=hsemotion-enet-b0,vggish", "epochs=1"],
                  "tiny": ["features=hsemotion-enet-b0,vggish", "epochs=1", "d_model=32",
@@ -286,6 +313,10 @@ HEAD_SETTINGS = {  # paper configs on GPU; one short epoch either way
     "react": {"full": ["epochs=1", "iterations_per_epoch=50"],
               "tiny": ["epochs=1", "iterations_per_epoch=3", "batch_size=4", "window=10",
                        "stride=5", "clip_frames=40", "model_dim=16", "n_samples=2"]},
+    "cremad": {"full": ["epochs=1"],
+               "tiny": ["epochs=1", "hidden=32", "heads=4", "batch_size=4"]},
+    "raer": {"full": ["epochs=1"], "tiny": ["epochs=1", "batch_size=4"]},
+    "iemocap": {"full": ["epochs=1"], "tiny": ["epochs=1", "shared_dim=16", "batch_size=4"]},
 }
 
 

@@ -38,6 +38,17 @@ def test_decode_part_runs_on_cpu_and_checks_frames(tmp_path):
     assert "FRAMES DIFFER" not in table
 
 
+def test_heads_part_trains_every_registered_head_and_reports_its_data_wait(tmp_path):
+    from heads.registry import list_heads
+
+    table = run_script(tmp_path, "--only", "3")
+    trained = [line for line in table.splitlines()
+               if line.startswith("| 3 heads") and "steps/s" in line and "data wait" in line]
+    for name in list_heads():  # each on a synthetic store of its own dataset's shape
+        assert any(f"| {name} training |" in line for line in trained), (name, table)
+    assert "FAILED" not in table and "not measured" not in table
+
+
 @pytest.mark.slow
 def test_whole_script_runs_on_cpu_with_tiny_models(tmp_path):
     table = run_script(tmp_path)
@@ -48,5 +59,6 @@ def test_whole_script_runs_on_cpu_with_tiny_models(tmp_path):
     trained = [line for line in head_rows if "steps/s" in line]
     assert any("transformer-lstm" in line for line in trained)
     assert any("regnn" in line for line in trained)
+    assert not [line for line in head_rows if "not measured" in line]
     assert all("data wait" in line for line in trained)
     assert "FAILED" not in table

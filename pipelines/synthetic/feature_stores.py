@@ -70,11 +70,12 @@ def cremad_like_store(path: str | Path, clips: int, *, frames: int = 63, actors:
     return str(path)
 
 
-def _clip_provenance(dim: int) -> dict:
-    """Stream provenance of a random-weight, full-size CLIP ViT-B/16 (as `--weights random`
-    writes it), so a head that rebuilds the CLIP text tower from it builds the real one."""
+def _clip_provenance(dim: int, reduced: bool = False) -> dict:
+    """Stream provenance of a random-weight CLIP ViT-B/16 (as `--weights random` writes it), so a
+    head that rebuilds the CLIP text tower from it builds the real one (`reduced`: the
+    extractor's reduced build, for smoke runs)."""
     return {"encoder": {"name": "clip-vit-b16", "dim": dim, "weights": "random:0",
-                        "arch": {"model": "ViT-B-16", "reduced": False, "quick_gelu": True}}}
+                        "arch": {"model": "ViT-B-16", "reduced": reduced, "quick_gelu": True}}}
 
 
 def _labelled_class_streams(store, name: str, classes: list[str]):
@@ -83,17 +84,19 @@ def _labelled_class_streams(store, name: str, classes: list[str]):
 
 
 def raer_like_store(path: str | Path, clips: int = 2700, *, frames: int = 48, dim: int = 512,
-                    seed: int = 0, clips_per_part: int = 512, dtype: str = "float16") -> str:
+                    seed: int = 0, clips_per_part: int = 512, dtype: str = "float16",
+                    reduced: bool = False) -> str:
     """A RAER-shaped store: per-frame CLIP face and body embeddings (25 fps) and one class of
     five per clip; 70/10/20 train/val/test. Each class shifts the features along its own
-    random direction, plus unit noise."""
+    random direction, plus unit noise. `reduced` records the reduced CLIP build, whose text
+    tower the head then builds (small and fast)."""
     from pipelines.datasets.raer import CLASSES
 
     rng = np.random.default_rng(seed)
     store = open_store(str(path), mode="a", dataset="raer")
     streams = {view: store.create_stream(StreamInfo(
         name="clip-vit-b16", alias=f"clip-vit-b16@{view}", dim=dim, dtype=dtype,
-        frame_shift_s=0.04, weights="random", preprocessing={**_clip_provenance(dim),
+        frame_shift_s=0.04, weights="random", preprocessing={**_clip_provenance(dim, reduced),
                                                              "crop": view},
         extra={"random_weights": True, "modality": "video"})) for view in ("face", "body")}
     labels = _labelled_class_streams(store, "raer-class", CLASSES)
