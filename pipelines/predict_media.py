@@ -151,12 +151,10 @@ def check_same_streams(requests: list[StreamRequest], device: str) -> list:
 
     all_plans = []
     for request in requests:
-        for options in request.fallbacks:  # older stores: the first guess that gives the key
-            if _key_of(request.options, device) == request.info.key:
-                break
-            if _key_of(options, device) == request.info.key:
-                request.options = options
-                break
+        if request.fallbacks and _key_of(request.options, device) != request.info.key:
+            # an older store: the first guess that gives the key (else the refusal below)
+            request.options = next((o for o in request.fallbacks
+                                    if _key_of(o, device) == request.info.key), request.options)
         try:
             plans = build_plans(request.options, device)
         except UserError as exc:
