@@ -59,6 +59,17 @@ class FrameSequences:
         self.features /= std
 
 
+def optional_stream(store: Any, ref: str) -> Any:
+    """The stream `ref` names, or None when the store has none (a store of new media may have
+    no label stream at all)."""
+    from features_store.errors import UserError
+
+    try:
+        return store.resolve(ref)
+    except UserError:
+        return None
+
+
 def split_clip_ids(store: Any, split: str, streams: Sequence[str]) -> list[str]:
     """Clips of `split` for which every stream in `streams` has committed rows, sorted."""
     clip_ids = store.clip_ids(split)

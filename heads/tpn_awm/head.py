@@ -31,10 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from features_store.errors import UserError
 from heads.base import Head, Recipe
 from heads.class_predictions import mean_of_runs, write_csv
-from heads.data import split_clip_ids
+from heads.data import optional_stream, split_clip_ids
 from heads.metrics import confusion_matrix, war, weighted_f1
 from heads.prediction_table import PredictionTable, class_tables
 from heads.registry import register_head
@@ -274,10 +273,7 @@ class TpnAwmHead(Head):
             raise _user_error(f"{store.url}: no utterance of split {split!r} has both "
                               f"{audio_info.alias} and {video_info.alias}")
         labels = np.full(len(clip_ids), -1, np.int64)
-        try:
-            label_info = store.resolve(c.label_stream)
-        except UserError:  # a store of new media may have no label stream at all
-            label_info = None
+        label_info = optional_stream(store, c.label_stream)
         committed = store.committed_clip_ids(label_info) if label_info is not None else set()
         labelled = [k for k in clip_ids if k in committed]
         if labelled:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from features_store.align import to_timeline
-from heads.data import auto_method, split_clip_ids
+from heads.data import auto_method, optional_stream, split_clip_ids
 
 
 def _user_error(message: str) -> Exception:
@@ -135,11 +135,8 @@ def load_aligned_clips(store: Any, split: str, streams: Sequence[str], clock: st
 def _label_info(store: Any, labels: str, required: bool) -> Any:
     """The label stream, checked to be one valence/arousal row per clip; None when it is
     missing and not `required`."""
-    try:
-        info = store.resolve(labels)
-    except Exception:
-        if required:
-            raise
+    info = store.resolve(labels) if required else optional_stream(store, labels)
+    if info is None:
         return None
     if info.frame_shift_s is not None:
         raise _user_error(f"{store.url}: label stream {labels!r} is per frame; TRM reads one "
