@@ -102,8 +102,8 @@ def test_resume_gives_the_uninterrupted_result(raer_store, tmp_path):
     resumed = train(_head("epochs=2"), str(raer_store), tmp_path / "parts", device="cpu",
                     progress=False, resume=True)
     assert resumed.final_metrics["UAR"] == whole.final_metrics["UAR"]
-    a = torch.load(tmp_path / "whole/checkpoints/last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "parts/checkpoints/last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "whole/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "parts/checkpoints/last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and not any(k.startswith("text_tower.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

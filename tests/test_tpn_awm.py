@@ -113,8 +113,8 @@ def test_resume_gives_the_uninterrupted_result(iemocap_store, tmp_path):
     resumed = train(_head("epochs=3"), str(iemocap_store), tmp_path / "parts", device="cpu",
                     progress=False, resume=True)
     assert resumed.final_metrics["w-F1"] == whole.final_metrics["w-F1"]
-    a = torch.load(tmp_path / "whole/checkpoints/last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "parts/checkpoints/last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "whole/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "parts/checkpoints/last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
