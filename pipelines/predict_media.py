@@ -28,16 +28,16 @@ from typing import Any
 
 import numpy as np
 
+from extract.media_base import FRAME_SUFFIXES
 from features_store import StreamInfo, open_store
 from features_store.errors import UserError
 from features_store.paths import safe_join
 from heads.prediction_table import PredictionTable
+from pipelines.datasets.files import VIDEO_SUFFIXES
 
 PREDICT_SPLIT = "predict"
-MEDIA_SUFFIXES = (".mp4", ".avi", ".flv", ".mkv", ".mov", ".webm", ".wav", ".mp3", ".flac",
-                  ".m4a", ".ogg")
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg")
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
+MEDIA_SUFFIXES = VIDEO_SUFFIXES + AUDIO_SUFFIXES
 
 
 # --- what to predict on -----------------------------------------------------------------------
