@@ -43,6 +43,8 @@ COMMANDS = [
     ("pipelines.cli.metrics", "metrics", "Score predictions with benchmark metrics."),
     ("pipelines.cli.demo", "demo", "Sample -> extract -> train REGNN -> evaluate -> export, "
      "printing each command."),
+    ("pipelines.cli.live", "live",
+     "Run a trained head on a camera, a network stream or a file, one JSON line per output."),
     ("pipelines.cli.runs", "runs", "Run folders: the experiment table."),
     ("pipelines.cli.runs", "report",
      "Write one self-contained HTML page of a run: config, streams, curves, the head's plot."),

@@ -1,0 +1,133 @@
+"""A run's feature streams computed on live frames, as extraction would compute them.
+
+The encoders are rebuilt from the training store's provenance and checked against the keys the
+run was trained on (`pipelines.predict_media`: one line when a key cannot be reproduced). Video
+streams encode each frame through the same preprocessing and batch call as extraction. Audio
+streams encode a rolling window of the video clock's recent audio, cut on the encoder's own hop
+grid, and are put onto the frames' times with the store's alignment rule; an audio encoder that
+looks at whole segments (Dasheng's 10 s) therefore sees less context live than in extraction,
+so its rows, unlike the video rows, are close to but not equal to the extracted ones. A text
+stream is one fixed sentence (or a transcript file's text), encoded once.
+
+Every row is rounded to the dtype its stream is stored in, as the values a head reads from the
+store are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from extract.decode_ahead import _shared_preprocess, spec_for
+from features_store.align import to_timeline
+from features_store.errors import UserError
+from heads.data import auto_method
+from pipelines.live.source import AudioBuffer, Frame, FrameQueue
+from pipelines.predict_media import check_same_streams, stream_requests
+
+
+@dataclasses.dataclass
+class LiveStream:
+    alias: str           # the name the head's config reads it by
+    plan: object         # extract.plan.StreamPlan
+    options: object      # extract.report.ExtractOptions it was extracted with
+
+    @property
+    def modality(self) -> str:
+        return self.plan.modality
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.plan.info.dtype)
+
+
+class LiveFeatures:
+    """Rows of every stream a run reads, for batches of frames on the run's grid."""
+
+    def __init__(self, run, saved: dict, device: str, weights: dict[str, str],
+                 text: str | None, audio_window_s: float) -> None:
+        streams = saved.get("streams") or {}
+        alias_of = {key: alias for alias, key in streams.items()}
+        requests = stream_requests(run.store, list(streams.values()), weights, device)
+        all_plans = check_same_streams(requests, device)
+        self.streams = [LiveStream(alias_of[r.info.key], plans[0], r.options)
+                        for r, plans in zip(requests, all_plans)]
+        self.device = device
+        self.audio_window_s = audio_window_s
+        video = [s for s in self.streams if s.modality == "video"]
+        if not video:
+            raise UserError("the run reads no video stream: live needs one for its frame clock")
+        for stream in video:
+            if stream.plan.crop:
+                raise UserError(f"stream {stream.alias} encodes {stream.plan.crop} crops, which "
+                                "a dataset's boxes give; a live source has no boxes")
+        rates = {s.plan.fps for s in video}
+        if len(rates) > 1:
+            raise UserError(f"the run's video streams were extracted at different rates "
+                            f"({sorted(rates)}); live reads one frame grid")
+        self.fps = float(rates.pop() or 25.0)
+        sizes = {s.options.decode_size for s in video}
+        self.decode_size = sizes.pop() if len(sizes) == 1 else None
+        self.resize_with = video[0].options.resize_with
+        self.batch_size = int(video[0].options.batch_size)
+        self.text_rows: dict[str, np.ndarray] = {}
+        for stream in self.streams:
+            if stream.modality != "text":
+                continue
+            if not text:
+                raise UserError(f"the run reads text stream {stream.alias}: pass --text "
+                                "SENTENCE or --transcript FILE")
+            row = np.asarray(stream.plan.encoder.encode_text([text]), np.float32)[0]
+            self.text_rows[stream.alias] = row.astype(stream.dtype).astype(np.float32)
+
+    @property
+    def sample_rates(self) -> list[int]:
+        return sorted({int(s.plan.encoder.spec.sample_rate) for s in self.streams
+                       if s.modality == "audio"})
+
+    def rows(self, frames: list[Frame], audio: dict[int, AudioBuffer],
+             queue: FrameQueue) -> dict[str, np.ndarray]:
+        """alias -> [len(frames), dim] float32 (per-utterance streams: [1, dim])."""
+        out: dict[str, np.ndarray] = {}
+        images = np.stack([f.image for f in frames])
+        times = np.asarray([f.time_s for f in frames])
+        shift = 1.0 / self.fps
+        with torch.inference_mode():
+            for stream in self.streams:
+                if stream.modality == "video":
+                    inputs = _shared_preprocess(images, [spec_for(stream.plan)],
+                                                self.resize_with)[stream.plan.info.key]
+                    rows = stream.plan.encoder.encode_batch(inputs).float().cpu().numpy()
+                elif stream.modality == "audio":
+                    rows = self._audio_rows(stream, times, shift, audio, queue)
+                else:
+                    out[stream.alias] = self.text_rows[stream.alias][None, :]
+                    continue
+                out[stream.alias] = rows.astype(stream.dtype).astype(np.float32)
+        return out
+
+    def _audio_rows(self, stream: LiveStream, times: np.ndarray, shift: float,
+                    audio: dict[int, AudioBuffer], queue: FrameQueue) -> np.ndarray:
+        encoder = stream.plan.encoder
+        rate = int(encoder.spec.sample_rate)
+        row_shift = float(stream.plan.info.frame_shift_s)
+        buffer = audio[rate]
+        end = float(times[-1]) + shift / 2 + row_shift  # the last frame's pooling window
+        buffer.wait_until(end, queue, limit_s=1.0)
+        dim = stream.plan.info.dim
+        if buffer.start_s is None:  # no audio (yet): silence rows, as a muted microphone
+            return np.zeros((len(times), dim), np.float32)
+        start = float(times[0]) - shift / 2 - self.audio_window_s
+        # Start on the buffer's hop grid, the grid extraction's rows lie on.
+        hops = max(0, math.floor((start - buffer.start_s) / row_shift + 1e-9))
+        start_s, samples = buffer.window(buffer.start_s + hops * row_shift, end)
+        rows = encoder.encode_audio(samples)
+        if len(rows) == 0:
+            return np.zeros((len(times), dim), np.float32)
+        rows = rows.astype(stream.dtype)
+        aligned, _ = to_timeline(rows, start_s, row_shift, times, shift,
+                                 auto_method(row_shift, shift))
+        return aligned

@@ -1,0 +1,374 @@
+"""Live media in: a file, a network stream or a camera, read by PyAV on a thread of its own.
+
+Video frames are put on the run's frame grid by the very rule extraction uses
+(`extract.media_video._grid`: each grid time shows the latest frame shown at or before it), and
+resized as extraction resizes them, so a file read as fast as possible gives the frames
+`affect predict --media` encodes. Audio is decoded alongside, mixed to mono and resampled to
+each rate an audio encoder asks for, into `AudioBuffer`s on the video's media clock.
+
+Frames wait in a `FrameQueue` for the model. Read as fast as possible (a file without
+`--realtime`) the reader waits for the model; read live (a network stream, a camera, a paced
+file) the queue keeps the newest frames and drops the oldest, counting them.
+
+The reader ends at the end of the media, when a network source has been silent for the idle
+timeout, or when asked to stop (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+
+from extract.media_orientation import orientation_of
+from extract.media_video import _Decoded, _grid, resize
+from features_store.errors import UserError
+
+NETWORK_SCHEMES = ("udp://", "rtp://", "rtsp://", "http://", "https://", "srt://", "tcp://")
+# `FORMAT:DEVICE` sources PyAV opens through an FFmpeg input device (a microphone, a camera).
+DEVICE_FORMATS = ("v4l2", "alsa", "pulse", "avfoundation", "dshow")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """Where media comes from and how to open it."""
+
+    url: str
+    format: str | None = None   # an FFmpeg input device ("v4l2", "alsa", ...) or None
+    live: bool = False          # arrives at its own pace (network, device): drop when behind
+
+    @property
+    def is_file(self) -> bool:
+        return not self.live
+
+
+def parse_source(text: str) -> SourceSpec:
+    """`--source` / `--audio-source` as a `SourceSpec` (a file, a URL, a device)."""
+    if text == "camera":  # the platform's default camera
+        if sys.platform == "darwin":
+            return SourceSpec("0", "avfoundation", live=True)
+        return SourceSpec("/dev/video0", "v4l2", live=True)
+    if text.startswith(NETWORK_SCHEMES):
+        return SourceSpec(text, None, live=True)
+    if text.startswith("/dev/video"):
+        return SourceSpec(text, "v4l2", live=True)
+    head, sep, device = text.partition(":")
+    if sep and head in DEVICE_FORMATS:
+        return SourceSpec(device, head, live=True)
+    if not Path(text).is_file():
+        raise UserError(f"{text}: no such file (a source is a media file, a URL "
+                        f"({', '.join(s[:-3] for s in NETWORK_SCHEMES)}), /dev/videoN, "
+                        f"camera, or FORMAT:DEVICE with FORMAT one of {', '.join(DEVICE_FORMATS)})")
+    return SourceSpec(text, None, live=False)
+
+
+def open_source(spec: SourceSpec, idle_timeout_s: float) -> av.container.InputContainer:
+    """Open a source; a network source waits `idle_timeout_s` for data at most (then one line)."""
+    options = {}
+    if spec.url.startswith("udp://"):
+        options["overrun_nonfatal"] = "1"  # a late reader loses packets, not the stream
+        options["fifo_size"] = "1000000"
+    try:
+        return av.open(spec.url, mode="r", format=spec.format, options=options,
+                       timeout=(idle_timeout_s, idle_timeout_s) if spec.live else None,
+                       metadata_errors="ignore")
+    except (av.FFmpegError, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise UserError(f"{spec.url}: cannot open ({reason})") from None
+
+
+@dataclasses.dataclass
+class Frame:
+    """One frame on the run's grid."""
+
+    time_s: float        # media time it stands for
+    image: np.ndarray    # RGB uint8, resized as extraction resizes
+    arrived: float       # perf_counter() when it was read (latency starts here)
+
+
+class FrameQueue:
+    """Frames between the reader and the model; live sources drop the oldest when full."""
+
+    def __init__(self, capacity: int, drop_oldest: bool) -> None:
+        self.capacity, self.drop_oldest = capacity, drop_oldest
+        self.frames: collections.deque[Frame] = collections.deque()
+        self.cond = threading.Condition()
+        self.closed = False
+        self.dropped = 0
+        self.reader_waiting = False  # the reader waits for room: nothing more comes until taken
+
+    def put(self, frame: Frame) -> bool:
+        """Queue a frame; False when the queue was closed (stop reading)."""
+        with self.cond:
+            if self.drop_oldest:
+                while len(self.frames) >= self.capacity:
+                    self.frames.popleft()
+                    self.dropped += 1
+            else:
+                while len(self.frames) >= self.capacity and not self.closed:
+                    self.reader_waiting = True
+                    self.cond.notify_all()
+                    self.cond.wait()
+                self.reader_waiting = False
+            if self.closed:
+                return False
+            self.frames.append(frame)
+            self.cond.notify_all()
+            return True
+
+    def take(self, at_most: int, at_least: int = 1) -> list[Frame]:
+        """Up to `at_most` frames, oldest first, waiting for `at_least` (fewer at the end)."""
+        with self.cond:
+            while len(self.frames) < at_least and not self.closed and not self.reader_waiting:
+                self.cond.wait(0.5)
+            n = min(at_most, len(self.frames))
+            taken = [self.frames.popleft() for _ in range(n)]
+            self.cond.notify_all()
+            return taken
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    @property
+    def finished(self) -> bool:
+        with self.cond:
+            return self.closed and not self.frames
+
+
+class AudioBuffer:
+    """Mono samples at one rate on the video's media clock, the last `keep_s` seconds kept."""
+
+    def __init__(self, sample_rate: int, keep_s: float) -> None:
+        self.sample_rate = sample_rate
+        self.keep = int(keep_s * sample_rate)
+        self.start_s: float | None = None  # media time of samples[0]
+        self.samples = np.zeros(0, np.float32)
+        self.cond = threading.Condition()
+        self.ended = False
+
+    def append(self, time_s: float, samples: np.ndarray) -> None:
+        with self.cond:
+            if self.start_s is None:
+                self.start_s = time_s
+            self.samples = np.concatenate([self.samples, samples])
+            excess = len(self.samples) - self.keep
+            if excess > 0:
+                self.samples = self.samples[excess:]
+                self.start_s += excess / self.sample_rate
+            self.cond.notify_all()
+
+    @property
+    def end_s(self) -> float:
+        return (self.start_s or 0.0) + len(self.samples) / self.sample_rate
+
+    def wait_until(self, time_s: float, queue: FrameQueue, limit_s: float) -> None:
+        """Wait until the samples reach `time_s`, the audio ends, or `limit_s` passes."""
+        deadline = time.perf_counter() + limit_s
+        with self.cond:
+            while (self.start_s is None or self.end_s < time_s) and not self.ended \
+                    and not queue.reader_waiting and time.perf_counter() < deadline:
+                self.cond.wait(0.05)
+
+    def window(self, start_s: float, end_s: float) -> tuple[float, np.ndarray]:
+        """Samples from `start_s` (or the oldest kept) up to `end_s`: (their start time, them)."""
+        with self.cond:
+            if self.start_s is None:
+                return start_s, np.zeros(0, np.float32)
+            first = max(0, int(round((start_s - self.start_s) * self.sample_rate)))
+            last = max(first, min(len(self.samples),
+                                  int(round((end_s - self.start_s) * self.sample_rate))))
+            return self.start_s + first / self.sample_rate, self.samples[first:last].copy()
+
+    def finish(self) -> None:
+        with self.cond:
+            self.ended = True
+            self.cond.notify_all()
+
+
+def _mono(frame: av.AudioFrame) -> np.ndarray:
+    planes = frame.to_ndarray()  # fltp: [channels, samples]
+    return planes.mean(axis=0).astype(np.float32) if planes.ndim == 2 else planes
+
+
+@dataclasses.dataclass
+class ReaderStats:
+    decoded: int = 0          # video frames decoded
+    grid_frames: int = 0      # frames put on the run's grid (queued or dropped)
+    end_reason: str = ""      # "end of media" | "idle timeout" | "stopped" | an error line
+    first_time_s: float | None = None
+    last_time_s: float | None = None
+
+
+class Reader(threading.Thread):
+    """Reads a source (and optionally a separate audio source) into a queue and audio buffers.
+
+    `fps` is the run's frame rate, `decode_size` the shorter side extraction resized to,
+    `sample_rates` the rates the audio encoders want. `realtime` paces a file at its own rate.
+    """
+
+    def __init__(self, spec: SourceSpec, queue: FrameQueue, fps: float,
+                 decode_size: int | None, sample_rates: list[int], audio_keep_s: float,
+                 idle_timeout_s: float, realtime: bool = False,
+                 audio_spec: SourceSpec | None = None) -> None:
+        super().__init__(name="affect-live-reader", daemon=True)
+        self.spec, self.queue, self.fps = spec, queue, fps
+        self.decode_size, self.realtime = decode_size, realtime
+        self.idle_timeout_s = idle_timeout_s
+        self.audio = {rate: AudioBuffer(rate, audio_keep_s) for rate in sample_rates}
+        self.audio_spec = audio_spec
+        self.stats = ReaderStats()
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.container = open_source(spec, idle_timeout_s)
+        self.audio_container = open_source(audio_spec, idle_timeout_s) if audio_spec else None
+        self.video = next((s for s in self.container.streams.video
+                           if not s.disposition & av.stream.Disposition.attached_pic), None)
+        if self.video is None:
+            raise UserError(f"{spec.url}: has no video stream")
+        self.video.thread_type = "AUTO"
+        own_audio = self.container.streams.audio
+        self.audio_stream = own_audio[0] if own_audio and audio_spec is None else None
+        self.resamplers = {rate: av.AudioResampler(format="fltp", rate=rate)
+                           for rate in sample_rates}
+        # the video clock against the wall clock, to place a separate microphone on it
+        self.clock: tuple[float, float] | None = None  # (media time, perf_counter) of frame 1
+        self.last_packet = time.perf_counter()
+
+    @property
+    def has_audio(self) -> bool:
+        return bool(self.audio) and (self.audio_stream is not None
+                                     or self.audio_container is not None)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.queue.close()
+
+    def run(self) -> None:
+        mic = None
+        if self.audio_container is not None and self.audio:
+            mic = threading.Thread(target=self._read_microphone, name="affect-live-mic",
+                                   daemon=True)
+            mic.start()
+        try:
+            self._read()
+        except BaseException as exc:  # reaches the caller, which says it in one line
+            self.error = exc
+        finally:
+            for buffer in self.audio.values():
+                buffer.finish()
+            self.queue.close()
+
+    def _read(self) -> None:
+        wall0: float | None = None
+        media0: float | None = None
+        for time_s, item in _grid(self._decoded(), self.fps, None, None):
+            if self.stop_event.is_set():
+                self.stats.end_reason = "stopped"
+                return
+            if self.realtime:  # a file at its own pace
+                if wall0 is None:
+                    wall0, media0 = time.perf_counter(), time_s
+                delay = (time_s - media0) - (time.perf_counter() - wall0)
+                if delay > 0:
+                    time.sleep(delay)
+            image = np.ascontiguousarray(resize(item.load(), self.decode_size, "shorter"))
+            if self.stats.first_time_s is None:
+                self.stats.first_time_s = time_s
+            self.stats.last_time_s = time_s
+            self.stats.grid_frames += 1
+            if not self.queue.put(Frame(time_s, image, time.perf_counter())):
+                self.stats.end_reason = self.stats.end_reason or "stopped"
+                return
+        if not self.stats.end_reason:
+            self.stats.end_reason = "end of media"
+
+    def _decoded(self) -> Iterator[_Decoded]:
+        """Video frames as extraction's decoder gives them; audio goes to the buffers."""
+        streams = [self.video] + ([self.audio_stream] if self.audio_stream is not None
+                                  and self.audio else [])
+        last_time: float | None = None
+        try:
+            for packet in self.container.demux(*streams):
+                self.last_packet = time.perf_counter()
+                if self.stop_event.is_set():
+                    return
+                for frame in packet.decode():
+                    if isinstance(frame, av.AudioFrame):
+                        self._add_audio(frame, frame.time)
+                        continue
+                    self.stats.decoded += 1
+                    time_s = float(frame.pts * frame.time_base) if frame.pts is not None \
+                        else (last_time or 0.0) + 1.0 / self.fps
+                    if last_time is not None and time_s <= last_time + 1e-6:
+                        continue  # a repeated timestamp: the first one wins, as in extraction
+                    last_time = time_s
+                    if self.clock is None:
+                        self.clock = (time_s, time.perf_counter())
+                    duration = (float(frame.duration * frame.time_base)
+                                if frame.duration and frame.time_base else None)
+                    orientation = orientation_of(frame)
+                    yield _Decoded(-1, time_s, duration,
+                                   lambda frame=frame, orientation=orientation:
+                                   orientation.apply(frame.to_ndarray(format="rgb24")))
+        except (av.FFmpegError, OSError) as exc:
+            silent = time.perf_counter() - self.last_packet
+            if self.spec.live and silent >= self.idle_timeout_s * 0.9:
+                self.stats.end_reason = "idle timeout"
+                return
+            raise UserError(f"{self.spec.url}: reading failed after {self.stats.decoded} "
+                            f"frames ({getattr(exc, 'strerror', None) or exc})") from None
+        finally:
+            for rate, resampler in self.resamplers.items():
+                if self.audio_stream is not None:
+                    for out in resampler.resample(None):
+                        self._push(rate, out)
+
+    def _add_audio(self, frame: av.AudioFrame, time_s: float | None) -> None:
+        for rate, resampler in self.resamplers.items():
+            buffer = self.audio[rate]
+            for out in resampler.resample(frame):
+                if buffer.start_s is None:
+                    buffer.start_s = time_s if time_s is not None else 0.0
+                self._push(rate, out)
+
+    def _push(self, rate: int, out: av.AudioFrame) -> None:
+        buffer = self.audio[rate]
+        buffer.append(buffer.end_s if buffer.start_s is not None else 0.0, _mono(out))
+
+    def _read_microphone(self) -> None:
+        """A separate microphone: its first sample is placed on the video clock by the wall
+        clock (two devices share no timestamps), then its samples run on from there."""
+        assert self.audio_container is not None
+        stream = self.audio_container.streams.audio[0]
+        try:
+            for frame in self.audio_container.decode(stream):
+                if self.stop_event.is_set():
+                    return
+                time_s = None
+                if all(b.start_s is None for b in self.audio.values()):
+                    if self.clock is None:
+                        continue  # no video yet: nothing to align the microphone to
+                    media, wall = self.clock
+                    time_s = media + (time.perf_counter() - wall) - frame.samples / frame.rate
+                self._add_audio(frame, time_s)
+        except (av.FFmpegError, OSError):
+            return  # the microphone went away: video goes on, audio rows stay as they were
+        finally:
+            for buffer in self.audio.values():
+                buffer.finish()
+
+    def close(self) -> None:
+        self.stop()
+        self.join(timeout=self.idle_timeout_s + 2)
+        for container in (self.container, self.audio_container):
+            if container is not None:
+                container.close()
