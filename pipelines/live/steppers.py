@@ -34,7 +34,7 @@ class TRMStepper:
         self.device = next(self.model.parameters()).device
 
     def describe(self) -> dict:
-        return {"mode": "causal, state carried frame to frame" if self.carry
+        return {"stepping": "causal, state carried frame to frame" if self.carry
                 else "causal, state reset every frame (per_frame=false)",
                 "columns": list(self.columns)}
 

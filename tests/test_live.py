@@ -1,0 +1,104 @@
+"""`affect live`: a trained head on a file, a network stream and a page, causally.
+
+Story: a researcher trains a small trm run on the CREMA-D sample (random reduced encoders),
+records a new clip and plays it to `affect live` as fast as possible: each frame's valence and
+arousal equal what `affect predict --media` gives for that frame, because live computes the same
+feature rows and carries the recursive state the same way, one frame at a time. Then the clip is
+streamed over UDP by ffmpeg, and live stops by itself once the stream goes silent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipelines.cli import cli
+from pipelines.samples import generate_sample
+from pipelines.synthetic.av_writer import write_video
+
+# The run is trained once for the module (about a minute on 2 cores: extraction and training).
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
+
+SENTENCE = "Don't forget a jacket."
+
+
+def affect(*args: str, cwd: Path) -> str:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output[-2000:]
+    return result.output
+
+
+def new_video(path: Path, seconds: float = 2.2) -> None:
+    """A clip nobody ingested: moving texture at 30 fps (not the run's rate), a tone."""
+    rng = np.random.default_rng(11)
+    texture = rng.integers(0, 256, size=(72, 96, 3), dtype=np.uint8)
+    n = int(seconds * 30)
+    t = np.arange(int(seconds * 16000)) / 16000
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, (np.roll(texture, 2 * k, axis=1)[:48, :64] for k in range(n)), fps=30,
+                audio=(0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def trm_run(tmp_path_factory) -> Path:
+    """A one-epoch trm run on video and text (the carried-state profile, per_frame=true)."""
+    root = tmp_path_factory.mktemp("live")
+    generate_sample("cremad", root / "data", seed=0, size=32, clips=12, seconds=0.8)
+    affect("extract", "--dataset", "cremad", "--data-root", "data", "--store", "s.zarr",
+           "--encoders", "hsemotion-enet-b0,embeddinggemma", "--weights", "random",
+           "--reduced", "--device", "cpu", cwd=root)
+    affect("train", "--head", "trm", "--store", "s.zarr", "--out", "run", "--device", "cpu",
+           "--quiet", "--epochs", "1", "--set", "audio=", "--set", "hidden=32", "--set",
+           "heads=4", "--set", "batch_size=4", cwd=root)
+    new_video(root / "new" / "visitor.mp4")
+    return root
+
+
+def live_lines(root: Path, *args: str) -> list[dict]:
+    from pipelines.live import live
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        live("run", *args[:1], **dict(args[1]) if len(args) > 1 else {}, out=out)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_live_on_a_file_equals_predict_media_frame_by_frame(trm_run):
+    root = trm_run
+    (root / "visitor.jsonl").write_text(json.dumps(
+        {"clip_id": "visitor", "video": "new/visitor.mp4", "text": SENTENCE}) + "\n")
+    affect("predict", "--run", "run", "--media", "visitor.jsonl", "--out", "pred", "--device",
+           "cpu", cwd=root)
+    with open(root / "pred" / "clips" / "visitor.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    expected = np.array([[float(r["valence"]), float(r["arousal"])] for r in rows])
+    times = np.array([float(r["time_s"]) for r in rows])
+
+    lines = live_lines(root, "new/visitor.mp4", {"text": SENTENCE})
+    header, predictions, summary = lines[0], lines[1:-1], lines[-1]["summary"]
+    assert header["head"] == "trm" and header["mode"] == "as fast as possible"
+    assert header["stepping"] == "causal, state carried frame to frame"
+    got = np.array([[p["valence"], p["arousal"]] for p in predictions])
+    assert len(got) == len(expected) > 10
+    # times are on the run's grid from the first frame, as predict's rows
+    np.testing.assert_allclose([p["time_s"] for p in predictions], times, atol=1e-4)
+    # the CSV holds six decimals: 5e-7 of rounding, well inside 1e-5
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert summary["frames"] == summary["predictions"] == len(expected)
+    assert summary["drops"] == 0 and summary["end"] == "end of media"
+    assert summary["latency_p50_ms"] > 0 and summary["latency_p95_ms"] >= \
+        summary["latency_p50_ms"]
