@@ -102,3 +102,50 @@ def test_live_on_a_file_equals_predict_media_frame_by_frame(trm_run):
     assert summary["drops"] == 0 and summary["end"] == "end of media"
     assert summary["latency_p50_ms"] > 0 and summary["latency_p95_ms"] >= \
         summary["latency_p50_ms"]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_live_follows_a_udp_stream_and_stops_when_it_goes_silent(trm_run):
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip("the ffmpeg binary is not installed (.ci/run installs it)")
+    root = trm_run
+    url = f"udp://127.0.0.1:{free_udp_port()}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "live", "--run", "run", "--source", url,
+         "--idle-timeout", "4", "--text", SENTENCE, "--out", "live.jsonl"],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = process.stderr.readline()
+        assert ready.startswith("live: reading udp://"), ready + process.stderr.read()
+        # the new clip twice over (4.4 s), paced as a camera would send it
+        sender = subprocess.run(
+            [ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "1",
+             "-i", "new/visitor.mp4", "-c:v", "mpeg2video", "-c:a", "mp2", "-f", "mpegts",
+             url + "?pkt_size=1316"], cwd=root, capture_output=True, text=True, timeout=60)
+        assert sender.returncode == 0, sender.stderr
+        stream_ended = time.monotonic()
+        _, errors = process.communicate(timeout=60)
+        stopped_after = time.monotonic() - stream_ended
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, errors[-2000:]
+    lines = [json.loads(line) for line in (root / "live.jsonl").read_text().splitlines()]
+    header, predictions, summary = lines[0], lines[1:-1], lines[-1]["summary"]
+    assert header["mode"] == "live" and header["source"] == url
+    assert len(predictions) > 10 and summary["predictions"] == len(predictions)
+    assert all(np.isfinite([p["valence"], p["arousal"], p["latency_ms"]]).all()
+               for p in predictions)
+    assert summary["end"] == "idle timeout" and 3.5 < stopped_after < 30
+    assert summary["latency_p50_ms"] > 0 and summary["latency_p95_ms"] >= \
+        summary["latency_p50_ms"]
+    # frames the model did not take were dropped (counted), never queued without bound
+    assert summary["frames"] + summary["drops"] >= len(predictions)
+    last = errors.strip().splitlines()[-1]
+    assert last.startswith("live: ") and "real-time factor" in last and "dropped" in last

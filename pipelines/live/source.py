@@ -72,6 +72,9 @@ def parse_source(text: str) -> SourceSpec:
 def open_source(spec: SourceSpec, idle_timeout_s: float) -> av.container.InputContainer:
     """Open a source; a network source waits `idle_timeout_s` for data at most (then one line)."""
     options = {}
+    if spec.live:
+        # FFmpeg probes 5 s of a stream by default before it opens; live needs far less
+        options.update(analyzeduration="1000000", probesize="1000000")
     if spec.url.startswith("udp://"):
         options["overrun_nonfatal"] = "1"  # a late reader loses packets, not the stream
         options["fifo_size"] = "1000000"
@@ -320,8 +323,8 @@ class Reader(threading.Thread):
                                    lambda frame=frame, orientation=orientation:
                                    orientation.apply(frame.to_ndarray(format="rgb24")))
         except (av.FFmpegError, OSError) as exc:
-            silent = time.perf_counter() - self.last_packet
-            if self.spec.live and silent >= self.idle_timeout_s * 0.9:
+            # FFmpeg's read timeout interrupts a blocked read: that is the idle timeout
+            if self.spec.live and isinstance(exc, av.ExitError):
                 self.stats.end_reason = "idle timeout"
                 return
             raise UserError(f"{self.spec.url}: reading failed after {self.stats.decoded} "
