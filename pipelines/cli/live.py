@@ -25,6 +25,9 @@ from features_store.errors import UserError
               help="A text file whose text the run's text stream encodes (instead of --text).")
 @click.option("--audio-window", default=1.0, show_default=True, type=float,
               help="Seconds of past audio each audio encoder sees before a frame.")
+@click.option("--audio-lookahead", default=0.05, show_default=True, type=float,
+              help="Seconds of audio after a frame an audio encoder may see (its analysis "
+              "window reaches past its hop); adds that much latency.")
 @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
               help="Write the JSON lines here instead of stdout.")
 @click.option("--serve", default=None, metavar="HOST:PORT",
@@ -34,6 +37,7 @@ from features_store.errors import UserError
               help="Weights file for an encoder whose recorded file moved.")
 def live(run_dir: str, source: str, audio_source: str | None, realtime: bool,
          idle_timeout: float, text: str | None, transcript: str | None, audio_window: float,
+         audio_lookahead: float,
          out_file: str | None, serve: str | None, device: str,
          weights: tuple[str, ...]) -> None:
     """Run a trained head on a camera, a network stream or a file, one JSON line per output."""
@@ -59,7 +63,8 @@ def live(run_dir: str, source: str, audio_source: str | None, realtime: bool,
         summary = run_live(run_dir, source, audio_source=audio_source, realtime=realtime,
                            idle_timeout_s=idle_timeout, device=device,
                            weights=parse_weights(weights), text=text,
-                           audio_window_s=audio_window, out=out, serve=serve, on_ready=ready)
+                           audio_window_s=audio_window,
+                           audio_lookahead_s=audio_lookahead, out=out, serve=serve, on_ready=ready)
     finally:
         if out is not None:
             out.close()

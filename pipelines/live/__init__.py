@@ -34,12 +34,13 @@ class LiveStats:
     predictions: int = 0
     latencies_ms: list[float] = dataclasses.field(default_factory=list)
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    last_done: float | None = None  # when the last prediction was made
     first_time_s: float | None = None
     last_time_s: float | None = None
 
     def realtime_factor(self, fps: float) -> float:
-        """Media seconds handled per wall second since the first frame."""
-        wall = time.perf_counter() - self.started
+        """Media seconds handled per wall second, from the first frame to the last output."""
+        wall = (self.last_done or time.perf_counter()) - self.started
         return (self.frames / fps) / wall if wall > 0 else 0.0
 
     def latency(self, q: float) -> float | None:
@@ -48,7 +49,8 @@ class LiveStats:
 
 def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime: bool = False,
          idle_timeout_s: float = 5.0, device: str = "cpu", weights: dict[str, str] | None = None,
-         text: str | None = None, audio_window_s: float = 1.0, out: IO[str] | None = None,
+         text: str | None = None, audio_window_s: float = 1.0,
+         audio_lookahead_s: float = 0.05, out: IO[str] | None = None,
          serve: str | None = None, on_ready: Callable[[str], None] | None = None) -> dict:
     """Run a trained head on `source` until it ends; returns the summary (also written)."""
     from extract.runner import resolve_device
@@ -63,7 +65,8 @@ def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime
     saved = read_run_config(run_dir)
     dev = resolve_device(device)
     run = load_run(run_dir, device=dev)
-    features = LiveFeatures(run, saved, dev, weights or {}, text, audio_window_s)
+    features = LiveFeatures(run, saved, dev, weights or {}, text, audio_window_s,
+                            audio_lookahead_s)
     dtype = np.result_type(*(s.dtype for s in features.streams), np.float16)
     stepper = stepper_for(run, dtype)
     fast = spec.is_file and not realtime
@@ -84,6 +87,7 @@ def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime
               "audio_source": audio_source, "fps": features.fps, "text": text,
               "streams": [s.alias for s in features.streams],
               "audio_window_s": audio_window_s if features.sample_rates else None,
+              "audio_lookahead_s": audio_lookahead_s if features.sample_rates else None,
               "mode": "as fast as possible" if fast else "live", **stepper.describe()}
     _write(out, header)
     if page:
@@ -104,7 +108,7 @@ def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime
                 stats.first_time_s = batch[0].time_s
             rows = features.rows(batch, reader.audio, queue)
             predictions = stepper(rows, len(batch))
-            done = time.perf_counter()
+            done = stats.last_done = time.perf_counter()
             stats.frames += len(batch)
             stats.last_time_s = batch[-1].time_s
             for index, values in predictions:

@@ -48,7 +48,7 @@ class LiveFeatures:
     """Rows of every stream a run reads, for batches of frames on the run's grid."""
 
     def __init__(self, run, saved: dict, device: str, weights: dict[str, str],
-                 text: str | None, audio_window_s: float) -> None:
+                 text: str | None, audio_window_s: float, audio_lookahead_s: float) -> None:
         streams = saved.get("streams") or {}
         alias_of = {key: alias for alias, key in streams.items()}
         requests = stream_requests(run.store, list(streams.values()), weights, device)
@@ -57,6 +57,7 @@ class LiveFeatures:
                         for r, plans in zip(requests, all_plans)]
         self.device = device
         self.audio_window_s = audio_window_s
+        self.audio_lookahead_s = audio_lookahead_s
         video = [s for s in self.streams if s.modality == "video"]
         if not video:
             raise UserError("the run reads no video stream: live needs one for its frame clock")
@@ -111,23 +112,33 @@ class LiveFeatures:
 
     def _audio_rows(self, stream: LiveStream, times: np.ndarray, shift: float,
                     audio: dict[int, AudioBuffer], queue: FrameQueue) -> np.ndarray:
-        encoder = stream.plan.encoder
-        rate = int(encoder.spec.sample_rate)
-        row_shift = float(stream.plan.info.frame_shift_s)
-        buffer = audio[rate]
-        end = float(times[-1]) + shift / 2 + row_shift  # the last frame's pooling window
+        buffer = audio[int(stream.plan.encoder.spec.sample_rate)]
+        return audio_rows(stream.plan, times, shift, buffer, queue, self.audio_window_s,
+                          self.audio_lookahead_s)
+
+
+def audio_rows(plan, times: np.ndarray, shift: float, buffer: AudioBuffer,
+               queue: FrameQueue | None, window_s: float, lookahead_s: float) -> np.ndarray:
+    """An audio stream's rows on the frames' `times` (spaced `shift`), as the store's alignment
+    would put the extracted rows there: the rows come from encoding the buffer's audio from
+    `window_s` before the first frame (on the encoder's hop grid) to `lookahead_s` past the last
+    frame's pooling window (an encoder's window reaching past its hop needs that much)."""
+    encoder = plan.encoder
+    row_shift = float(plan.info.frame_shift_s)
+    dim = plan.info.dim
+    end = float(times[-1]) + shift / 2 + row_shift + lookahead_s
+    if queue is not None:
         buffer.wait_until(end, queue, limit_s=1.0)
-        dim = stream.plan.info.dim
-        if buffer.start_s is None:  # no audio (yet): silence rows, as a muted microphone
-            return np.zeros((len(times), dim), np.float32)
-        start = float(times[0]) - shift / 2 - self.audio_window_s
-        # Start on the buffer's hop grid, the grid extraction's rows lie on.
-        hops = max(0, math.floor((start - buffer.start_s) / row_shift + 1e-9))
-        start_s, samples = buffer.window(buffer.start_s + hops * row_shift, end)
-        rows = encoder.encode_audio(samples)
-        if len(rows) == 0:
-            return np.zeros((len(times), dim), np.float32)
-        rows = rows.astype(stream.dtype)
-        aligned, _ = to_timeline(rows, start_s, row_shift, times, shift,
-                                 auto_method(row_shift, shift))
-        return aligned
+    if buffer.start_s is None:  # no audio (yet): silence rows, as a muted microphone
+        return np.zeros((len(times), dim), np.float32)
+    start = float(times[0]) - shift / 2 - window_s
+    # Start on the buffer's hop grid, the grid extraction's rows lie on.
+    hops = max(0, math.floor((start - buffer.start_s) / row_shift + 1e-9))
+    start_s, samples = buffer.window(buffer.start_s + hops * row_shift, end)
+    rows = encoder.encode_audio(samples)
+    if len(rows) == 0:
+        return np.zeros((len(times), dim), np.float32)
+    rows = rows.astype(np.dtype(plan.info.dtype))
+    aligned, _ = to_timeline(rows, start_s, row_shift, times, shift,
+                             auto_method(row_shift, shift))
+    return aligned

@@ -1,0 +1,50 @@
+"""Live audio rows against extracted ones: a rolling window of the buffered audio, cut on the
+encoder's hop grid, gives the rows extraction writes for the whole clip (for an encoder whose
+rows depend only on their own samples, REACT's per-frame VGGish), put on the frames' times by
+the store's alignment rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from extract.media_audio import iter_timed_audio
+from extract.report import ExtractOptions
+from extract.runner import build_plans
+from features_store.align import to_timeline
+from heads.data import auto_method
+from pipelines.live.features import audio_rows
+from pipelines.live.source import AudioBuffer
+from pipelines.synthetic.av_writer import write_video
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_live_audio_rows_equal_the_extracted_rows_on_the_frames(tmp_path):
+    video = tmp_path / "tone.mp4"
+    seconds, fps = 2.0, 25.0
+    t = np.arange(int(seconds * 24000)) / 24000
+    chirp = (0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t)).astype(np.float32)
+    write_video(video, (np.full((32, 32, 3), 40 * (k % 5), np.uint8) for k in range(50)),
+                fps=25, audio=chirp, sample_rate=24000)
+    plan = build_plans(ExtractOptions(encoders=["vggish-react"], weights="random", reduced=True,
+                                      device="cpu", dtype="float32"), "cpu")[0]
+    rate = plan.encoder.spec.sample_rate
+    chunks = list(iter_timed_audio(video, rate, chunk_s=plan.encoder.spec.chunk_s or 30.0))
+    t0 = chunks[0][0]
+    whole = np.concatenate([plan.encoder.encode_audio(s) for _, s in chunks])  # extraction
+    shift = 1.0 / fps
+    frame_times = t0 + np.arange(int(seconds * fps) - 2) * shift
+    expected, _ = to_timeline(whole, t0, plan.info.frame_shift_s, frame_times, shift,
+                              auto_method(plan.info.frame_shift_s, shift))
+
+    buffer = AudioBuffer(rate, keep_s=3.0)
+    buffer.append(t0, np.concatenate([s for _, s in chunks]))
+    got = np.concatenate([
+        audio_rows(plan, frame_times[i : i + 3], shift, buffer, None, window_s=0.3,
+                   lookahead_s=0.05) for i in range(0, len(frame_times), 3)])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # without the look-ahead the last frame of each batch lacks the end of its window
+    short = audio_rows(plan, frame_times[:3], shift, buffer, None, window_s=0.3,
+                       lookahead_s=0.0)
+    assert not np.allclose(short, expected[:3], rtol=1e-5, atol=1e-5)
