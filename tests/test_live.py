@@ -54,14 +54,15 @@ def new_video(path: Path, seconds: float = 2.2) -> None:
 
 @pytest.fixture(scope="module")
 def trm_run(tmp_path_factory) -> Path:
-    """A one-epoch trm run on video and text (the carried-state profile, per_frame=true)."""
+    """A one-epoch trm run on audio (REACT's per-frame VGGish, whose rows depend on their own
+    samples only), video and text: the carried-state profile (per_frame=true, the default)."""
     root = tmp_path_factory.mktemp("live")
     generate_sample("cremad", root / "data", seed=0, size=32, clips=12, seconds=0.8)
     affect("extract", "--dataset", "cremad", "--data-root", "data", "--store", "s.zarr",
-           "--encoders", "hsemotion-enet-b0,embeddinggemma", "--weights", "random",
+           "--encoders", "vggish-react,hsemotion-enet-b0,embeddinggemma", "--weights", "random",
            "--reduced", "--device", "cpu", cwd=root)
     affect("train", "--head", "trm", "--store", "s.zarr", "--out", "run", "--device", "cpu",
-           "--quiet", "--epochs", "1", "--set", "audio=", "--set", "hidden=32", "--set",
+           "--quiet", "--epochs", "1", "--set", "audio=vggish-react", "--set", "hidden=32", "--set",
            "heads=4", "--set", "batch_size=4", cwd=root)
     new_video(root / "new" / "visitor.mp4")
     return root
