@@ -36,6 +36,8 @@ class ExtractOptions:
     resize_with: str = "pil"
     strict: bool = False
     encoder_options: dict[str, dict] = field(default_factory=dict)
+    # augmented views of every video stream, each its own stream (extract/views.py)
+    views: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -60,6 +60,9 @@ def _split_list(value: str | None) -> list[str]:
 @click.option("--scheduler-file", type=click.Path(dir_okay=False),
               help="Run on the dask scheduler described by this file (`dask scheduler "
                    "--scheduler-file`, SLURM deployments).")
+@click.option("--views", default="",
+              help="Augmented views of every video stream, each its own stream, e.g. "
+                   "hflip,rot-4,rot+4 (heads that train on them draw one per clip and epoch).")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any clip fails.")
 @click.option("--progress-every", type=click.FloatRange(min=0, min_open=True),
               envvar="AFFECT_PROGRESS_EVERY", show_envvar=True, default=30.0, show_default=True,
@@ -67,13 +70,14 @@ def _split_list(value: str | None) -> list[str]:
 @verbose_option
 def extract(clips_file, dataset, data_root, store_url, encoders, weights, device, batch_size,
             limit, fps, decode_size, resize_with, dtype, reduced, clips_per_part,
-            decode_workers, decode_in, decoder, scheduler, scheduler_file, strict,
+            decode_workers, decode_in, decoder, scheduler, scheduler_file, views, strict,
             progress_every) -> None:
     """Decode each clip once and write every requested encoder's features to the store."""
     from extract.clips import read_clips_file
     from extract.cluster import ClusterRequest
     from extract.report import ExtractOptions, format_report
     from extract.resume import already_done
+    from extract.views import parse_views
 
     cluster = ClusterRequest.parse(scheduler, scheduler_file)
     if cluster is not None and data_root:
@@ -115,7 +119,7 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         clips_per_part=clips_per_part,
         decode_workers=decode_workers, decode_in=decode_in, decoder=decoder,
         resize_with=resize_with, strict=strict,
-        encoder_options=encoder_options,
+        encoder_options=encoder_options, views=parse_views(views),
     )
     # A rerun with nothing left to do is answered from the store's metadata alone (with
     # device auto, the runner decides the device first: that needs torch, or the cluster).

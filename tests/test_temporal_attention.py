@@ -83,7 +83,8 @@ def test_learns_the_planted_classes_from_the_store_alone(raer_store, tmp_path):
     assert metrics["UAR"] >= 0.5
     assert np.asarray(metrics["confusion_matrix"]).shape == (5, 5)
     config = json.loads((run / "config.json").read_text())
-    assert set(config["streams"]) == {"clip-vit-b16@face", "clip-vit-b16@body", "raer-class"}
+    assert set(config["streams"]) == {"clip-vit-b16@rapt@face", "clip-vit-b16@rapt@body",
+                                      "raer-class"}
     # a second configuration reads the same cached streams: nothing is extracted again
     other = tmp_path / "other"
     train(_head("adapter=false", "segments=8", "epochs=1"), str(raer_store), other,
@@ -120,9 +121,9 @@ def test_a_store_without_the_face_stream_names_it_and_the_command(tmp_path, caps
     assert stopped.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert "needs stream 'clip-vit-b16@face'" in lines[0]
+    assert "needs stream 'clip-vit-b16@rapt@face'" in lines[0]
     assert f"affect extract --dataset raer --data-root DATA --store {store} --encoders " \
-           "clip-vit-b16@face" in lines[0]
+           "clip-vit-b16@rapt@face" in lines[0]
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -132,7 +133,7 @@ def test_the_text_tower_is_the_image_stream_clip(raer_store):
 
     from heads.temporal_attention.text import REDUCED_CFG, build_clip, describe_source
 
-    info = open_store(str(raer_store), "r").resolve("clip-vit-b16@face")
+    info = open_store(str(raer_store), "r").resolve("clip-vit-b16@rapt@face")
     source = describe_source(info)
     assert source["random"] and source["reduced"]
     with torch.random.fork_rng(devices=[]):

@@ -119,8 +119,17 @@ CLIP_SPEC = EncoderSpec(
     description="CLIP ViT-B/16 image embedding per frame (512-d projected; 768-d pre-projection)",
 )
 CLIP_DEFAULT_TAG = "openai"
-# quick_gelu None: follow the weights' open_clip tag (OpenAI: QuickGELU, LAION: GELU)
-CLIP_OPTIONS = {"projected": True, "pretrained_tag": CLIP_DEFAULT_TAG, "quick_gelu": None}
+# quick_gelu None: follow the weights' open_clip tag (OpenAI: QuickGELU, LAION: GELU);
+# preprocess "open_clip" (its eval transform) or "rapt" (RAPT-CLIP's loader: extract/encoders/
+# rapt_input.py)
+CLIP_PREPROCESS = ("open_clip", "rapt")
+CLIP_OPTIONS = {"projected": True, "pretrained_tag": CLIP_DEFAULT_TAG, "quick_gelu": None,
+                "preprocess": "open_clip"}
+# Parts of an extraction request that set options: `clip-vit-b16@rapt@face` is clip-vit-b16
+# with preprocess=rapt on the face crop, and it is the alias of the stream it makes.
+REQUEST_MARKERS: dict[str, dict[str, dict]] = {
+    "clip-vit-b16": {"rapt": {"preprocess": "rapt"}, "preproj": {"projected": False}},
+}
 
 
 def clip_available() -> bool:
