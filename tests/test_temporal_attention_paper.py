@@ -127,6 +127,23 @@ def test_score_reports_the_released_uar_beside_ours_and_selects_on_it():
     assert _head("profile=fixed").metric_name == "UAR"
 
 
+# --- mixup: asked for, never passed -------------------------------------------------------------
+
+
+def test_the_paper_profile_trains_without_mixup_as_the_released_trainer(tmp_path):
+    """main.py builds `Trainer(...)` without `mixup_alpha`, whose default is 0.0, so train.sh's
+    `--mixup-alpha 0.2` never mixes; `fixed` mixes with 0.2."""
+    store_path = raer_like_store(tmp_path / "s.zarr", clips=20, frames=20, dim=16, reduced=True)
+    store = open_store(store_path, "r")
+    for sets, mixed in (((), False), (("profile=fixed", "face_stream=clip-vit-b16@rapt@face",
+                                       "body_stream=clip-vit-b16@rapt@body"), True)):
+        head = _head(*sets)
+        data = head.build_data(store)
+        lambdas = [float(b["mix_lambda"]) for b in
+                   SegmentBatches(data, head.config, np.random.default_rng(0))]
+        assert all(v == 1.0 for v in lambdas) != mixed, (sets, lambdas)
+
+
 # --- profiles -----------------------------------------------------------------------------------
 
 
@@ -138,6 +155,7 @@ def test_the_paper_defaults_and_the_fixed_profile_corrections():
     fixed = apply_overrides(TemporalAttentionConfig(), ["profile=fixed"])
     assert sorted(deviations(fixed)) == sorted(corrections(TemporalAttentionConfig))
     assert set(deviations(fixed)) == {"ldl_targets=renormalised", "select_metric=UAR",
+                                      "mixup_alpha=0.2",
                                       "face_stream=clip-vit-b16@face",
                                       "body_stream=clip-vit-b16@body"}
 

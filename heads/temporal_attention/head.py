@@ -25,9 +25,11 @@ Differences from the RAPT-CLIP code, and why:
   face and body) instead of the decoded images: the images are not there, the encoder frozen;
 - the MI targets (the frozen tower's features of the fixed class descriptions) are computed
   once instead of at every step: same values, since nothing they depend on changes.
-Loss: LDL + w * MI + w * DC, w = 0 before epoch 5 then linear to 0.1 over 10 epochs; mixup
-alpha 0.2; class-balanced sampling with replacement; best checkpoint by the released trainer's
-validation UAR (`UAR_paper`; `UAR` is the standard one, over the classes present in the truth).
+Loss: LDL + w * MI + w * DC, w = 0 before epoch 5 then linear to 0.1 over 10 epochs; no mixup
+(the released main.py never passes train.sh's --mixup-alpha 0.2 to its Trainer; `fixed`
+mixes with alpha 0.2); class-balanced sampling with replacement; best checkpoint by the
+released trainer's validation UAR (`UAR_paper`; `UAR` is the standard one, over the classes
+present in the truth).
 """
 
 from __future__ import annotations
