@@ -308,6 +308,28 @@ def test_views_are_extracted_as_streams_and_training_draws_them(tmp_path):
     assert not any(a.startswith("no augmentation") for a in approximate)
 
 
+def test_a_view_that_lacks_clips_is_refused_rather_than_shrinking_the_training_set(tmp_path):
+    import dataclasses
+
+    from features_store import StreamInfo, UserError
+
+    store = open_store(raer_like_store(tmp_path / "s.zarr", clips=10, frames=20, dim=16,
+                                       reduced=True), "a")
+    plain = store.resolve("clip-vit-b16@rapt@face")
+    fields = {f.name: getattr(plain, f.name) for f in dataclasses.fields(StreamInfo)
+              if f.name not in ("key", "created")}
+    view = store.create_stream(StreamInfo(**{
+        **fields, "alias": plain.alias + "~hflip",
+        "preprocessing": {**plain.preprocessing, "view": "hflip"},
+        "extra": {**plain.extra, "view_of": plain.key}}))
+    first = sorted(store.committed_clip_ids(plain))[0]
+    with store.part_writer(view, "p0") as writer:
+        writer.write_clip(first, np.zeros((20, 16), np.float32))
+    with pytest.raises(UserError, match=r"view stream .*~hflip lacks 9 of the 10 clips"):
+        _head().build_data(store)
+    assert _head("views=none").build_data(store).face_views == []
+
+
 def _plain_rows(store, info) -> int:
     ids = sorted(store.committed_clip_ids(info))
     return int(store.load_stream(info, ids).lengths.sum())

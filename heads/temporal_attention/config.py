@@ -40,6 +40,7 @@ class TemporalAttentionConfig(HeadConfig):
         "select_metric": (lambda v: v in ("UAR_paper", "UAR"), "UAR_paper or UAR"),
         "segments": (lambda v: v >= 1, "at least 1"),
         "mixup_alpha": (lambda v: v >= 0, ">= 0 (0 disables mixup)"),
+        "views": (lambda v: v in ("auto", "none"), "auto or none"),
     }
 
     epochs: int = 25

@@ -243,7 +243,7 @@ class TemporalAttentionHead(Head):
     default_dataset: ClassVar[str] = "raer"
     metric_name: ClassVar[str] = "UAR"
     metric_mode: ClassVar[str] = "max"
-    plot_metrics: ClassVar[tuple[str, ...]] = ("WAR",)
+    plot_metrics: ClassVar[tuple[str, ...]] = ("UAR", "WAR")
 
     config: TemporalAttentionConfig
 
@@ -272,18 +272,22 @@ class TemporalAttentionHead(Head):
         classes = list((label_info.extra or {}).get("classes") or [])
         if not classes:
             raise _user_error(f"{store.url}: label stream {label_info.alias} names no classes")
-        face_views = find_views(store, face_info) if c.views == "auto" else []
-        body_views = find_views(store, body_info) if c.views == "auto" else []
-        streams = [s.key for s in (face_info, body_info, *face_views, *body_views)]
+        streams = [face_info.key, body_info.key]
         present = {clip.get("split") for clip in store.clips()}
         ids = {s: split_clip_ids(store, s, streams) for s in ("train", c.val_split, "test")
                if s in present}
         all_ids = sorted({i for v in ids.values() for i in v})
         if not all_ids:
-            raise _user_error(f"{store.url}: no clip has {face_info.alias}, {body_info.alias}"
-                              " and their views" if face_views or body_views else
-                              f"{store.url}: no clip has both {face_info.alias} and "
+            raise _user_error(f"{store.url}: no clip has both {face_info.alias} and "
                               f"{body_info.alias}")
+        face_views = find_views(store, face_info) if c.views == "auto" else []
+        body_views = find_views(store, body_info) if c.views == "auto" else []
+        for view in (*face_views, *body_views):  # a view must not drop clips from training
+            lacking = len(set(all_ids) - store.committed_clip_ids(view))
+            if lacking:
+                raise _user_error(f"{store.url}: view stream {view.alias} lacks {lacking} of "
+                                  f"the {len(all_ids)} clips; extract it again (--views) or "
+                                  "train without views (--set views=none)")
         face, body, splits = load_segments(store, ids, [face_info, *face_views],
                                            [body_info, *body_views], label_info)
         for needed in ("train", c.val_split):  # before training, not after its first epoch
