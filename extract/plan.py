@@ -55,12 +55,12 @@ def parse_request(request: str) -> tuple[str, str | None]:
 
 def request_options(request: str) -> dict:
     """The encoder options the request's markers set (`clip-vit-b16@rapt@face`: preprocess=rapt)."""
-    _, _, markers = _parts(request)
     from .encoders.specs import REQUEST_MARKERS
 
+    name, _, markers = _parts(request)
     options: dict = {}
     for marker in markers:
-        options.update(REQUEST_MARKERS[request.split("@", 1)[0].strip()][marker])
+        options.update(REQUEST_MARKERS[name][marker])
     return options
 
 
