@@ -364,7 +364,8 @@ class TemporalAttentionHead(Head):
                        "clip_model_.positional_embedding", "clip_model_.ln_final.",
                        "clip_model_.text_projection"):
             official.ignore(prefix, tower)
-        image = "CLIP's image tower: its features are the cached face and body streams"
+        image = ("CLIP's image tower (fine-tuned at lr 1e-6 in the released run): the features "
+                 "are the cached face and body streams, made with the stream's own CLIP")
         official.ignore("image_encoder.", image)
         official.ignore("clip_model_.visual.", image)
         official.ignore("clip_model_.logit_scale", "CLIP's logit scale: RAPT-CLIP divides by "
