@@ -2,7 +2,8 @@
 run, on a local .zarr, a local .h5 and an S3 API server (moto, server mode) on 127.0.0.1.
 
 Per store: four `affect extract` processes at once on overlapping encoder sets (A+B, B+C,
-A+C, and A+B+C on a dask cluster of two `dask worker` processes); one of the three plain runs
+A+C, and A+B+C on a dask cluster of two `dask worker` processes, started first, the others
+once it has committed a part); one of the three plain runs
 is SIGKILLed at random moments and rerun until it finishes; one dask worker is SIGKILLed
 during the run (a fresh worker joins). Then it checks: every process exited 0 (the killed one
 after its reruns), no clip lost (every clip in every stream, its rows as long as the quiet
@@ -37,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from features_store import open_store  # noqa: E402
 
-ENCODERS = {"A": "hsemotion-enet-b0", "B": "vggish", "C": "wav2vec2-base"}
+ENCODERS = {"A": "clip-vit-b16", "B": "wav2vec2-base", "C": "hsemotion-enet-b0"}
 PLAIN_SETS = ["A,B", "B,C", "A,C"]  # the dask run does A,B,C
 BATCH_SIZE = 16
 
@@ -160,6 +161,20 @@ class _Runner:
             self.proc.wait()
 
 
+def _wait_for_a_commit(url: str, runner: _Runner, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if runner.proc is not None and runner.proc.poll() is not None:
+            return  # finished (or failed: the checks say so)
+        try:
+            store = open_store(url, mode="r")
+            if any(store.committed_parts(info) for info in store.streams()):
+                return
+        except Exception:  # noqa: BLE001 - not created yet: look again
+            pass
+        time.sleep(1.0)
+
+
 def run_chaos(clips_file: Path, url: str, work: Path, seed: int, env: dict[str, str],
               kill_window: tuple[float, float], timeout_s: float = 3600
               ) -> tuple[list[_Runner], int]:
@@ -172,6 +187,11 @@ def run_chaos(clips_file: Path, url: str, work: Path, seed: int, env: dict[str, 
     logs.mkdir(parents=True, exist_ok=True)
     worker_kills = 0
     with DaskCluster(work / "dask", n_workers=2, worker_env=env) as cluster:
+        # The dask run starts first and the others once it has committed a part, so its
+        # workers are busy (not still planning) when the others and the kills arrive.
+        dask_run = _Runner("dask-ABC", extract_cmd(clips_file, url, "A,B,C", 6,
+                                                   cluster.scheduler_file), env, logs, [])
+        _wait_for_a_commit(url, dask_run, timeout_s)
         victim = rng.randrange(len(PLAIN_SETS))
         runners = []
         for i, encoders in enumerate(PLAIN_SETS):
@@ -180,8 +200,7 @@ def run_chaos(clips_file: Path, url: str, work: Path, seed: int, env: dict[str, 
             runners.append(_Runner(f"run{i}-{encoders.replace(',', '')}",
                                    extract_cmd(clips_file, url, encoders, 4 + i),
                                    env, logs, kills))
-        runners.append(_Runner("dask-ABC", extract_cmd(clips_file, url, "A,B,C", 6,
-                                                       cluster.scheduler_file), env, logs, []))
+        runners.append(dask_run)
         worker_kill_at = time.monotonic() + rng.uniform(*kill_window)
         done: set[str] = set()
         deadline = time.monotonic() + timeout_s
