@@ -20,6 +20,7 @@ precision are in the key (plan.compute_identity).
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +40,13 @@ def numerics_identity(modality: str, device: str, batch_size: int, threads: int
     return identity
 
 
+# torch's thread count is per process, and a dask worker runs several tasks in threads: the
+# count is set by the first task that enters and restored by the last one that leaves, so no
+# task's exit changes it under another task's forwards.
+_THREADS_LOCK = threading.Lock()
+_threads_state: dict[str, int] = {"users": 0, "before": 0, "threads": 0}
+
+
 @contextlib.contextmanager
 def fixed_threads(device: str, threads: int) -> Iterator[None]:
     """Run the block's CPU forwards with exactly `threads` intra-op threads, then restore."""
@@ -47,14 +55,24 @@ def fixed_threads(device: str, threads: int) -> Iterator[None]:
     if device.split(":", 1)[0] != "cpu":
         yield
         return
-    before = torch.get_num_threads()
-    if before != threads:
-        torch.set_num_threads(threads)
+    with _THREADS_LOCK:
+        if _threads_state["users"] == 0:
+            _threads_state["before"] = torch.get_num_threads()
+        elif _threads_state["threads"] != threads:
+            raise RuntimeError(f"tasks of one process asked for {_threads_state['threads']} "
+                               f"and {threads} intra-op threads at once")
+        _threads_state["users"] += 1
+        _threads_state["threads"] = threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
     try:
         yield
     finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+        with _THREADS_LOCK:
+            _threads_state["users"] -= 1
+            if _threads_state["users"] == 0 and torch.get_num_threads() != _threads_state[
+                    "before"]:
+                torch.set_num_threads(_threads_state["before"])
 
 
 def padded_to(batch, size: int):
@@ -89,3 +107,15 @@ def numerics_record(library: str | None, device: str, batch_size: int, threads: 
     if module and module != "torch":
         record[module] = _module_version(module)
     return record
+
+
+def set_default_threads(threads: int) -> None:
+    """The process's thread count outside forwards (a dask worker's share of the cores): taken
+    now if no forward block is open, else when the last one closes."""
+    import torch
+
+    with _THREADS_LOCK:
+        if _threads_state["users"]:
+            _threads_state["before"] = threads
+        elif torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

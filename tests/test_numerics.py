@@ -126,3 +126,21 @@ def test_verify_numerics_lists_a_stream_whose_parts_came_from_different_numerics
     store.delete_stream(info)
     code, out = _verify_numerics(capsys, url)
     assert code == 0, out
+
+
+def test_overlapping_tasks_keep_the_fixed_thread_count_until_the_last_one_leaves():
+    """Two tasks of one dask worker: one finishing (or a new one applying the worker's share of
+    the cores) must not change the thread count under the other's forwards."""
+    from extract.numerics import set_default_threads
+
+    before = torch.get_num_threads()
+    first, second = fixed_threads("cpu", 1), fixed_threads("cpu", 1)
+    first.__enter__()
+    second.__enter__()
+    set_default_threads(2)  # another task starts: the worker's share waits
+    assert torch.get_num_threads() == 1
+    first.__exit__(None, None, None)
+    assert torch.get_num_threads() == 1
+    second.__exit__(None, None, None)
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(before)
