@@ -55,7 +55,6 @@ class ChaosResult:
     lost: int = 0
     served_twice: int = 0
     unequal: int = 0
-    reclaimed_parts: int = 0
     leftover_duplicate_rows: int = 0
     verify_output: str = ""
     verify_code: int = -1
@@ -283,10 +282,6 @@ def chaos_store(kind: str, clips_file: Path, work: Path, quiet_url: str, seed: i
         result.kills = sum(r.kills for r in runners)
         result.exit_codes = {r.name: r.codes for r in runners}
         check(url, quiet_url, env, result)
-        for runner in runners:
-            for log in sorted((work / f"runs-{kind}" / "logs").glob(f"{runner.name}-*.log")):
-                text = log.read_text(errors="replace")
-                result.reclaimed_parts += text.count("every clip in it was committed earlier")
     finally:
         os.environ.clear()
         os.environ.update(old_env)
