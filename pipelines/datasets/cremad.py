@@ -5,8 +5,10 @@ Layout as distributed::
     <root>/AudioWAV/<Actor>_<Sentence>_<Emotion>_<Intensity>.wav
     <root>/VideoFlash/<same stem>.flv
 
-Clip id = the stem (`1001_DFA_ANG_XX`). The split is speaker independent: actors sorted by
-number, shuffled with `random.Random(42)`, then 80/10/10 (floor for train and val, the rest test).
+Clip id = the stem (`1001_DFA_ANG_XX`). The split is speaker independent, as the released
+Affective-TRM code makes it (`src/data/dataset.py`): actors in the order of their sorted file
+names, shuffled with `np.random.RandomState(42)`, then 80/10/10 (floor for train and val, the
+rest test).
 
 Valence/arousal targets (the Affective-TRM recipe): the emotion's circumplex centre times the
 intensity scale, plus Gaussian noise, clipped to [-1, 1]. The noise and the XX intensity draw come
@@ -16,7 +18,6 @@ not depend on which other files are present or in what order they were listed.
 
 from __future__ import annotations
 
-import random
 import zlib
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,10 @@ def circumplex_target(clip_id: str, emotion: str, intensity: str, seed: int = LA
 
 
 def actor_splits(actors: list[str], seed: int = SPLIT_SEED) -> dict[str, str]:
-    """Actor -> split: sorted, shuffled with `seed`, 80/10/10 by actor."""
+    """Actor -> split: sorted, shuffled with `np.random.RandomState(seed)` (the released code's
+    generator: another one picks other actors), 80/10/10 by actor."""
     order = sorted(actors, key=lambda a: (len(a), a))
-    random.Random(seed).shuffle(order)
+    np.random.RandomState(seed).shuffle(order)
     n_train = int(len(order) * SPLIT_FRACTIONS[0])
     n_val = int(len(order) * SPLIT_FRACTIONS[1])
     splits = {}
