@@ -345,7 +345,6 @@ def apply_overrides(config: HeadConfig, overrides: Iterable[str]) -> HeadConfig:
     Unknown keys raise UserError listing the config's fields.
     """
     from features_store.errors import UserError
-
     from heads.profile import profile_values
 
     hints = typing.get_type_hints(type(config))
