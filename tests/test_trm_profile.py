@@ -128,35 +128,47 @@ def _indexed_store(path: Path, video_rows: dict[str, int], audio_rows: dict[str,
     return str(path)
 
 
-def _released_reader(n_frames: int, count: int = 30) -> list[int]:
-    """The released `VideoEncoder.process_video` frame loop, written out: which frame (0-based)
-    each of its `count` rows holds (-1: none, left for the fill)."""
+def _released_video(frame_rows: np.ndarray, count: int = 30) -> np.ndarray:
+    """The released `VideoEncoder.process_video`, written out on a clip's per-frame feature rows
+    (a zero row: MTCNN found no face): its frame loop, its batch MTCNN call (which raises on a
+    mix of faces and no faces under numpy >= 1.24, answered with zeros for the clip), its
+    placement and its fill."""
+    n_frames = len(frame_rows)
     indices = np.linspace(0, n_frames - 1, count, dtype=int)
-    rows = [-1] * count
+    picked = []
     current_frame, frame_idx = 0, 0
-    while current_frame < n_frames:
+    while True:
+        if current_frame >= n_frames:
+            break
         if frame_idx < len(indices) and current_frame == indices[frame_idx]:
-            rows[frame_idx] = current_frame
+            picked.append(current_frame)
             frame_idx += 1
         current_frame += 1
         if frame_idx >= len(indices):
             break
-    return rows
-
-
-def _released_fill(rows: np.ndarray) -> np.ndarray:
-    rows = rows.copy()
-    for t in range(1, len(rows)):
-        if np.all(rows[t] == 0) and not np.all(rows[t - 1] == 0):
-            rows[t] = rows[t - 1]
-    return rows
+    faces = [frame_rows[f] if frame_rows[f].any() else None for f in picked]
+    try:
+        np.array([np.zeros((1, 4)) if f is not None else None for f in faces])
+    except ValueError:  # mtcnn.select_boxes on a mix of boxes and Nones
+        return np.zeros((count, frame_rows.shape[1]), np.float32)
+    final = np.zeros((count, frame_rows.shape[1]), np.float32)
+    for i, face in enumerate(faces):
+        if face is not None:
+            final[i] = face
+    for t in range(1, count):
+        if np.all(final[t] == 0) and not np.all(final[t - 1] == 0):
+            final[t] = final[t - 1]
+    return final
 
 
 def test_released_sampling_spreads_30_video_rows_over_the_clip_and_pairs_the_first_audio_rows(
         tmp_path):
-    video = {"1001_long": 75, "1002_short_audio": 75, "1003_few_frames": 20, "1004_noface": 60}
-    audio = {"1001_long": 100, "1002_short_audio": 22, "1003_few_frames": 50, "1004_noface": 90}
-    path = _indexed_store(tmp_path / "s.zarr", video, audio, {"1004_noface": [0, 1, 20, 21, 22]})
+    video = {"1001_long": 75, "1002_short_audio": 75, "1003_few_frames": 20, "1004_noface": 60,
+             "1005_noface_unpicked": 60}
+    audio = {"1001_long": 100, "1002_short_audio": 22, "1003_few_frames": 50, "1004_noface": 90,
+             "1005_noface_unpicked": 90}
+    no_face = {"1004_noface": [20, 21, 22], "1005_noface_unpicked": [1]}
+    path = _indexed_store(tmp_path / "s.zarr", video, audio, no_face)
     clips = load_released_clips(open_store(path), "train",
                                 ["dasheng-base", "hsemotion-enet-b0", "embeddinggemma"],
                                 "hsemotion-enet-b0", "cremad-va", 30)
@@ -165,12 +177,9 @@ def test_released_sampling_spreads_30_video_rows_over_the_clip_and_pairs_the_fir
         rows = clips.features[start:start + n].astype(np.float32)
         # the released assembly: min(len(audio), 30 video rows), then NUM_FRAMES truncation
         assert n == min(audio[clip_id], 30), clip_id
-        frames = _released_reader(video[clip_id])
-        values = np.array([[f + 1.0] * 3 if f >= 0 else [0.0] * 3 for f in frames],
-                          np.float32)
-        if clip_id == "1004_noface":
-            values[np.isin(frames, [0, 1, 20, 21, 22])] = 0.0
-        expected_video = _released_fill(values)[:n]
+        frame_rows = np.repeat(np.arange(1, video[clip_id] + 1, dtype=np.float32)[:, None], 3, 1)
+        frame_rows[no_face.get(clip_id, [])] = 0.0
+        expected_video = _released_video(frame_rows)[:n]
         np.testing.assert_array_equal(rows[:, 2:5], expected_video, err_msg=clip_id)
         np.testing.assert_array_equal(rows[:, 0], 1000 + np.arange(n))  # audio row i, by index
         assert (rows[:, 5] == 7.0).all()  # the sentence, on every row
@@ -178,6 +187,8 @@ def test_released_sampling_spreads_30_video_rows_over_the_clip_and_pairs_the_fir
     assert long[-1] == 75  # the last video row is the clip's last frame, not frame 30
     few = clips.features[clips.offsets[2]:clips.offsets[2] + 30, 2]
     assert set(few.tolist()) == {1.0}  # 20 frames: the reader stops at the first repeat
+    assert not clips.features[clips.offsets[3]:clips.offsets[3] + 30, 2:5].any()  # no face
+    assert clips.features[clips.offsets[4]:clips.offsets[4] + 30, 2:5].all()  # frame 1 unread
 
 
 def test_max_frames_on_the_clock_keeps_the_first_frames_and_the_paper_default_samples(tmp_path):

@@ -6,8 +6,12 @@ Two samplings (`TRMConfig.sampling`):
   `src/data/preprocessor.py`) did on the media: a fixed number of video rows evenly spread over
   the whole clip (np.linspace over its frames, truncated to int), paired by index with the
   first rows of the audio stream, the sentence embedding repeated. The released frame reader
-  stops picking at the first repeated index (a clip with fewer frames than it samples) and a
-  frame without a face is a row of zeros; rows of zeros then take the previous row's value.
+  stops picking at the first repeated index (a clip with fewer frames than it samples); rows it
+  did not pick take the previous row's value. A frame without a face (a row of zeros in a
+  face-crop stream) makes the whole clip's video rows zero: the released encoder hands its
+  frames to MTCNN as one batch, whose face selection builds a numpy array of faces and Nones,
+  which numpy >= 1.24 (facenet-pytorch's own floor) refuses, and the encoder's
+  `except Exception` returns zeros for the clip.
 - "clock" (`load_aligned_clips`, ours): every stream on the video stream's timeline by time.
 
 For the clock, each stream is loaded whole (`store.load_stream`: one read per part, not one per
@@ -95,13 +99,24 @@ def released_frame_rows(n_frames: int, count: int) -> np.ndarray:
 
 def fill_empty_rows(rows: np.ndarray) -> np.ndarray:
     """Rows of zeros take the previous row's value, front to back, as the released video
-    encoder fills frames where no face was found (leading empty rows stay zero)."""
+    encoder fills the rows it has no features for (leading empty rows stay zero)."""
     out = rows.copy()
     empty = ~out.any(axis=1)
     for t in range(1, len(out)):
         if empty[t] and out[t - 1].any():
             out[t] = out[t - 1]
     return out
+
+
+def released_video_rows(values: np.ndarray, count: int) -> np.ndarray:
+    """The `count` video rows the released encoder makes of a clip's per-frame rows `values`
+    (module doc): picked rows, all zero when a picked frame had no face, the rest filled."""
+    picked = released_frame_rows(len(values), count)
+    read = values[picked[picked >= 0]]
+    out = np.zeros((count, values.shape[1]), values.dtype)
+    if read.any(axis=1).all():  # every picked frame has a face: no batch error
+        out[picked >= 0] = read
+    return fill_empty_rows(out)
 
 
 def load_released_clips(store: Any, split: str, streams: Sequence[str], video: str,
@@ -133,9 +148,7 @@ def load_released_clips(store: Any, split: str, streams: Sequence[str], video: s
         for info in infos:
             values = np.asarray(arrays[info.key].clip(clip_id))
             if info.key == video_info.key:
-                picked = released_frame_rows(len(values), frames)
-                sampled = np.where((picked >= 0)[:, None], values[np.maximum(picked, 0)], 0)
-                per_stream.append(fill_empty_rows(sampled))
+                per_stream.append(released_video_rows(values, frames))
             elif info.frame_shift_s is None:
                 per_stream.append(values[:1])  # one row per utterance: repeated below
             else:

@@ -52,8 +52,13 @@ from heads.trm.model import TinyRecursiveModel
 
 TRAIN_SPLIT = "train"
 RELEASED_FRAMES = 30  # the released Config.NUM_FRAMES, used when max_frames=0
-# the preprocessing entry of a video stream encoded from face crops (extract/encoders/hsemotion)
-FACE_CROP_KEY = "face_crop"
+
+
+def face_cropped(info: Any) -> bool:
+    """Whether a video stream was encoded from the released code's MTCNN face crops (the
+    encoder option extract/encoders/hsemotion.py records in the stream's provenance)."""
+    encoder = (info.preprocessing or {}).get("encoder") or {}
+    return (encoder.get("options") or {}).get("face_crop") == "mtcnn"
 
 
 def _user_error(message: str) -> Exception:
@@ -198,7 +203,7 @@ class TRMHead(Head):
         if c.sampling == "released":
             out.append(f"{c.max_frames or RELEASED_FRAMES} video rows spread over the cached "
                        f"{1 / video.frame_shift_s:g} fps stream, not over the file's own frames")
-        if c.profile == "paper" and FACE_CROP_KEY not in (video.preprocessing or {}):
+        if c.profile == "paper" and not face_cropped(video):
             out.append(f"video stream {c.video!r} encodes whole frames, not the released "
                        "code's MTCNN face crops (extract it with the face_crop=mtcnn option)")
         return out

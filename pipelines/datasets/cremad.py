@@ -113,11 +113,15 @@ class CremaDAdapter(Adapter):
     )
     recipe = Recipe(
         encoders=["dasheng-base", "hsemotion-enet-b0", "embeddinggemma"],
+        # the released Affective-TRM encodes MTCNN face crops, not whole frames (the trm head's
+        # paper profile; `--encoder-option`-free runs get it by default)
+        encoder_options={"hsemotion-enet-b0": {"face_crop": "mtcnn"}},
         default_head="trm",
         labels=["cremad-va", "cremad-emotion"],
         fps=25.0,
-        notes="Speaker-independent split (actors shuffled with seed 42, 80/10/10). Targets: "
-              "circumplex centre x intensity + seeded noise.",
+        notes="Speaker-independent split (actors shuffled with np.random.RandomState(42), "
+              "80/10/10, as the released code). Targets: circumplex centre x intensity + seeded "
+              "noise. HSEmotion on MTCNN face crops (face_crop=mtcnn), as the released code.",
     )
 
     def scan(self, data_root: str | Path) -> ScanResult:
