@@ -16,7 +16,13 @@ import pytest
 
 from features_store import open_store, verify
 from pipelines.datasets import get_adapter
-from pipelines.datasets.cremad import CIRCUMPLEX, EMOTIONS, actor_splits, circumplex_target
+from pipelines.datasets.cremad import (
+    CIRCUMPLEX,
+    EMOTIONS,
+    actor_splits,
+    circumplex_target,
+    shuffled_actors,
+)
 from pipelines.ingest import ingest
 from pipelines.samples import generate_sample
 
@@ -38,6 +44,9 @@ def test_sample_ingests_with_a_speaker_independent_split(crema_root, tmp_path):
     assert [len(actors_of[s]) for s in ("train", "val", "test")] == [8, 1, 1]  # 10 actors
     assert not (actors_of["train"] & actors_of["val"] or actors_of["train"] & actors_of["test"]
                 or actors_of["val"] & actors_of["test"])
+    # the actor's place in the released shuffled list: how the released loaders order clips
+    order = shuffled_actors(sorted({c["actor"] for c in clips}))
+    assert all(c["actor_rank"] == order.index(c["actor"]) for c in clips)
     for clip in clips:
         actor, sentence, emotion, level = clip["clip_id"].split("_")
         assert (clip["speaker"], clip["emotion"], clip["intensity"]) == (actor, emotion, level)

@@ -103,7 +103,8 @@ def test_import_run_command_names_the_ignored_halting_head(store, tmp_path):
 
 
 def _indexed_store(path: Path, video_rows: dict[str, int], audio_rows: dict[str, int],
-                   empty_video_rows: dict[str, list[int]] | None = None) -> str:
+                   empty_video_rows: dict[str, list[int]] | None = None,
+                   actor_ranks: dict[str, int] | None = None) -> str:
     """Clips whose video row i holds i + 1 and audio row i holds 1000 + i (column 0)."""
     s = open_store(str(path), mode="a", dataset="cremad")
     audio = s.create_stream(StreamInfo(name="dasheng-base", dim=2, dtype="float32",
@@ -122,8 +123,10 @@ def _indexed_store(path: Path, video_rows: dict[str, int], audio_rows: dict[str,
                                                              dtype=np.float32)[:, None], 2, 1))
             t.write_clip(clip_id, np.full((1, 1), 7.0, np.float32))
             y.write_clip(clip_id, np.zeros((1, 2), np.float32))
+    ranks = {"actor_rank": actor_ranks} if actor_ranks else {}
     s.add_clips([{"clip_id": c, "split": "train", "speaker": c[:4], "dataset": "cremad",
-                  "duration": 1.0} for c in video_rows])
+                  "duration": 1.0, **{k: v[c[:4]] for k, v in ranks.items()}}
+                 for c in video_rows])
     s.finalize()
     return str(path)
 
@@ -189,6 +192,23 @@ def test_released_sampling_spreads_30_video_rows_over_the_clip_and_pairs_the_fir
     assert set(few.tolist()) == {1.0}  # 20 frames: the reader stops at the first repeat
     assert not clips.features[clips.offsets[3]:clips.offsets[3] + 30, 2:5].any()  # no face
     assert clips.features[clips.offsets[4]:clips.offsets[4] + 30, 2:5].all()  # frame 1 unread
+
+
+def test_a_split_is_listed_actor_by_actor_in_the_released_shuffled_order(tmp_path):
+    """The released loaders list a split's clips actor by actor in the shuffled actor order
+    (the clip table's actor_rank), file order within an actor: the evaluation batches."""
+    video = {"1001_a": 40, "1001_b": 40, "1002_a": 40, "1003_a": 40, "1003_b": 40}
+    path = _indexed_store(tmp_path / "s.zarr", video, dict.fromkeys(video, 40))
+    store = open_store(path)
+    streams = ["dasheng-base", "hsemotion-enet-b0"]
+    unranked = load_released_clips(store, "train", streams, "hsemotion-enet-b0", "cremad-va", 30)
+    assert unranked.clip_ids == sorted(video) and not unranked.in_released_order
+    ranked = _indexed_store(tmp_path / "r.zarr", video, dict.fromkeys(video, 40),
+                            actor_ranks={"1001": 2, "1002": 0, "1003": 1})
+    clips = load_released_clips(open_store(ranked), "train", streams, "hsemotion-enet-b0",
+                                "cremad-va", 30)
+    assert clips.clip_ids == ["1002_a", "1003_a", "1003_b", "1001_a", "1001_b"]
+    assert clips.in_released_order
 
 
 def test_max_frames_on_the_clock_keeps_the_first_frames_and_the_paper_default_samples(tmp_path):
@@ -326,6 +346,7 @@ def test_a_paper_run_keeps_the_final_epoch_and_reports_val_ccc_beside_the_clip_c
                                          "epochs=2"}
     assert any("spread over the cached 25 fps stream" in a for a in config["approximate"])
     assert any("MTCNN face crops" in a for a in config["approximate"])
+    assert any("no actor_rank" in a for a in config["approximate"])  # a synthetic clip table
     assert result.epochs_done == 2
 
 

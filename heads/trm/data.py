@@ -57,6 +57,9 @@ class AlignedClips:
     targets: np.ndarray
     frame_shift_s: float
     slices: dict[str, tuple[int, int]]
+    # clips listed as the released loaders list them (actor by actor in the released shuffled
+    # order, `actor_rank` in the clip table); False: in clip-id order (no actor_rank)
+    in_released_order: bool = True
 
     def __len__(self) -> int:
         return len(self.clip_ids)
@@ -84,6 +87,17 @@ class AlignedClips:
             "y": torch.from_numpy(self.targets[clips].astype(np.float32)),
             "clips": clips,
         }
+
+
+def released_clip_order(store: Any, split: str, clip_ids: Sequence[str]
+                        ) -> tuple[list[str], bool]:
+    """`clip_ids` in the released loaders' order: by the clip table's `actor_rank` (the actor's
+    place in the released shuffled actor list), then by id (the released file order); the ids
+    as given, and False, when a clip has no `actor_rank`."""
+    ranks = {c["clip_id"]: c.get("actor_rank") for c in store.clips(split)}
+    if any(ranks.get(c) is None for c in clip_ids):
+        return list(clip_ids), False
+    return sorted(clip_ids, key=lambda c: (int(ranks[c]), c)), True
 
 
 def released_frame_rows(n_frames: int, count: int) -> np.ndarray:
@@ -129,6 +143,7 @@ def load_released_clips(store: Any, split: str, streams: Sequence[str], video: s
     if not clip_ids:
         raise _user_error(f"{store.url}: no clip of split {split!r} has every stream "
                           f"({', '.join(needed)})")
+    clip_ids, ordered = released_clip_order(store, split, clip_ids)
     infos = [store.resolve(s) for s in streams]
     video_info = store.resolve(video)
     if video_info.frame_shift_s is None:
@@ -168,7 +183,7 @@ def load_released_clips(store: Any, split: str, streams: Sequence[str], video: s
     if not kept:
         raise _user_error(f"{store.url}: every clip of split {split!r} has an empty stream")
     return _assemble(kept, columns, np.asarray(lengths, np.int64), np.stack(targets), infos,
-                     streams, float(video_info.frame_shift_s))
+                     streams, float(video_info.frame_shift_s), ordered)
 
 
 def load_aligned_clips(store: Any, split: str, streams: Sequence[str], clock: str,
@@ -183,6 +198,7 @@ def load_aligned_clips(store: Any, split: str, streams: Sequence[str], clock: st
     if not clip_ids:
         raise _user_error(f"{store.url}: no clip of split {split!r} has every stream "
                           f"({', '.join(needed)})")
+    clip_ids, ordered = released_clip_order(store, split, clip_ids)
     infos = [store.resolve(s) for s in streams]
     clock_info = store.resolve(clock)
     if clock_info.frame_shift_s is None:
@@ -221,12 +237,12 @@ def load_aligned_clips(store: Any, split: str, streams: Sequence[str], clock: st
             targets[c] = np.asarray(label_array.clip(clip_id), np.float32)[0, :2]
         else:
             targets[c] = np.nan  # unlabelled (new media): nothing to score against
-    return _assemble(clip_ids, columns, lengths, targets, infos, streams, shift)
+    return _assemble(clip_ids, columns, lengths, targets, infos, streams, shift, ordered)
 
 
 def _assemble(clip_ids: Sequence[str], columns: list[list[np.ndarray]], lengths: np.ndarray,
               targets: np.ndarray, infos: Sequence[Any], streams: Sequence[str],
-              shift: float) -> AlignedClips:
+              shift: float, ordered: bool) -> AlignedClips:
     features = np.concatenate([np.concatenate(col) for col in columns], axis=1)
     dims = [info.dim for info in infos]
     edges = np.concatenate([[0], np.cumsum(dims)]).astype(int)
@@ -234,7 +250,8 @@ def _assemble(clip_ids: Sequence[str], columns: list[list[np.ndarray]], lengths:
         clip_ids=list(clip_ids), features=features,
         offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
         lengths=lengths, targets=targets, frame_shift_s=shift,
-        slices={s: (int(edges[k]), int(edges[k + 1])) for k, s in enumerate(streams)})
+        slices={s: (int(edges[k]), int(edges[k + 1])) for k, s in enumerate(streams)},
+        in_released_order=ordered)
 
 
 def _label_info(store: Any, labels: str, required: bool) -> Any:

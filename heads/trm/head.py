@@ -203,6 +203,9 @@ class TRMHead(Head):
         if c.sampling == "released":
             out.append(f"{c.max_frames or RELEASED_FRAMES} video rows spread over the cached "
                        f"{1 / video.frame_shift_s:g} fps stream, not over the file's own frames")
+        if c.profile == "paper" and not data.clips(c.val_split).in_released_order:
+            out.append("validation batches in clip-id order: the store's clip table has no "
+                       "actor_rank (re-ingest CREMA-D for the released actor order)")
         if c.profile == "paper" and not face_cropped(video):
             out.append(f"video stream {c.video!r} encodes whole frames, not the released "
                        "code's MTCNN face crops (extract it with the face_crop=mtcnn option)")

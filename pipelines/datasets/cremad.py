@@ -73,11 +73,17 @@ def circumplex_target(clip_id: str, emotion: str, intensity: str, seed: int = LA
     return np.clip(centre + rng.normal(0.0, sigma, size=2), -1.0, 1.0).astype(np.float32)
 
 
-def actor_splits(actors: list[str], seed: int = SPLIT_SEED) -> dict[str, str]:
-    """Actor -> split: sorted, shuffled with `np.random.RandomState(seed)` (the released code's
-    generator: another one picks other actors), 80/10/10 by actor."""
+def shuffled_actors(actors: list[str], seed: int = SPLIT_SEED) -> list[str]:
+    """The actors sorted, then shuffled with `np.random.RandomState(seed)` (the released code's
+    generator: another one gives another order)."""
     order = sorted(actors, key=lambda a: (len(a), a))
     np.random.RandomState(seed).shuffle(order)
+    return order
+
+
+def actor_splits(actors: list[str], seed: int = SPLIT_SEED) -> dict[str, str]:
+    """Actor -> split: the shuffled actors (`shuffled_actors`) cut 80/10/10."""
+    order = shuffled_actors(actors, seed)
     n_train = int(len(order) * SPLIT_FRACTIONS[0])
     n_val = int(len(order) * SPLIT_FRACTIONS[1])
     splits = {}
@@ -157,10 +163,15 @@ class CremaDAdapter(Adapter):
             except SkipClip as exc:
                 parsed.pop(stem, None)
                 out.problem(str(exc), clip_id=stem)
-        splits = actor_splits(sorted({p[0] for p in parsed.values()}))
+        actors = sorted({p[0] for p in parsed.values()})
+        splits = actor_splits(actors)
+        # the released loaders list a split's clips actor by actor in the shuffled order (file
+        # order within an actor): the TRM head batches its evaluation that way
+        rank = {actor: i for i, actor in enumerate(shuffled_actors(actors))}
         for stem, (actor, sentence, emotion, intensity) in parsed.items():
             clip = self._record(stem, actor, sentence, emotion, intensity, splits[actor],
                                 wavs[stem], flvs[stem])
+            clip["actor_rank"] = rank[actor]
             out.add(clip, {"cremad-emotion": [EMOTIONS.index(emotion)],
                            "cremad-va": circumplex_target(stem, emotion, intensity)})
         counts = result.clips_per_split()
