@@ -252,6 +252,12 @@ class Head(ABC):
         returned. Recorded in RUN/config.json as `approximate`; empty means exact."""
         return []
 
+    def paper_config(self, store: Any) -> HeadConfig:
+        """The paper profile's config, settled from `store` as this run's was (a head that
+        fills fields from the store, such as a dataset's preset batch size, does the same
+        here), so that `deviations` lists only what the user or the profile changed."""
+        return type(self.config)()
+
     def import_official(self, official: Any, model: nn.Module) -> None:
         """Map a paper's released state dict onto `model` (`affect import-run`).
 
