@@ -59,7 +59,7 @@ class TRMConfig(HeadConfig):
     #   alignment); `max_frames` > 0 keeps only the first `max_frames` frames of it (30 frames
     #   are the first 1.2 s of a 25 fps clip: this is not the released sampling).
     sampling: str = "released"
-    max_frames: int = 30  # "released": frames sampled; "clock": 0 is the whole clip
+    max_frames: int = 30  # "released": frames sampled (0: 30); "clock": 0 is the whole clip
     # recurrence over time: False (released: halt_max_steps=1) starts every frame from the
     # initial state and supervises only the last step's output; True (ours) carries the state
     # from frame to frame and supervises every frame
