@@ -487,9 +487,9 @@ def test_store_ls_gives_every_stream_a_unique_name_to_use(tmp_path, capsys):
     store.finalize()
     code, out, _ = run_cli("store", "ls", store.url, "--json", capsys=capsys)
     rows = json.loads(out)
-    assert len({r["use"] for r in rows}) == 2
+    assert len({r["stream"] for r in rows}) == 2
     newest = store.resolve("swin-t@random@reduced")
-    assert {r["use"] for r in rows} == {"swin-t@random@reduced",
+    assert {r["stream"] for r in rows} == {"swin-t@random@reduced",
                                         next(i.key for i in infos if i.key != newest.key)}
     code, out, _ = run_cli("store", "ls", store.url, capsys=capsys)
     assert "3 clips in the clip table" in out
