@@ -356,9 +356,11 @@ def test_rerunning_an_interrupted_demo_resumes_and_ends_well(tmp_path):
                str(tmp_path), "--epochs", "3", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     last = tmp_path / "runs" / "trm" / "checkpoints" / "last.pt"
-    # Its own process group, as a terminal's foreground job: Ctrl-C reaches every step.
+    # Its own process group, as a terminal's foreground job: Ctrl-C reaches every step (and
+    # SIGINT is handled there even when these tests run as a background job, which ignores it).
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)
+                             text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 1200
     while time.time() < deadline and first.poll() is None and not last.exists():
         time.sleep(0.2)
