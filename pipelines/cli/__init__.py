@@ -43,6 +43,8 @@ COMMANDS = [
      "Predict a split (or new --media) with a run's best checkpoint and export the results."),
     ("pipelines.cli.heads", "ensemble",
      "Average several runs' predictions on a split and export them (scored if labelled)."),
+    ("pipelines.cli.heads", "import-run",
+     "Make a run folder from a paper's released checkpoint (tensors only, strictly mapped)."),
     ("pipelines.cli.heads", "heads",
      "The heads: what each trains on, the metric it is judged by, and its paper."),
     ("pipelines.cli.metrics", "metrics", "Score predictions with benchmark metrics."),
@@ -64,7 +66,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         for module_name, attr, _ in COMMANDS:
             if attr == name:
-                return getattr(importlib.import_module(module_name), attr)
+                # a command named with a dash (import-run) is the function with an underscore
+                return getattr(importlib.import_module(module_name), attr.replace("-", "_"))
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
