@@ -405,6 +405,7 @@ def test_every_json_option_prints_only_json(two_runs, tmp_path, capsys):
         "store info": ["store", "info", store, "tiny-x", "--json"],
         "store ledger": ["store", "ledger", store, "--json"],
         "encoders ls": ["encoders", "ls", "--json"],
+        "heads ls": ["heads", "ls", "--json"],
         "datasets ls": ["datasets", "ls", "--json"],
         "runs ls": ["runs", "ls", str(root), "--json"],
         "evaluate": ["evaluate", "--run", runs[0], "--json", "--device", "cpu"],
