@@ -288,8 +288,10 @@ def heads_ls(as_json: bool) -> None:
     for name in list_heads():
         cls = get_head(name)
         recipe = cls().recipe()  # the paper's default config: the streams it reads by default
+        # a head that settles its labels from the store (tpn_awm: the dataset's preset) says so
+        labels = recipe.labels or ["the store dataset's labels"]
         rows.append({"name": name, "dataset": cls.default_dataset,
-                     "inputs": [*recipe.features, *recipe.labels],
+                     "inputs": [*recipe.features, *labels],
                      "metric": cls.metric_name, "paper": cls.paper})
     if as_json:
         click.echo(json.dumps(rows, indent=1))
