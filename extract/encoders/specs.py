@@ -190,6 +190,10 @@ HSEMOTION_SPEC = EncoderSpec(
 )
 
 
+# "none": the frame as it comes; "mtcnn": the released Affective-TRM's MTCNN face crop first
+HSEMOTION_OPTIONS: dict[str, Any] = {"face_crop": "none"}
+
+
 def hsemotion_cache_dir() -> Path:
     """HSEmotion's own download folder (`hsemotion.facial_emotions.get_model_path`)."""
     return Path("~/.hsemotion").expanduser()
@@ -372,7 +376,8 @@ GEMMA_DOWNLOADS = (_hf_download(GEMMA_REPO),)
 CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry(CLIP_SPEC, CLIP_OPTIONS, clip_available, "clip", CLIP_DOWNLOADS),
     CatalogEntry(SWIN_SPEC, SWIN_OPTIONS, swin_available, "swin", SWIN_DOWNLOADS),
-    CatalogEntry(HSEMOTION_SPEC, {}, hsemotion_available, "hsemotion", HSEMOTION_DOWNLOADS),
+    CatalogEntry(HSEMOTION_SPEC, HSEMOTION_OPTIONS, hsemotion_available, "hsemotion",
+                 HSEMOTION_DOWNLOADS),
     CatalogEntry(VGGISH_SPEC, VGGISH_OPTIONS, vggish_available, "vggish", VGGISH_DOWNLOADS),
     CatalogEntry(VGGISH_REACT_SPEC, VGGISH_OPTIONS, vggish_available, "vggish",
                  VGGISH_DOWNLOADS),
