@@ -156,6 +156,11 @@ class Head(ABC):
         """Optimiser parameter groups; a group may set its own "lr" (else `config.lr`)."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
+    def clip_groups(self, model: nn.Module) -> list[list[nn.Parameter]]:
+        """Parameter groups whose gradients the trainer clips to `grad_clip` each on its own
+        (a paper that clips each sub-network separately); default: one group, the whole model."""
+        return [list(model.parameters())]
+
     # --- training --------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, data: Any) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Called before each epoch's batches (reset per-epoch state here)."""
@@ -251,6 +256,13 @@ class Head(ABC):
         "no augmentation" when the store holds no augmented views), given what `build_data`
         returned. Recorded in RUN/config.json as `approximate`; empty means exact."""
         return []
+
+    def read_official(self, path: Path) -> dict[str, torch.Tensor]:
+        """The tensors of a released checkpoint given as `path` (default: that one file, read
+        as tensors only); a head whose paper saves one file per sub-network reads the siblings."""
+        from heads.official import read_official_file
+
+        return read_official_file(path)
 
     def import_official(self, official: Any, model: nn.Module) -> None:
         """Map a paper's released state dict onto `model` (`affect import-run`).

@@ -536,6 +536,7 @@ def train(
     paths.checkpoints.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
     model = head.build_model(data).to(dev)
     optimizer = build_optimizer(config, head.param_groups(model))
+    clip_groups = head.clip_groups(model)
     watched = config.plateau_metric or head.metric_name
     schedule = LrSchedule(optimizer, config,
                           "min" if watched.endswith("loss") else head.metric_mode)
@@ -614,7 +615,7 @@ def train(
                 scaler.scale(loss / config.grad_accum).backward()
                 stepped = False
                 if (iteration + 1) % config.grad_accum == 0:
-                    _optimizer_step(model, optimizer, scaler, config)
+                    _optimizer_step(clip_groups, optimizer, scaler, config)
                     schedule.step()
                     global_step += 1
                     stepped = True
@@ -637,7 +638,7 @@ def train(
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 iteration += 1
             if iteration % config.grad_accum != 0:  # flush a partial accumulation
-                _optimizer_step(model, optimizer, scaler, config)
+                _optimizer_step(clip_groups, optimizer, scaler, config)
                 schedule.step()
                 global_step += 1
         finally:
@@ -736,11 +737,13 @@ def _amp_dtype(config: HeadConfig, device: torch.device) -> torch.dtype | None:
     raise _user_error(f"amp={config.amp!r}: use bf16, fp16 or off")
 
 
-def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+def _optimizer_step(clip_groups: list[list[nn.Parameter]], optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, config: HeadConfig) -> None:
+    """Clip (each of the head's `clip_groups` to its own norm), step, update the scaler."""
     if config.grad_clip > 0:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        for params in clip_groups:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -859,13 +862,13 @@ def import_run(head: Head, store: Any, official_file: str | Path, out: str | Pat
     file is read as tensors only (heads/official.py). Writes RUN/config.json (with the source
     file, its sha256 and every released key left unused with the reason) and
     RUN/checkpoints/best.pt; returns the run folder."""
-    from heads.official import OfficialState, file_sha256, read_official_file
+    from heads.official import OfficialState, file_sha256
 
     paths = RunPaths(Path(out))
     if paths.config.exists() or paths.best.exists():
         raise _user_error(f"{paths.root}: already a run folder; choose a new --out")
     check_config(head.config)
-    tensors = read_official_file(official_file)  # before any write: a bad file leaves nothing
+    tensors = head.read_official(Path(official_file))  # before any write: a bad file leaves nothing
     store_obj, store_location = open_store_for(store)
     data = head.build_data(store_obj)
     provenance = _resolve_recipe(head, store_obj)
