@@ -264,6 +264,12 @@ class Head(ABC):
 
         return read_official_file(path)
 
+    def paper_config(self, store: Any) -> HeadConfig:
+        """The paper profile's config, settled from `store` as this run's was (a head that
+        fills fields from the store, such as a dataset's preset batch size, does the same
+        here), so that `deviations` lists only what the user or the profile changed."""
+        return type(self.config)()
+
     def import_official(self, official: Any, model: nn.Module) -> None:
         """Map a paper's released state dict onto `model` (`affect import-run`).
 
@@ -357,7 +363,6 @@ def apply_overrides(config: HeadConfig, overrides: Iterable[str]) -> HeadConfig:
     Unknown keys raise UserError listing the config's fields.
     """
     from features_store.errors import UserError
-
     from heads.profile import profile_values
 
     hints = typing.get_type_hints(type(config))

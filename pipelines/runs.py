@@ -142,8 +142,8 @@ def format_table(rows: Sequence[RunRow]) -> str:
         keys = ",".join(key.rsplit("-", 1)[-1][:8] for key in r.streams.values())
         epochs = f"{r.epochs_done}/{r.epochs}" if r.epochs is not None else str(r.epochs_done)
         best = value(r.best_value) + (f"@{r.best_epoch}" if r.best_epoch else "")
-        lines.append([r.run, r.head, profile_cell(r), r.dataset or "-", r.store, keys or "-", r.seed, epochs,
-                      r.metric or "-", best, value(r.test_value), r.updated])
+        lines.append([r.run, r.head, profile_cell(r), r.dataset or "-", r.store, keys or "-",
+                      r.seed, epochs, r.metric or "-", best, value(r.test_value), r.updated])
     return shared_table([dict(zip(header, line)) for line in lines], header)
 
 

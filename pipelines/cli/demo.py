@@ -108,7 +108,7 @@ def demo(out_dir: str, clips: int, seconds: int, epochs: int, device: str,
 def _profile_of(run: str) -> str:
     """The run's profile and its departures from the paper, as its config.json records them."""
     from heads.trainer import run_fidelity
-    from pipelines.cli_heads import fidelity_line
+    from pipelines.cli.heads import fidelity_line
 
     return fidelity_line(run_fidelity(run))
 
