@@ -26,7 +26,7 @@ from heads.official import OfficialState, read_official_file
 from heads.profile import corrections, deviations
 from heads.registry import get_head, list_heads, register_head
 from heads.trainer import _keeps, evaluate_run, import_run, read_run_config, train
-from tests.test_trainer import TinyConfig, TinyHead, build_tiny_store
+from test_trainer import TinyConfig, TinyHead, build_tiny_store
 
 SHIPPED = ("regnn", "transformer", "transformer-lstm", "transformer-attention", "fclstm-xl",
            "temporal_attention", "tpn_awm", "trm")
