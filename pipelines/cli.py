@@ -39,8 +39,8 @@ COMMANDS = [
     ("pipelines.cli_heads", "ensemble",
      "Average several runs' predictions on a split and export them (scored if labelled)."),
     ("pipelines.cli_metrics", "metrics", "Score predictions with benchmark metrics."),
-    ("pipelines.cli_demo", "demo", "Sample -> extract -> train REGNN -> evaluate -> export, "
-     "printing each command."),
+    ("pipelines.cli_demo", "demo", "Sample -> extract -> train REGNN -> evaluate -> export -> "
+     "report, printing each command."),
     ("pipelines.cli_runs", "runs", "Run folders: the experiment table."),
     ("pipelines.cli_runs", "report",
      "Write one self-contained HTML page of a run: config, streams, curves, the head's plot."),
