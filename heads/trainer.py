@@ -56,6 +56,7 @@ from heads.run_folder import (
 from heads.tb_log import ScalarLog
 from heads.train_progress import EpochSummary, TrainProgress
 
+
 def _user_error(message: str) -> Exception:
     from features_store.errors import UserError
 

@@ -370,13 +370,18 @@ def test_epoch_lines_in_a_log_are_lines_not_bar_redraws(tiny_store, tmp_path):
 def test_epoch_lines_on_a_terminal_come_above_the_bar(tiny_store, tmp_path):
     # A real pseudo-terminal: the bar is drawn (carriage returns) and each epoch still gets its
     # readable line.
+    import fcntl
     import pty
     import re
+    import struct
+    import termios
     import threading
 
     from heads.train_progress import TrainProgress
 
     leader, follower = pty.openpty()
+    # a terminal 100 columns wide (a new pseudo-terminal has 0, where a bar has no room)
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     received = bytearray()
 
     def read() -> None:
@@ -400,7 +405,8 @@ def test_epoch_lines_on_a_terminal_come_above_the_bar(tiny_store, tmp_path):
     reader.join(timeout=10)
     os.close(leader)
     text = received.decode(errors="replace")
-    assert "\r" in text and "it/s" in text  # tqdm drew its bar on the terminal
+    # tqdm drew (and redrew) its bar on the terminal
+    assert "\rtiny-test-head epoch 1/3: " in text and "it/s" in text
     lines = [re.search(EPOCH_LINE, line) for line in text.replace("\r", "\n").splitlines()]
     assert [int(m.group(1)) for m in lines if m] == [1, 2, 3], text[-2000:]
 
