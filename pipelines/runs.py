@@ -299,7 +299,8 @@ def format_table(rows: Sequence[RunRow], groups: Sequence[SeedGroup] | None = No
         several = len(group.rows) > 1
         if several:
             first = group.rows[0]
-            seeds = ",".join(str(r.seed) for r in group.rows)
+            seeds = ",".join(str(seed) for seed in sorted(
+                r.seed for r in group.rows if r.seed is not None))
             lines.append([f"{_group_name(group)} (seeds {seeds})", first.head,
                           first.dataset or "-", first.profile or "-",
                           ",".join(first.streams) or "-", f"{len(group.rows)} seeds", "",
