@@ -337,16 +337,13 @@ def _run_rows(root: Path, saved: dict[str, Any], row: Any,
 
     environment = saved.get("environment") or {}
     wall = _wall_time(records)
-    deviations = saved.get("deviations") or []
-    approximate = saved.get("approximate") or []
     rows: list[tuple[str, Any]] = [
         ("run folder", str(root)), ("head", saved["head"]), ("dataset", row.dataset or "-"),
         ("store", saved.get("store", "-")),
-        ("profile", saved.get("profile") or "-"),
-        ("deviations from the profile", ", ".join(deviations) if deviations else "none"),
+        ("profile", row.profile),  # runs from before profiles: "paper" (pipelines/runs.py)
+        ("deviations from the paper", ", ".join(row.deviations) or "none"),
+        ("approximate", ", ".join(row.approximate) or "nothing"),
     ]
-    if approximate:
-        rows.append(("approximations", ", ".join(approximate)))
     rows += [
         ("seed", saved["config"].get("seed", "-")),
         ("epochs done", f"{row.epochs_done} of {row.epochs}"),

@@ -65,11 +65,14 @@ class RunRow:
     val_split: str
     test_value: float | None
     updated: str
-    profile: str | None = None
     kind: str = "run"  # "run", or "ensemble" (an `affect ensemble` export of several runs)
     best_metrics: dict[str, Any] = field(default_factory=dict)  # all of the best epoch's
     config: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # fidelity to the paper (heads/profile.py); runs from before profiles existed read "paper"
+    profile: str = "paper"
+    deviations: list[str] = field(default_factory=list)
+    approximate: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,8 +137,11 @@ def read_run(run_dir: str | Path) -> RunRow | None:
         metric=metric, best_value=best_value, best_epoch=best_epoch, val_split=val_split,
         test_value=float(test_value) if isinstance(test_value, int | float) else None,
         updated=datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M"),
-        profile=config.get("profile"), best_metrics=best_metrics, config=dict(settings),
+        best_metrics=best_metrics, config=dict(settings),
         extra={"metric_mode": mode},
+        profile=str(config.get("profile", settings.get("profile", "paper"))),
+        deviations=list(config.get("deviations", [])),
+        approximate=list(config.get("approximate", [])),
     )
 
 
@@ -159,7 +165,9 @@ def read_ensemble(record_file: str | Path) -> RunRow | None:
         epochs_done=0, epochs=None, metric=metric, best_value=None, best_epoch=None,
         val_split=split, test_value=value if split == "test" else None,
         updated=datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M"),
-        profile=first.profile if first else None, kind="ensemble",
+        profile=first.profile if first else "paper",
+        deviations=list(first.deviations) if first else [],
+        approximate=list(first.approximate) if first else [], kind="ensemble",
         best_metrics=_scalar_metrics(record.get("metrics") or {}) if split != "test" else {},
         extra={"runs": list(record["runs"]), "split": split, "member_seeds": seeds},
     )
@@ -292,8 +300,8 @@ def format_table(rows: Sequence[RunRow], groups: Sequence[SeedGroup] | None = No
 
     from features_store.tables import format_table as shared_table
 
-    header = ["run", "head", "dataset", "profile", "streams", "seed", "epochs", "metric",
-              "best", "test", "updated"]
+    header = ["run", "head", "profile", "dataset", "store", "streams", "seed", "epochs",
+              "metric", "best", "test", "updated"]
     lines = []
     for group in groups if groups is not None else group_runs(rows):
         several = len(group.rows) > 1
@@ -302,7 +310,7 @@ def format_table(rows: Sequence[RunRow], groups: Sequence[SeedGroup] | None = No
             seeds = ",".join(str(seed) for seed in sorted(
                 r.seed for r in group.rows if r.seed is not None))
             lines.append([f"{_group_name(group)} (seeds {seeds})", first.head,
-                          first.dataset or "-", first.profile or "-",
+                          profile_cell(first), first.dataset or "-", first.store,
                           ",".join(first.streams) or "-", f"{len(group.rows)} seeds", "",
                           first.metric or "-", _mean_std(group.best), _mean_std(group.test), ""])
         for r in group.rows:
@@ -312,10 +320,16 @@ def format_table(rows: Sequence[RunRow], groups: Sequence[SeedGroup] | None = No
             name = r.run if r.kind == "run" else (
                 f"{r.run} (ensemble of {len(r.extra.get('runs', []))} runs)")
             seed = "-" if r.seed is None else str(r.seed)
-            lines.append([f"  {name}" if several else name, r.head, r.dataset or "-",
-                          r.profile or "-", ",".join(r.streams) or "-", seed, epochs,
+            lines.append([f"  {name}" if several else name, r.head, profile_cell(r),
+                          r.dataset or "-", r.store, ",".join(r.streams) or "-", seed, epochs,
                           r.metric or "-", best, value(r.test_value), r.updated])
     return shared_table([dict(zip(header, line)) for line in lines], header)
+
+
+def profile_cell(row: RunRow) -> str:
+    """"paper", or the profile with its departures: "fixed: edge_topk=per-node, ..."."""
+    notes = [*row.deviations, *(f"approximate: {a}" for a in row.approximate)]
+    return row.profile + (": " + ", ".join(notes) if notes else "")
 
 
 def diff_runs(run_a: str | Path, run_b: str | Path) -> list[dict[str, Any]]:

@@ -375,7 +375,7 @@ def write_predictions(pred_dir, emotions):
 def test_react_command_scores_a_prediction_folder_as_json(tmp_path):
     from click.testing import CliRunner
 
-    from pipelines.cli_metrics import metrics
+    from pipelines.cli.metrics import metrics
 
     rng = np.random.default_rng(8)
     emotions = write_react_root(tmp_path / "react", rng)
@@ -438,7 +438,7 @@ EMOTION_2024 = {"Expert_video": "P1", "Novice_video": "P2", "P25": "P1", "P26": 
 def test_react_2024_layout_with_noxi_and_recola_scores_as_the_official_formulas(tmp_path):
     from click.testing import CliRunner
 
-    from pipelines.cli_metrics import metrics
+    from pipelines.cli.metrics import metrics
 
     rng = np.random.default_rng(12)
     n_frames = 60
@@ -498,7 +498,7 @@ def test_short_clips_name_the_frames_option_that_would_score_them(tmp_path):
     # option sets the frames scored and the value that fits these clips.
     from click.testing import CliRunner
 
-    from pipelines.cli_metrics import metrics
+    from pipelines.cli.metrics import metrics
 
     rng = np.random.default_rng(10)
     emotions = write_react_root(tmp_path / "react", rng, n_frames=200)

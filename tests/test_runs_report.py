@@ -171,7 +171,7 @@ def test_runs_ls_lists_one_row_per_run(runs_dir):
     table = CliRunner().invoke(cli, ["runs", "ls", str(runs_dir)])
     assert table.exit_code == 0, table.output
     lines = table.output.strip().splitlines()
-    assert lines[0].split()[:4] == ["run", "head", "dataset", "profile"]
+    assert lines[0].split()[:4] == ["run", "head", "profile", "dataset"]
     # two seed groups, each under its summary row (three TRM seeds, two classifier seeds), and
     # the ensemble of the two classifiers
     assert len(lines) == 1 + (1 + 3) + (1 + 2) + 1
@@ -284,7 +284,7 @@ def test_report_pages_are_self_contained_and_show_the_plot_of_each_head(runs_dir
     # what ran: AMP is off on a CPU whatever the config asked (REGNN's dims, likewise)
     assert cells["amp"] == "off (requested bf16)"
     for row in ("command", "affect version", "git commit", "host", "device", "wall time",
-                "profile", "deviations from the profile", "seed"):
+                "profile", "deviations from the paper", "approximate", "seed"):
         assert cells.get(row, "-") not in ("", None) and row in cells, row
     assert cells["command"] != "-" and cells["device"] == "cpu"
     assert re.fullmatch(r"\d+s|\d+m\d\ds", cells["wall time"]), cells["wall time"]
@@ -347,7 +347,7 @@ def test_regnn_report_shows_reaction_channels_against_the_listener(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_any_head_on_its_own_sample(tmp_path):
-    from pipelines.cli_demo import HEAD_DEMO_SETTINGS
+    from pipelines.cli.demo import HEAD_DEMO_SETTINGS
 
     assert "trm" in HEAD_DEMO_SETTINGS
     result = subprocess.run(
@@ -363,6 +363,13 @@ def test_demo_runs_any_head_on_its_own_sample(tmp_path):
 # --- the run table: aliases, seed groups, sorting, filters, ensembles, diffs -------------------
 
 
+def cell(table: str, line: str, column: str) -> str:
+    """The text of a (left-aligned) column in one line of a table printed with its header."""
+    header = table.splitlines()[0]
+    start = header.index(f"  {column} ") + 2
+    return line[start:].split("  ")[0].strip()
+
+
 def test_run_table_groups_seeds_and_sorts_filters_and_lists_ensembles(runs_dir):
     from pipelines.runs import read_run
 
@@ -376,7 +383,7 @@ def test_run_table_groups_seeds_and_sorts_filters_and_lists_ensembles(runs_dir):
     assert f"{np.mean(bests):.4f} ± {np.std(bests):.4f} (n=3)" in summary
     assert "3 seeds" in summary
     seed_lines = [line for line in out.splitlines() if "/trm/seed-" in line]
-    assert [line.split()[5] for line in seed_lines] == ["0", "1", "2"]  # the seed column
+    assert [cell(out, line, "seed") for line in seed_lines] == ["0", "1", "2"]
     ensemble = next(line for line in out.splitlines() if "toy-ensemble" in line)
     assert "(ensemble of 2 runs)" in ensemble
 

@@ -353,7 +353,7 @@ def test_challenge_files_and_ensembles(tmp_path):
 
 
 def test_cli_predicts_and_ensembles_into_challenge_files(trained_runs, va_store, tmp_path):
-    from pipelines.cli_heads import ensemble, evaluate, predict
+    from pipelines.cli.heads import ensemble, evaluate, predict
 
     runner = CliRunner()
     result = runner.invoke(predict, ["--run", str(trained_runs["transformer-lstm"]), "--split",
@@ -413,7 +413,7 @@ def test_models_run_under_bf16_autocast_with_an_empty_slot(name):
 def test_evaluate_names_the_checkpoint_each_target_came_from(trained_runs):
     # valence from best-valence.pt (its own best epoch), arousal from best-arousal.pt: the
     # printed epoch of best.pt alone attributed valence's number to the wrong epoch.
-    from pipelines.cli_heads import evaluate
+    from pipelines.cli.heads import evaluate
 
     run_dir = trained_runs["transformer-lstm"]
     epochs = {t: torch.load(run_dir / "checkpoints" / f"best-{t}.pt", weights_only=True)["epoch"]
