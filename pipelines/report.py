@@ -347,6 +347,9 @@ def _run_rows(root: Path, saved: dict[str, Any], row: Any,
     rows += [
         ("seed", saved["config"].get("seed", "-")),
         ("epochs done", f"{row.epochs_done} of {row.epochs}"),
+        ("best", "-" if row.best_value is None else
+         f"{row.val_split} {row.metric} {row.best_value:.4g} (epoch {row.best_epoch})"),
+        ("test", "-" if row.test_value is None else f"{row.metric} {row.test_value:.4g}"),
         ("wall time", duration_text(wall) if wall is not None else "-"),
         ("command", environment.get("command") or "-"),
         ("affect version", environment.get("affect_version") or "-"),

@@ -72,6 +72,7 @@ def build_class_store(path: Path, seed: int = 0) -> str:
 class ToyConfig(HeadConfig):
     epochs: int = 4
     lr: float = 0.05
+    amp: str = "bf16"  # asked for; on a CPU the trainer runs without it
 
 
 @register_head
@@ -281,12 +282,12 @@ def test_report_pages_are_self_contained_and_show_the_plot_of_each_head(runs_dir
                      title), title
     assert "test ccc_mean" in parsed.headings[0]
     cells = table_cells(text)
-    # what ran: AMP is off on a CPU whatever the config asked (REGNN's dims, likewise)
-    assert cells["amp"] == "off (requested bf16)"
     for row in ("command", "affect version", "git commit", "host", "device", "wall time",
                 "profile", "deviations from the paper", "approximate", "seed"):
         assert cells.get(row, "-") not in ("", None) and row in cells, row
     assert cells["command"] != "-" and cells["device"] == "cpu"
+    assert re.fullmatch(r"ccc_mean -?\d\.\d+", cells["test"]), cells["test"]
+    assert re.fullmatch(r"val ccc_mean -?\d\.\d+ \(epoch \d\)", cells["best"]), cells["best"]
     assert re.fullmatch(r"\d+s|\d+m\d\ds", cells["wall time"]), cells["wall time"]
     assert '{"' not in text  # provenance as rows, not raw JSON blobs
     assert "RANDOM WEIGHTS" not in text
@@ -301,6 +302,9 @@ def test_report_pages_are_self_contained_and_show_the_plot_of_each_head(runs_dir
     # a stream from random weights: a banner above everything else on the page
     assert toy_text.index("<div class=banner>RANDOM WEIGHTS: stream toy-x") < toy_text.index(
         "<h1>")
+    # the config as it ran: AMP is off on a CPU whatever the config asked (the config table
+    # comes last, so its row is the one kept here)
+    assert table_cells(toy_text)["amp"] == "off (requested bf16)"
 
     if chromium() is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium); parse checks ran")
@@ -410,7 +414,8 @@ def test_runs_diff_shows_only_what_differs(runs_dir):
     rows = json.loads(result.stdout)
     fields = {(r["section"], r["field"]) for r in rows}
     assert ("config", "seed") in fields
-    assert not any(section in ("streams", "run") for section, _ in fields)  # same tensors
+    assert not any(section == "streams" for section, _ in fields)  # the same tensors
+    assert {f for section, f in fields if section == "run"} <= {"deviations"}  # seed=1
     assert ("config", "lr") not in fields  # equal in both: left out
     assert ("metrics", "val best: ccc_mean") in fields
     assert ("metrics", "test eval: ccc_mean") in fields  # only seed-0 was evaluated on test
@@ -489,3 +494,17 @@ def test_curves_count_epochs_in_whole_numbers(tmp_path):
     for ax in fig.axes:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_xlabel(), ticks)
+
+
+@pytest.mark.slow
+def test_the_default_regnn_demo_ends_with_its_report(tmp_path):
+    # Every other head's demo ended with `affect report`; the default (REGNN) one did not.
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines", "demo", "--out", str(tmp_path), "--clips", "4",
+         "--seconds", "3", "--epochs", "1", "--device", "cpu"], capture_output=True, text=True,
+        timeout=1500, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "$ affect report " in result.stdout
+    parsed = check_page(tmp_path / "runs" / "regnn" / "report.html")
+    assert any("Reactions over time" in h for h in parsed.headings), parsed.headings
+    assert "RANDOM WEIGHTS" in (tmp_path / "runs" / "regnn" / "report.html").read_text()
