@@ -483,5 +483,4 @@ def test_the_config_a_run_records_is_the_one_that_ran(tmp_path):
     train(head, store, tmp_path / "run", device="cpu", progress=False)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["config"]["video_dim"] == 768  # what was asked, kept
-    assert saved["effective"] == {"video_dim": 8, "audio_dim": 4, "clip_frames": 60,
-                                  "amp": "off"}
+    assert saved["effective"] == {"video_dim": 8, "audio_dim": 4, "clip_frames": 60}
