@@ -118,6 +118,7 @@ def _train_one(head_name: str | None, store: str | None, out: str | None, epochs
     started = time.perf_counter()
     from heads.base import apply_overrides, config_to_dict
     from heads.registry import get_head
+    from heads.run_folder import read_run_config
     from heads.trainer import head_from_run
     from heads.trainer import train as run_training
 
@@ -130,9 +131,7 @@ def _train_one(head_name: str | None, store: str | None, out: str | None, epochs
         head = cls(apply_overrides(cls.config_cls(), sets))
         store = store or _default_store(cls.default_dataset)
     result = run_training(head, store, out, device=device, resume=resume, progress=not quiet)
-    from heads.run_folder import read_run_config
-
-    saved = read_run_config(out)
+    saved = read_run_config(out)  # the profile and deviations the trainer recorded
     config = config_to_dict(head.config)
     return {
         "run": str(result.run_dir), "head": head.name, "epochs_done": result.epochs_done,
