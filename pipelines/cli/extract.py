@@ -102,6 +102,7 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
     elif clips_file:
         clips = read_clips_file(clips_file)
         store = open_store(store_url)
+        encoder_options = _dataset_encoder_options(store)
     else:
         raise UserError("give --clips FILE or --dataset NAME --data-root DIR")
     if not requests:
@@ -146,3 +147,18 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
     # Non-zero only when nothing could be extracted at all, or with --strict.
     if report.failed and (strict or report.done + report.skipped + report.partial == 0):
         sys.exit(1)
+
+
+def _dataset_encoder_options(store) -> dict:
+    """The encoder options of the recipe of the store's dataset (none for a store of no known
+    dataset): new clips added to a dataset's store by name get the streams the recipe made
+    (CREMA-D's HSEmotion on face crops), not a second stream of the same encoder."""
+    from pipelines.datasets import get_adapter
+
+    dataset = store.attrs.get("dataset")
+    if not dataset:
+        return {}
+    try:
+        return dict(get_adapter(dataset).recipe.encoder_options)
+    except UserError:  # a dataset name no adapter knows: plain encoders
+        return {}
