@@ -14,6 +14,7 @@ import sys
 import click
 
 from features_store.errors import UserError
+from features_store.printable import printable
 from pipelines.console import verbose_option
 
 # Sub-command modules, each defining one click command or group named like the attribute, and
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(printable(f"error: {exc}"), err=True)  # may quote a store's or a file's text
         sys.exit(2)
     except OSError as exc:
         known = os_error_line(exc)
