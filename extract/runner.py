@@ -26,6 +26,7 @@ import torch
 from features_store import FeatureStore, PartCommitted
 from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
+from features_store.progress import ProgressLines, wants_progress_lines
 
 from .clips import check_clips, clip_table_record
 from .decode_ahead import (
@@ -40,7 +41,6 @@ from .decode_ahead import (
 from .definition import needs_new_record, refuse_changed_clips
 from .numerics import fixed_threads, numerics_identity, numerics_record, padded_to
 from .plan import StreamPlan, compute_identity, parse_request, stream_info
-from .progress import ProgressLines, wants_progress_lines
 from .report import (
     ExtractOptions,
     ExtractReport,

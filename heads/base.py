@@ -240,6 +240,13 @@ class Head(ABC):
 
         raise UserError(f"head {self.name!r} does not support ensembles of runs")
 
+    def effective_config(self, data: Any) -> dict[str, Any]:
+        """Config fields whose value in the run comes from the data rather than the config
+        (an input dim read from the store's stream, the clip length the store holds): field ->
+        the value that ran. The trainer records those that differ from the config in
+        config.json's `effective`, so a report shows what ran, not what was requested."""
+        return {}
+
     # --- checkpoints a head keeps besides the trainer's ---------------------------------------
     def on_evaluated(self, model: nn.Module, metrics: dict[str, Any], checkpoints: Path,  # noqa: B027 (optional hook, no-op by default)
                      epoch: int) -> None:
@@ -249,6 +256,12 @@ class Head(ABC):
     def on_loaded(self, model: nn.Module, checkpoints: Path, checkpoint: str) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Called when a run is opened for evaluation or prediction, after `model` got the
         weights of `checkpoint` ("best" or "last"); a head may load its own checkpoints."""
+
+    def checkpoints_used(self) -> dict[str, dict[str, Any]]:
+        """Per output (target), the checkpoint file and epoch its predictions come from when a
+        head loaded its own in `on_loaded`; empty when every output uses the run's checkpoint.
+        `evaluate` reports it, so a number is never attributed to the wrong epoch."""
+        return {}
 
     # --- fidelity to the paper -------------------------------------------------------------
     def approximations(self, data: Any) -> list[str]:

@@ -64,6 +64,7 @@ def test_new_video_predicts_as_if_ingested_and_extracted(trained):
     out = affect("predict", "--run", "run", "--media", "new/visitor.mp4", "--out", "pred",
                  "--device", "cpu", cwd=root)
     assert "predicted 1 clip(s)" in out.output
+    assert "extract:" not in out.output  # no `extract: 1/1 clips, 0 frames` log lines
     summary = json.loads((root / "pred" / "predictions.json").read_text())
     assert summary["head"] == "transformer-lstm" and summary["clips"] == 1
     assert (root / "pred" / "predictions.png").stat().st_size > 1000

@@ -206,6 +206,8 @@ class TransformerFamilyHead(Head):
         self._best_targets: dict[str, tuple[int, float]] = {}
         # per target: the state dict predict uses for that column (set when a run is loaded)
         self._target_states: dict[str, dict[str, torch.Tensor]] = {}
+        # per target: (checkpoint file name, epoch) of the state above
+        self._target_sources: dict[str, tuple[str, int]] = {}
 
     def recipe(self) -> Recipe:
         return Recipe(features=list(self.config.features), labels=[self.config.labels])
@@ -402,6 +404,7 @@ class TransformerFamilyHead(Head):
         """Opening a run's best weights: each target's own best checkpoint, if the run has one
         (older runs and per_target_checkpoints=false fall back to best.pt for both)."""
         self._target_states = {}
+        self._target_sources = {}
         if checkpoint != "best" or not self.config.per_target_checkpoints:
             return
         device = next(model.parameters()).device
@@ -410,6 +413,12 @@ class TransformerFamilyHead(Head):
             if path.exists():
                 state = torch.load(path, map_location=device, weights_only=True)
                 self._target_states[target] = state["model"]
+                self._target_sources[target] = (path.name, int(state["epoch"]))
+
+    def checkpoints_used(self) -> dict[str, dict[str, Any]]:
+        """valence and arousal: each target's own best checkpoint and its epoch."""
+        return {target: {"checkpoint": name, "epoch": epoch}
+                for target, (name, epoch) in self._target_sources.items()}
 
     def extra_state(self) -> dict[str, Any]:
         return {"best_targets": {t: list(v) for t, v in self._best_targets.items()}}

@@ -42,8 +42,8 @@ COMMANDS = [
     ("pipelines.cli.heads", "import-run",
      "Make a run folder from a paper's released checkpoint (tensors only, strictly mapped)."),
     ("pipelines.cli.metrics", "metrics", "Score predictions with benchmark metrics."),
-    ("pipelines.cli.demo", "demo", "Sample -> extract -> train REGNN -> evaluate -> export, "
-     "printing each command."),
+    ("pipelines.cli.demo", "demo", "Sample -> extract -> train REGNN -> evaluate -> export -> "
+     "report, printing each command."),
     ("pipelines.cli.runs", "runs", "Run folders: the experiment table."),
     ("pipelines.cli.runs", "report",
      "Write one self-contained HTML page of a run: config, streams, curves, the head's plot."),
