@@ -34,7 +34,12 @@ def _split_list(value: str | None) -> list[str]:
               help="default (published weights from the library cache), random, or a path.")
 @click.option("--device", default="auto", show_default=True, envvar="AFFECT_DEVICE",
               show_envvar=True, help="auto, cpu, cuda, cuda:1...")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+              help="Frames per video forward; every forward has exactly this many (part of "
+                   "the stream key: values depend on it).")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Intra-op threads of each CPU forward, fixed whatever the machine or "
+                   "scheduler (part of a CPU stream's key: values depend on it).")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N clips.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Video frame rate for encoders without one of their own "
@@ -69,10 +74,10 @@ def _split_list(value: str | None) -> list[str]:
               envvar="AFFECT_PROGRESS_EVERY", show_envvar=True, default=30.0, show_default=True,
               help="Seconds between progress lines when stderr is not a terminal (logs, CI).")
 @verbose_option
-def extract(clips_file, media, dataset, data_root, store_url, encoders, weights, device, batch_size,
-            limit, fps, decode_size, resize_with, dtype, reduced, clips_per_part,
-            decode_workers, decode_in, decoder, scheduler, scheduler_file, strict,
-            progress_every) -> None:
+def extract(clips_file, media, dataset, data_root, store_url, encoders, weights, device,
+            batch_size, threads, limit, fps, decode_size, resize_with, dtype, reduced,
+            clips_per_part, decode_workers, decode_in, decoder, scheduler, scheduler_file,
+            strict, progress_every) -> None:
     """Decode each clip once and write every requested encoder's features to the store."""
     from extract.clips import read_clips_file
     from extract.cluster import ClusterRequest
@@ -124,7 +129,8 @@ def extract(clips_file, media, dataset, data_root, store_url, encoders, weights,
         click.echo("WARNING: random weights: features are for tests and smoke runs only; "
                    "the streams are marked as such.", err=True)
     options = ExtractOptions(
-        encoders=requests, weights=weights, device=device, batch_size=batch_size, limit=limit,
+        encoders=requests, weights=weights, device=device, batch_size=batch_size,
+        threads=threads, limit=limit,
         reduced=reduced, dtype=dtype, fps=fps or 25.0, decode_size=decode_size,
         clips_per_part=clips_per_part,
         decode_workers=decode_workers, decode_in=decode_in, decoder=decoder,
