@@ -414,6 +414,9 @@ def test_every_json_option_prints_only_json(two_runs, tmp_path, capsys):
         "evaluate": ["evaluate", "--run", runs[0], "--json", "--device", "cpu"],
         "ensemble": ["ensemble", "--runs", ",".join(runs), "--split", "val", "--export",
                      str(tmp_path / "ens"), "--json", "--device", "cpu"],
+        "runs diff": ["runs", "diff", runs[0], runs[1], "--json"],
+        "train": ["train", "--head", "tiny-ensemble-head", "--store", store, "--out",
+                  str(tmp_path / "json-run"), "--epochs", "1", "--device", "cpu", "--json"],
     }
     # `metrics react` needs a REACT tree; its --json path is covered in test_react_metrics.
     assert _json_commands() - {"metrics react"} == set(invocations)
