@@ -26,6 +26,7 @@ import torch
 from features_store import FeatureStore, PartCommitted
 from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
+from features_store.progress import ProgressLines, wants_progress_lines
 
 from .clips import check_clips, clip_table_record
 from .decode_ahead import (
@@ -47,7 +48,6 @@ from .plan import (
     stream_info,
     view_info,
 )
-from .progress import ProgressLines, wants_progress_lines
 from .report import (
     ExtractOptions,
     ExtractReport,

@@ -241,6 +241,7 @@ class TemporalAttentionHead(Head):
     name: ClassVar[str] = "temporal_attention"
     config_cls: ClassVar[type] = TemporalAttentionConfig
     default_dataset: ClassVar[str] = "raer"
+    paper: ClassVar[str] = "RAPT-CLIP, RAER classroom emotions"
     metric_name: ClassVar[str] = "UAR"
     metric_mode: ClassVar[str] = "max"
     plot_metrics: ClassVar[tuple[str, ...]] = ("UAR", "WAR")
