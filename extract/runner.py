@@ -26,6 +26,7 @@ import torch
 from features_store import FeatureStore, PartCommitted
 from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
+from features_store.progress import ProgressLines, wants_progress_lines
 
 from .clips import check_clips, clip_table_record
 from .decode_ahead import (
@@ -38,8 +39,15 @@ from .decode_ahead import (
     spec_for,
 )
 from .definition import needs_new_record, refuse_changed_clips
-from .plan import StreamPlan, compute_identity, parse_request, stream_info
-from .progress import ProgressLines, wants_progress_lines
+from .numerics import fixed_threads, numerics_identity, numerics_record, padded_to
+from .plan import (
+    StreamPlan,
+    compute_identity,
+    parse_request,
+    request_options,
+    stream_info,
+    view_info,
+)
 from .report import (
     ExtractOptions,
     ExtractReport,
@@ -49,6 +57,7 @@ from .report import (
     interrupted_message,
 )
 from .resume import has_input, record_plans
+from .views import VIEW_SEPARATOR, parse_view
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +85,11 @@ _ENCODERS: dict[tuple, object] = {}
 _BUILD_LOCK = threading.Lock()
 
 
-def get_encoder(name: str, options: ExtractOptions, device: str):
+def get_encoder(name: str, options: ExtractOptions, device: str, marked: dict | None = None):
+    """Encoder `name` with the run's options for it, and the options a request's markers set."""
     from .encoders import create_encoder
 
-    extra = options.encoder_options.get(name, {})
+    extra = {**options.encoder_options.get(name, {}), **(marked or {})}
     key = (name, options.weights, device, options.reduced, repr(sorted(extra.items())))
     if options.weights not in ("default", "random") and os.path.exists(options.weights):
         key += (os.path.getmtime(options.weights),)  # a replaced weights file is a new encoder
@@ -93,9 +103,11 @@ def get_encoder(name: str, options: ExtractOptions, device: str):
 
 def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
     plans: list[StreamPlan] = []
+    views = [parse_view(v) for v in options.views]
     for request in options.encoders:
         name, crop_kind = parse_request(request)
-        encoder = get_encoder(name, options, device)
+        marked = request_options(request)
+        encoder = get_encoder(name, options, device, marked)
         if encoder.spec.modality != "video" and crop_kind:
             raise UserError(f"encoder {request!r}: crops apply to video encoders only")
         fps = (encoder.spec.fps or options.fps) if encoder.spec.modality == "video" else None
@@ -105,15 +117,21 @@ def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
         info = stream_info(encoder, crop_kind, fps, options.dtype)
         # The arguments as given, beside the resolved options in the key: what rebuilds this
         # encoder for new media (`affect predict --media`); not part of the key.
-        info.extra["arguments"] = dict(options.encoder_options.get(name, {}))
+        info.extra["arguments"] = {**options.encoder_options.get(name, {}), **marked}
         if encoder.spec.modality == "video" and options.decode_size:
             info.preprocessing["decode_shorter_side"] = options.decode_size
         info.preprocessing["compute"] = compute_identity(device)
+        info.preprocessing["numerics"] = numerics_identity(
+            encoder.spec.modality, device, options.batch_size, options.threads)
         if encoder.spec.modality == "video" and options.resize_with != "pil" and not crop_kind:
             info.preprocessing["resize_with"] = options.resize_with
         if encoder.spec.modality == "video" and options.decoder != "pyav":
             info.preprocessing["decoder"] = options.decoder  # equal frames are tested, not assumed
         plans.append(StreamPlan(request, encoder, crop_kind, fps, info))
+        if encoder.spec.modality == "video":
+            plans.extend(StreamPlan(f"{request}{VIEW_SEPARATOR}{view.name}", encoder, crop_kind,
+                                    fps, view_info(info, view.name), view.name)
+                         for view in views)
     return plans
 
 
@@ -242,10 +260,12 @@ class _VideoBatcher:
                 self.pending[0] = (clip_id, x[need:])
                 need = 0
         self.pending_rows -= n
-        batch = torch.cat([x for _, x in taken])
+        # Every forward has the same shape, so a frame's bits do not depend on how many frames
+        # shared its batch (a task's tail, a resume's leftovers): see extract.numerics.
+        batch = padded_to(torch.cat([x for _, x in taken]), self.batch_size)
         started = time.perf_counter()
         out = self.plan.encoder.encode_batch(_to_device(batch, self.device))
-        out = out.float().cpu().numpy()
+        out = out[:n].float().cpu().numpy()
         self.stats.model_s += time.perf_counter() - started
         row = 0
         for clip_id, x in taken:
@@ -287,9 +307,12 @@ class TaskRunner:
         writers = {}
         for p in self.plans:
             if p.info.key in task.pending:
+                numerics = numerics_record(p.info.extra.get("library"), self.device,
+                                           self.options.batch_size, self.options.threads,
+                                           p.modality)
                 try:
-                    writers[p.info.key] = self.store.part_writer(p.info,
-                                                                 task.part_id(p.info.key))
+                    writers[p.info.key] = self.store.part_writer(
+                        p.info, task.part_id(p.info.key), numerics)
                 except PartCommitted:  # another run (or attempt) committed this part: skip
                     continue
         plans = [p for p in self.plans if p.info.key in writers]
@@ -310,7 +333,8 @@ class TaskRunner:
                             pending_by_clip, self.decode_settings())
         failed: set[str] = set()
         try:
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), self._autocast(), \
+                    fixed_threads(self.device, self.options.threads):
                 for clip, items in ahead:
                     frames, failed_keys = self._consume(
                         clip, items, pending_by_clip[clip["clip_id"]], batchers, writers, stats,
@@ -427,7 +451,9 @@ class TaskRunner:
             wanted = set(task.pending[p.info.key])
             clips = [c for c in task.clips if c["clip_id"] in wanted]
             started = time.perf_counter()
-            rows = p.encoder.encode_text([str(c["text"]) for c in clips])
+            # One utterance per forward: batched, its padding would follow its neighbours'
+            # lengths, and so would its bits (extract.numerics).
+            rows = [p.encoder.encode_text([str(c["text"])])[0] for c in clips]
             stats[p.info.key].model_s += time.perf_counter() - started
             for clip, row in zip(clips, np.asarray(rows)):
                 start = float(clip.get("start") or 0.0)

@@ -30,8 +30,10 @@ class VerifyReport:
     missing: dict[str, list[str]] = field(default_factory=dict)  # alias -> intended, absent
     streams: int = 0
     parts: int = 0
-    clips: int = 0
+    clips: int = 0  # clip-streams: a clip in five streams counts five times
     rows: int = 0
+    clip_ids: set[str] = field(default_factory=set)  # distinct clips across the streams
+    failed: int = 0  # clip-streams in the failure ledger (excused, so not problems)
 
     @property
     def ok(self) -> bool:
@@ -84,9 +86,15 @@ def _verify_stream(
     for part in committed:
         path = f"{base}/manifests/part-{part}.json"
         try:
-            manifests.append(PartManifest.from_dict(read_json(store.fs, path)))
+            manifest = PartManifest.from_dict(read_json(store.fs, path))
         except (UserError, KeyError, TypeError, ValueError) as exc:
             report.problems.append(f"{path}: unreadable manifest ({exc})")
+            continue
+        if manifest.part_id != part:  # its array is opened by this name: it must be its own
+            report.problems.append(f"{path}: names part id {str(manifest.part_id)[:80]!r}, not "
+                                   f"{part!r} (edited or damaged metadata)")
+            continue
+        manifests.append(manifest)
     seen: dict[str, str] = {}
     # Which copy readers use when racing runs committed a clip twice: the first commit.
     first_commit: dict[str, str] = {}
@@ -140,12 +148,16 @@ def _verify_stream(
             if start_b < end_a:
                 report.problems.append(f"{mpath}: clips {clip_a!r} and {clip_b!r} overlap")
         report.clips += len(manifest.clips)
+        report.clip_ids.update(entry.clip_id for entry in manifest.clips)
         report.rows += rows
         missing_chunks = getattr(reader, "missing_chunks", None)
         for chunk in missing_chunks() if missing_chunks else []:
             report.problems.append(f"{chunk}: chunk file missing (it would read as zeros)")
         if check_values:
             _scan_values(reader, report)
+    report.failed += sum(1 for clip_id, stream in failed
+                         if stream == key and clip_id not in seen)
+
     def excused(clip_id: str) -> bool:
         return clip_id in seen or (clip_id, key) in failed or (clip_id, None) in failed
 
