@@ -45,7 +45,8 @@ def build_run(root: Path, full: bool) -> None:
            "random", *reduced, "--device", "cpu")
     size = [] if full else ["--set", "hidden=32", "--set", "heads=4"]
     affect("train", "--head", "trm", "--store", "s.zarr", "--out", "run", "--device", "cpu",
-           "--quiet", "--epochs", "1", "--set", "audio=vggish-react", *size,
+           "--quiet", "--epochs", "1", "--set", "profile=fixed", "--set", "audio=vggish-react",
+           *size,
            "--set", "batch_size=4")
 
 

@@ -55,15 +55,20 @@ def new_video(path: Path, seconds: float = 2.2) -> None:
 @pytest.fixture(scope="module")
 def trm_run(tmp_path_factory) -> Path:
     """A one-epoch trm run on audio (REACT's per-frame VGGish, whose rows depend on their own
-    samples only), video and text: the carried-state profile (per_frame=true, the default)."""
+    samples only), video and text, with the corrections profile (`profile=fixed`: the state
+    carried frame to frame, per_frame=true, and the rows in time order, sampling=clock)."""
     root = tmp_path_factory.mktemp("live")
     generate_sample("cremad", root / "data", seed=0, size=32, clips=12, seconds=0.8)
     affect("extract", "--dataset", "cremad", "--data-root", "data", "--store", "s.zarr",
            "--encoders", "vggish-react,hsemotion-enet-b0,embeddinggemma", "--weights", "random",
            "--reduced", "--device", "cpu", cwd=root)
     affect("train", "--head", "trm", "--store", "s.zarr", "--out", "run", "--device", "cpu",
-           "--quiet", "--epochs", "1", "--set", "audio=vggish-react", "--set", "hidden=32", "--set",
-           "heads=4", "--set", "batch_size=4", cwd=root)
+           "--quiet", "--epochs", "1", "--set", "profile=fixed", "--set", "audio=vggish-react",
+           "--set", "hidden=32", "--set", "heads=4", "--set", "batch_size=4", cwd=root)
+    # the paper profile's rows are spread over the whole clip: a run live must refuse
+    affect("train", "--head", "trm", "--store", "s.zarr", "--out", "paper", "--device", "cpu",
+           "--quiet", "--epochs", "1", "--set", "audio=vggish-react", "--set", "hidden=32",
+           "--set", "heads=4", "--set", "batch_size=4", cwd=root)
     new_video(root / "new" / "visitor.mp4")
     return root
 
@@ -150,3 +155,20 @@ def test_live_follows_a_udp_stream_and_stops_when_it_goes_silent(trm_run):
     assert summary["frames"] + summary["drops"] >= len(predictions)
     last = errors.strip().splitlines()[-1]
     assert last.startswith("live: ") and "real-time factor" in last and "dropped" in last
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--run", "run", "--source", "missing.mp4"), ("missing.mp4", "no such file")),
+    (("--run", "run", "--source", "new/visitor.mp4"), ("embeddinggemma", "--text")),
+    (("--run", "run", "--source", "new/visitor.mp4", "--text", "Hi.", "--serve", "nowhere"),
+     ("--serve", "HOST:PORT")),
+    (("--run", "paper", "--source", "new/visitor.mp4", "--text", "Hi."),
+     ("paper", "sampling=released", "profile=fixed")),
+])
+def test_live_user_errors_are_one_line(trm_run, args, words):
+    result = subprocess.run([sys.executable, "-m", "pipelines", "live", *args],
+                            cwd=trm_run, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert all(w in lines[0] for w in words), lines
+    assert result.stdout == ""

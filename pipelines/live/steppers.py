@@ -18,8 +18,13 @@ from features_store.errors import UserError
 class TRMStepper:
     """Affective-TRM frame by frame, carrying (z_H, z_L) from each frame to the next as
     `TinyRecursiveModel.forward(carry_state=True)` does over a whole clip (`per_frame=true`,
-    the default profile). A run of the paper profile (`per_frame=false`) resets the state at
-    every frame, which this also does: then each frame stands alone."""
+    as `--set profile=fixed` trains). A run with `per_frame=false` resets the state at every
+    frame, which this also does: then each frame stands alone.
+
+    The paper profile's input (`sampling=released`: 30 rows spread over the whole clip) needs
+    the clip's end before its first row, so it cannot run live; `sampling=clock` reads the
+    frames in time order, as they arrive.
+    """
 
     columns = ("valence", "arousal")
     kind = "va"
@@ -28,6 +33,11 @@ class TRMStepper:
         self.dtype = dtype  # the rows' dtype as the head's data loader hands them over
         self.model = run.model
         self.config = run.head.config
+        if getattr(self.config, "sampling", "clock") != "clock":
+            raise UserError(
+                f"{run.paths.root}: trm was trained with sampling={self.config.sampling} "
+                "(rows spread over the whole clip, which live cannot know before it ends); "
+                "live runs a trm trained with --set profile=fixed (or sampling=clock)")
         self.streams = [s for s in (self.config.audio, self.config.video, self.config.text) if s]
         self.carry = bool(self.config.per_frame)
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
