@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -172,3 +173,27 @@ def test_live_user_errors_are_one_line(trm_run, args, words):
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert all(w in lines[0] for w in words), lines
     assert result.stdout == ""
+
+
+def test_ctrl_c_stops_live_cleanly_with_its_summary(trm_run):
+    root = trm_run
+    out = root / "interrupted.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "live", "--run", "run", "--source",
+         "new/visitor.mp4", "--realtime", "--text", SENTENCE, "--out", str(out)],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.exists() and len(out.read_text().splitlines()) >= 2):
+            assert time.monotonic() < deadline and process.poll() is None, \
+                process.stderr.read() if process.poll() is not None else "no prediction"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, errors[-2000:]
+    summary = json.loads(out.read_text().splitlines()[-1])["summary"]
+    assert summary["end"] == "interrupted" and summary["predictions"] >= 1
+    assert errors.strip().splitlines()[-1].endswith("(interrupted)")

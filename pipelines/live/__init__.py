@@ -23,8 +23,6 @@ from typing import IO, Any
 
 import numpy as np
 
-from features_store.errors import UserError
-
 LIVE_QUEUE = 4  # frames a live source may have waiting before the oldest is dropped
 
 
@@ -130,9 +128,7 @@ def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime
     finally:
         reader.close()
     if reader.error is not None:
-        if isinstance(reader.error, UserError):
-            raise reader.error
-        raise reader.error
+        raise reader.error  # a UserError is one line; anything else is a bug with its traceback
     summary = {"frames": stats.frames, "predictions": stats.predictions,
                "latency_p50_ms": _round(stats.latency(50)),
                "latency_p95_ms": _round(stats.latency(95)), "drops": queue.dropped,
