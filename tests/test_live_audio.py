@@ -48,3 +48,24 @@ def test_live_audio_rows_equal_the_extracted_rows_on_the_frames(tmp_path):
     short = audio_rows(plan, frame_times[:3], shift, buffer, None, window_s=0.3,
                        lookahead_s=0.0)
     assert not np.allclose(short, expected[:3], rtol=1e-5, atol=1e-5)
+
+
+def test_sources_are_read_as_files_streams_or_devices(tmp_path):
+    import sys
+
+    from features_store.errors import UserError
+    from pipelines.live.source import SourceSpec, parse_source
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"x")
+    assert parse_source(str(clip)) == SourceSpec(str(clip), None, live=False)
+    assert parse_source("udp://127.0.0.1:5000") == SourceSpec("udp://127.0.0.1:5000", None, True)
+    assert parse_source("rtsp://cam.local/stream").live
+    assert parse_source("/dev/video2") == SourceSpec("/dev/video2", "v4l2", live=True)
+    assert parse_source("alsa:hw:1") == SourceSpec("hw:1", "alsa", live=True)
+    assert parse_source("pulse:default") == SourceSpec("default", "pulse", live=True)
+    camera = parse_source("camera")
+    assert camera.live and camera.format == ("avfoundation" if sys.platform == "darwin"
+                                             else "v4l2")
+    with pytest.raises(UserError, match="nothere.mp4: no such file"):
+        parse_source(str(tmp_path / "nothere.mp4"))
