@@ -1,4 +1,6 @@
-"""Live audio rows against extracted ones: a rolling window of the buffered audio, cut on the
+"""What live reads: sources told apart (files, network URLs, FFmpeg devices), and audio rows.
+
+Live audio rows against extracted ones: a rolling window of the buffered audio, cut on the
 encoder's hop grid, gives the rows extraction writes for the whole clip (for an encoder whose
 rows depend only on their own samples, REACT's per-frame VGGish), put on the frames' times by
 the store's alignment rule."""
