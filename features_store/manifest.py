@@ -102,6 +102,9 @@ class PartManifest:
     commit_time: float = 0.0  # seconds since the epoch: orders racing commits of one clip
     run_id: str = ""
     discarded: list[str] = field(default_factory=list)  # clips another part committed first
+    # What computed the rows besides the stream key's settings (library versions, threads,
+    # device): parts of one stream must agree (`affect store verify --numerics`).
+    numerics: dict[str, Any] = field(default_factory=dict)
 
     def commit_order(self) -> tuple[float, str]:
         """Earliest commit first, then part id: who wins when two parts hold one clip."""

@@ -84,9 +84,15 @@ def _verify_stream(
     for part in committed:
         path = f"{base}/manifests/part-{part}.json"
         try:
-            manifests.append(PartManifest.from_dict(read_json(store.fs, path)))
+            manifest = PartManifest.from_dict(read_json(store.fs, path))
         except (UserError, KeyError, TypeError, ValueError) as exc:
             report.problems.append(f"{path}: unreadable manifest ({exc})")
+            continue
+        if manifest.part_id != part:  # its array is opened by this name: it must be its own
+            report.problems.append(f"{path}: names part id {str(manifest.part_id)[:80]!r}, not "
+                                   f"{part!r} (edited or damaged metadata)")
+            continue
+        manifests.append(manifest)
     seen: dict[str, str] = {}
     # Which copy readers use when racing runs committed a clip twice: the first commit.
     first_commit: dict[str, str] = {}

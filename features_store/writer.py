@@ -43,10 +43,12 @@ class PartWriter:
     Leaving the block normally commits; leaving it by an exception discards the part.
     """
 
-    def __init__(self, store: FeatureStore, info: StreamInfo, part_id: str) -> None:
+    def __init__(self, store: FeatureStore, info: StreamInfo, part_id: str,
+                 numerics: dict | None = None) -> None:
         if not PART_ID_PATTERN.match(part_id):
             raise UserError(f"part id {part_id!r}: use letters, digits, '_', '-', '.' only")
         self.store, self.info = store, info
+        self.numerics = dict(numerics or {})
         self.dtype = np.dtype(info.dtype)
         self.lease = protocol.acquire(store, info.key, part_id)  # raises PartCommitted
         self.part_id = self.lease.part_id  # a private variant while another writer holds it
@@ -151,6 +153,7 @@ class PartWriter:
             commit_time=time.time(),
             run_id=self.store.run_id,
             discarded=discarded,
+            numerics=self.numerics,
         )
         if discarded:
             log.info("part %s of %s: %d clip(s) already committed by another part, discarded "

@@ -50,9 +50,10 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def deviations(config: Any) -> list[str]:
-    """Every setting of `config` that differs from the paper profile, as "field=value"."""
-    paper = type(config)()
+def deviations(config: Any, paper: Any = None) -> list[str]:
+    """Every setting of `config` that differs from the paper profile's (`paper`: that config
+    settled from the same store, see `Head.paper_config`), as "field=value"."""
+    paper = paper if paper is not None else type(config)()
     out = []
     for f in dataclasses.fields(config):
         if f.name in NEUTRAL_FIELDS:
@@ -78,7 +79,8 @@ def corrections(config_cls: type) -> list[str]:
     return [f"{name}={format_value(value)}" for name, value in fixed.items()]
 
 
-def profile_record(config: Any, approximate: list[str] | None = None) -> dict[str, Any]:
+def profile_record(config: Any, approximate: list[str] | None = None,
+                   paper: Any = None) -> dict[str, Any]:
     """What a run's config.json, `evaluate --json` and the report say about fidelity."""
-    return {"profile": getattr(config, "profile", "paper"), "deviations": deviations(config),
-            "approximate": list(approximate or [])}
+    return {"profile": getattr(config, "profile", "paper"),
+            "deviations": deviations(config, paper), "approximate": list(approximate or [])}

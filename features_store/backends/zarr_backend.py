@@ -17,6 +17,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import FsspecStore, LocalStore
 
+from ..containment import check_inside
 from ..fsutil import invalidate, is_local, list_names, remove, url_to_fs
 from .base import DAMAGE_ERRORS, chunk_rows_for, damaged, register_backend
 
@@ -215,6 +216,8 @@ class ZarrBackend:
 
     def part_reader(self, stream_key: str, part_id: str) -> _ZarrPartReader:
         path = self._array_path(stream_key, part_id)
+        if is_local(self.fs):
+            check_inside(self.path, self.part_location(stream_key, part_id))
         array = zarr.open_array(self.root, path=path, mode="r")
         return _ZarrPartReader(array, self.part_location(stream_key, part_id), self.fs)
 
