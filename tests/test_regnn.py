@@ -64,9 +64,10 @@ def test_paper_defaults():
     assert (config.video_dim, config.audio_dim, config.out_dim) == (768, 128, 25)
     assert (config.window, config.stride, config.windows_per_clip) == (50, 25, 29)
     assert (config.optimizer, config.lr, config.weight_decay) == ("adam", 1e-4, 5e-4)
+    # 101: the released loop breaks at i == train_iters (100) counting from 0
     assert (config.batch_size, config.iterations_per_epoch, config.epochs, config.seed) == (
         128,
-        100,
+        101,
         100,
         1,
     )
@@ -120,14 +121,15 @@ def test_the_perceptual_processor_is_the_baselines_multmodel():
         torch.testing.assert_close(codes[t], want)
 
 
-def test_each_deliberate_correction_can_be_switched_back_to_the_papers_code():
+def test_the_paper_profile_runs_the_released_code_and_fixed_its_corrections():
     from heads.base import apply_overrides
 
-    config = RegnnConfig()
-    assert (config.edge_topk, config.lipnorm_form, config.channel_weights,
-            config.logdet_sign) == ("per-node", "bilinear", "softmax", "subtract")
-    original = apply_overrides(config, ["edge_topk=union", "lipnorm_form=original",
-                                        "channel_weights=original", "logdet_sign=add"])
+    original = RegnnConfig()  # the paper profile: the released code's four slips
+    assert (original.edge_topk, original.lipnorm_form, original.channel_weights,
+            original.logdet_sign) == ("union", "original", "original", "add")
+    fixed = apply_overrides(original, ["profile=fixed"])
+    assert (fixed.edge_topk, fixed.lipnorm_form, fixed.channel_weights,
+            fixed.logdet_sign) == ("per-node", "bilinear", "softmax", "subtract")
     # union of all nodes' top-k lists in every row (the code's loop-variable slip)
     layer = CognitiveProcessor(original).edge_layer
     attention = torch.softmax(torch.randn(2, 8, 25, 25), dim=-1)
@@ -146,10 +148,10 @@ def test_each_deliberate_correction_can_be_switched_back_to_the_papers_code():
     with torch.no_grad():
         residual.channel_logits[0] = -1.0  # free weights leave the simplex, as in the paper
     assert residual.channel_mix().min() < 0
-    # the log-det is added to the loss
+    # the log-det is added to the loss (here both per element, to compare the signs alone)
     torch.manual_seed(0)
-    flow = Regnn(tiny_config(logdet=True))
-    paper = Regnn(tiny_config(logdet=True, logdet_sign="add"))
+    flow = Regnn(tiny_config(logdet=True, logdet_sign="subtract", logdet_reduction="per-element"))
+    paper = Regnn(tiny_config(logdet=True, logdet_reduction="per-element"))
     paper.load_state_dict(flow.state_dict())
     batch = dict(video=torch.randn(2, 10, 8), audio=torch.randn(2, 10, 4),
                  listeners=torch.randn(2, 3, 10, 5), listener_mask=torch.ones(2, 3, dtype=bool))
@@ -170,11 +172,14 @@ def test_cognitive_edges_keep_top_k_neighbours_and_are_doubly_stochastic():
     assert nodes.shape == (3, 25, 50) and edge.shape == (3, 8, 25, 25)
     torch.testing.assert_close(edge.sum(-1), torch.ones(3, 8, 25))
     torch.testing.assert_close(edge.sum(-2), torch.ones(3, 8, 25))
-    layer = CognitiveProcessor(config).edge_layer
     attention = torch.softmax(torch.randn(2, 8, 25, 25), dim=-1)
+    # fixed (per-node): each node has its 5 strongest neighbours, plus itself when it is not
+    # among them
+    layer = CognitiveProcessor(RegnnConfig(edge_topk="per-node")).edge_layer
     mask = layer.neighbour_mask(attention)
-    # each node: its 5 strongest neighbours, plus itself when it is not among them
     assert mask.sum(-1).min() >= 5 and mask.sum(-1).max() <= 6
+    # paper (union): with 25 nodes the union of the top-5 lists is (nearly) every node
+    assert CognitiveProcessor(config).edge_layer.neighbour_mask(attention).mean() > 0.9
 
 
 def test_motor_inverse_reconstructs_its_input():
@@ -374,18 +379,20 @@ def test_generate_gives_ten_diverse_full_clip_reactions():
 # --- the head: REGNN trained by the shared trainer on a store -----------------------------------
 
 
-def toy_react_store(url: str, dyads: dict[str, int], frames: int = 60):
+def toy_react_store(url: str, dyads: dict[str, int], frames: int = 60, video_dim: int = 8,
+                    audio_dim: int = 4, label_dim: int = 25):
     """A REACT-shaped store: per dyad a speaker and a listener clip, each with video/audio
-    features and 25 reaction labels that are a fixed function of its partner's video."""
+    features and `label_dim` reaction labels that are a fixed function of its partner's video."""
     from features_store import StreamInfo, open_store
 
     store = open_store(url, mode="a")
     rng = np.random.default_rng(0)
-    mixing = rng.standard_normal((8, 25)).astype(np.float32)
-    video = store.create_stream(StreamInfo(name="swin-t", dim=8, frame_shift_s=0.04))
-    audio = store.create_stream(StreamInfo(name="vggish-react", dim=4, frame_shift_s=0.04))
+    mixing = rng.standard_normal((video_dim, label_dim)).astype(np.float32)
+    video = store.create_stream(StreamInfo(name="swin-t", dim=video_dim, frame_shift_s=0.04))
+    audio = store.create_stream(StreamInfo(name="vggish-react", dim=audio_dim,
+                                           frame_shift_s=0.04))
     labels = store.create_stream(
-        StreamInfo(name="react-emotion", kind="label", dim=25, frame_shift_s=0.04)
+        StreamInfo(name="react-emotion", kind="label", dim=label_dim, frame_shift_s=0.04)
     )
     records, rows = [], {}
     for split, n_dyads in dyads.items():
@@ -393,13 +400,14 @@ def toy_react_store(url: str, dyads: dict[str, int], frames: int = 60):
         listeners = [f"NoXI/{split}-{d}/P2/1" for d in range(n_dyads)]
         for speaker, listener in zip(speakers, listeners):
             features = {
-                c: rng.standard_normal((frames, 12)).astype(np.float32) for c in (speaker, listener)
+                c: rng.standard_normal((frames, video_dim + audio_dim)).astype(np.float32)
+                for c in (speaker, listener)
             }
             reacts = {speaker: listener, listener: speaker}
             for clip in (speaker, listener):
                 rows[clip] = (
                     features[clip],
-                    1 / (1 + np.exp(-features[reacts[clip]][:, :8] @ mixing)),
+                    1 / (1 + np.exp(-features[reacts[clip]][:, :video_dim] @ mixing)),
                 )
                 records.append({"clip_id": clip, "split": split, "speaker": clip})
         samples = len(speakers) * 2
@@ -412,8 +420,8 @@ def toy_react_store(url: str, dyads: dict[str, int], frames: int = 60):
         )
     store.add_clips(records)
     for info, pick in (
-        (video, lambda r: r[0][:, :8]),
-        (audio, lambda r: r[0][:, 8:]),
+        (video, lambda r: r[0][:, :video_dim]),
+        (audio, lambda r: r[0][:, video_dim:]),
         (labels, lambda r: r[1]),
     ):
         with store.part_writer(info, "p0") as writer:
@@ -484,3 +492,271 @@ def test_the_config_a_run_records_is_the_one_that_ran(tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["config"]["video_dim"] == 768  # what was asked, kept
     assert saved["effective"] == {"video_dim": 8, "audio_dim": 4, "clip_frames": 60}
+
+
+# --- the paper profile (issue 16, items 14-18): the released code, and `fixed` -------------------
+
+
+CORRECTIONS = ["edge_topk=per-node", "lipnorm_form=bilinear", "channel_weights=softmax",
+               "logdet_sign=subtract", "logdet_reduction=per-element", "actnorm_min_std=0.01",
+               "iterations_per_epoch=100", "threshold_at_iteration=100", "keep_checkpoint=best",
+               "fairseq_padding=false", "inverse_rule=converge"]
+
+
+def test_the_fixed_profile_is_every_correction_and_a_run_records_them_as_deviations(tmp_path):
+    import json
+    import os
+
+    from heads.base import apply_overrides
+    from heads.profile import deviations
+    from heads.regnn.head import RegnnHead
+    from heads.trainer import train
+
+    assert deviations(RegnnConfig()) == []
+    fixed = apply_overrides(RegnnConfig(), ["profile=fixed"])
+    assert sorted(deviations(fixed)) == sorted(CORRECTIONS)
+    # single fields still override the profile, wherever they stand on the command line
+    mixed = apply_overrides(RegnnConfig(), ["edge_topk=union", "profile=fixed"])
+    assert mixed.edge_topk == "union" and mixed.lipnorm_form == "bilinear"
+
+    store = toy_react_store(f"memory://regnn-tests/{os.getpid()}/fixed.zarr",
+                            {"train": 2, "val": 1})
+    config = apply_overrides(tiny_config(out_dim=25, top_k=5, epochs=1, batch_size=4,
+                                         n_samples=2), ["profile=fixed", "iterations_per_epoch=2"])
+    train(RegnnHead(config), store, tmp_path / "run", device="cpu", progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["profile"] == "fixed" and saved["approximate"] == []
+    assert set(saved["deviations"]) >= set(CORRECTIONS) - {"iterations_per_epoch=100"}
+    assert "iterations_per_epoch=2" in saved["deviations"]
+
+
+def _released_power_series(fx: torch.Tensor, x: torch.Tensor, terms: int) -> torch.Tensor:
+    """`power_series_matrix_logarithm_trace(Fx, x, k, n=1)` of the released model_utils.py."""
+    u = torch.randn([x.shape[0], 1, *fx.shape[1:]])
+    trace = 0
+    vectors = u
+    for j in range(1, terms + 1):
+        vectors = torch.stack([torch.autograd.grad(fx, x, grad_outputs=vectors[:, 0],
+                                                   retain_graph=True)[0]], dim=1)
+        summand = vectors.view(x.shape[0], 1, 1, -1) @ u.view(x.shape[0], 1, -1, 1)
+        trace = trace + summand / j if (j + 1) % 2 == 0 else trace - summand / j
+    return trace.mean(dim=1).squeeze()
+
+
+def test_the_logdet_is_summed_over_the_batch_and_averaged_over_layers_as_released():
+    """Item 14: GraphLayer adds ActNorm's log-det once and the series summed over the batch;
+    LipschitzGraph divides by the number of layers; the loss adds it."""
+    torch.manual_seed(0)
+    config = tiny_config(logdet=True, motor_layers=2)
+    model = Regnn(config)
+    batch = dict(video=torch.randn(3, 10, 8), audio=torch.randn(3, 10, 4),
+                 listeners=torch.rand(3, 2, 10, 5), listener_mask=torch.ones(3, 2, dtype=bool))
+    model.forward_train(**batch)  # ActNorm initialised from this first batch
+    model.eval()
+    torch.manual_seed(5)
+    terms = model.forward_train(**batch)
+
+    # the released reduction, from the same layers and the same random probes
+    with torch.no_grad():
+        nodes, edge = model.encode_speaker(batch["video"], batch["audio"])
+    x = batch["listeners"].transpose(-1, -2).reshape(6, 5, 10)
+    edges = edge.repeat_interleave(2, dim=0)
+    torch.manual_seed(5)
+    per_layer = []
+    for layer in model.motor.layers:
+        log_scale = layer.actnorm.log_scale.detach()
+        x = (x * log_scale.exp()[:, None] + layer.actnorm.shift.detach()[:, None]).detach()
+        x.requires_grad_(True)
+        fx = layer.residual(x, edges)
+        series = _released_power_series(fx, x, config.logdet_terms)
+        per_layer.append(log_scale.sum() * x.shape[2] + series.sum())
+        x = (x + fx).detach()
+    released = sum(per_layer) / len(per_layer)
+    torch.testing.assert_close(terms["logdet"], released.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(terms["loss"], terms["min_mse"] + terms["mid"] + released.detach(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_actnorm_has_no_std_floor_in_the_paper_profile():
+    """Item 15: the released ActNorm2D_N initialises std = sqrt(var + 1e-5), with no floor."""
+    from heads.base import apply_overrides
+    from heads.regnn.motor import ReversibleGraphLayer
+
+    x = torch.rand(4, 5, 10)
+    x[:, 2] = 0.3  # a node constant in the first batch (an AU that never fires)
+    mean = x.transpose(0, 1).reshape(5, -1).mean(dim=1)
+    var = ((x - mean[None, :, None]) ** 2).transpose(0, 1).reshape(5, -1).mean(dim=1)
+    log_scale = torch.log(1.0 / (var + 1e-5) ** 0.5)
+    for config, want in ((tiny_config(), log_scale),
+                         (apply_overrides(tiny_config(), ["profile=fixed"]),
+                          torch.minimum(log_scale, torch.tensor(-np.log(1e-2), dtype=x.dtype)))):
+        layer = ReversibleGraphLayer(config)
+        layer.train()
+        layer(x, paper_edges(4, config))
+        torch.testing.assert_close(layer.actnorm.log_scale.detach(), want)
+        torch.testing.assert_close(layer.actnorm.shift.detach(), -mean * want.exp())
+    assert float(log_scale[2]) > 5.7  # 1 / sqrt(1e-5): a scale of ~316 on that node
+
+
+def test_an_epoch_runs_101_batches_and_sets_the_threshold_after_the_101st_as_released():
+    """Item 16: the released Trainer.train breaks at `i == train_iters` (i from 0), after
+    setting the threshold to the running average of all 101 batches' losses / 3."""
+    from heads.regnn.head import RegnnHead
+
+    losses = np.random.default_rng(0).uniform(0.5, 2.0, size=300).tolist()
+
+    def released_epochs(train_iters: int = 100) -> list[float]:
+        thresholds, batches = [], iter(losses)
+        for _ in range(2):
+            total = count = 0
+            for i, loss in enumerate(batches):
+                total, count = total + loss, count + 1  # AverageMeter
+                if i == train_iters:
+                    thresholds.append(total / count / 3)
+                    break
+        return thresholds
+
+    head = RegnnHead(tiny_config())
+    assert head.config.iterations_per_epoch == 101
+    thresholds, batches = [], iter(losses)
+    for epoch in range(2):
+        head.on_epoch_start(epoch, None)
+        for iteration in range(head.config.iterations_per_epoch):
+            head._last_min_mse = torch.tensor(next(batches))
+            head.on_iteration_end(epoch, iteration, 0.0)
+            if epoch == 0 and iteration < 100:
+                assert head.threshold.threshold is None
+        thresholds.append(head.threshold.threshold)
+    assert thresholds == pytest.approx(released_epochs())
+
+
+def test_the_paper_profile_keeps_the_snapshot_the_released_inference_loads():
+    """Item 17: train.py saves `mhp-epoch{e}` after 0-based epoch e (e > 0, e % 5 == 0) of
+    range(100), and inference.sh loads mhp-epoch95 with no validation; fixed keeps the best."""
+    from heads.base import apply_overrides
+    from heads.trainer import _keeps
+
+    saved = [epoch for epoch in range(100) if epoch > 0 and epoch % 5 == 0]
+    assert 95 in saved
+    rule = RegnnConfig().keep_checkpoint
+    kept = [epoch for epoch in range(100) if _keeps(rule, epoch, 99, improved=epoch == 3)]
+    assert kept == [95]  # whatever the validation metric did
+    assert apply_overrides(RegnnConfig(), ["profile=fixed"]).keep_checkpoint == "best"
+
+
+def test_a_frame_whose_first_channel_is_zero_gets_position_zero_in_the_paper_profile():
+    """Item 18: fairseq's make_positions (padding_idx 0) in the released transformer."""
+    import math
+
+    from heads.base import apply_overrides
+    from heads.regnn.perceptual import TransformerEncoder
+
+    dim, length = 16, 6
+    x = torch.randn(2, length, dim)
+    x[0, 2, 0] = 0.0
+    x[1, 5] = 0.0
+    # the released table: get_embedding(..., padding_idx=0) zeroes row 0
+    half = dim // 2
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float) * -(math.log(10000) / (half - 1)))
+    angles = torch.arange(length + 1, dtype=torch.float)[:, None] * frequencies[None]
+    table = torch.cat([angles.sin(), angles.cos()], dim=1)
+    table[0] = 0
+    numbers = torch.arange(1, length + 1).expand(2, length)
+    released = torch.where(x[..., 0] != 0, numbers, torch.zeros_like(numbers))
+    for config, positions in ((tiny_config(model_dim=dim), released),
+                              (apply_overrides(tiny_config(model_dim=dim), ["profile=fixed"]),
+                               numbers)):
+        encoder = TransformerEncoder(config, 1).eval()
+        torch.testing.assert_close(encoder._embed(x), math.sqrt(dim) * x + table[positions])
+
+
+def test_the_inverse_stops_at_the_first_converged_step_within_five_as_released():
+    """GraphLayer.inverse: at most 5 steps x <- y - f(x), stopping at the first step that
+    changes no element by more than 1e-3; fixed goes on to convergence (at least 5 steps)."""
+    from heads.base import apply_overrides
+    from heads.regnn.motor import ReversibleGraphLayer
+
+    torch.manual_seed(0)
+    for profile, config in (("paper", tiny_config()),
+                            ("fixed", apply_overrides(tiny_config(), ["profile=fixed"]))):
+        layer = ReversibleGraphLayer(config)
+        layer.train()
+        edge = paper_edges(6, config)
+        y, _ = layer(torch.rand(6, 5, 10) * 4, edge)  # initialises ActNorm
+        layer.eval()
+        x, steps = y.clone(), 0
+        with torch.no_grad():
+            for _ in range(5):
+                fx = layer.residual(x, edge)
+                change = (x - (y - fx)).abs().gt(1e-3).sum()
+                x, steps = y - fx, steps + 1
+                if change == 0:
+                    break
+            released = layer.actnorm.inverse(x)
+        assert steps < 5  # converges early here: the fixed rule's extra steps move it
+        if profile == "paper":
+            torch.testing.assert_close(layer.inverse(y, edge), released, rtol=0, atol=1e-7)
+        else:
+            assert (layer.inverse(y, edge) - released).abs().max() > 1e-6
+
+
+OFFICIAL = __import__("pathlib").Path(__file__).parent / "data" / "official" / "regnn"
+# the sizes the fixture was built with (tests/data/official/README.md)
+OFFICIAL_SIZES = ("window=10", "stride=5", "model_dim=16", "num_heads=2", "cross_layers=2",
+                  "self_layers=3", "perceptual_out_dim=64", "cognitive_hidden=32",
+                  "edge_channels=3", "top_k=5", "motor_layers=2")
+
+
+def test_import_run_of_the_released_mhp_reproduces_its_outputs(tmp_path):
+    """The released MHP (perceptual + cognitive + motor), built from baseline_react2024 with a
+    fixed seed: its state dict through `affect import-run`, then our paper-profile forward
+    gives its outputs: cognitive nodes and edges, motor codes of the listeners, the two loss
+    terms, and one generated clip (same noise seed)."""
+    import json
+    import os
+
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
+
+    from heads.regnn.loss import appropriate_min_mse, mid_loss
+    from heads.trainer import load_run
+    from pipelines.cli import cli
+
+    store_url = f"memory://regnn-tests/{os.getpid()}/official.zarr"
+    toy_react_store(store_url, {"train": 1}, frames=30, video_dim=24, audio_dim=16, label_dim=8)
+    run = tmp_path / "imported"
+    args = ["import-run", "--head", "regnn", "--from-official",
+            str(OFFICIAL / "released_mhp.safetensors"), "--out", str(run), "--store", store_url]
+    for item in OFFICIAL_SIZES:
+        args += ["--set", item]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "ignored cognitive_processor.dll.mean_0.fc1.weight" in result.output
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["profile"] == "paper" and saved["approximate"] == []
+
+    io = load_file(str(OFFICIAL / "io.safetensors"))
+    model = load_run(run, device="cpu").model
+    assert not model.training
+    lengths = io["lengths"].tolist()
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+    listeners = torch.zeros(len(lengths), max(lengths), 10, 8)
+    start = 0
+    for b, n in enumerate(lengths):
+        mask[b, :n] = True
+        listeners[b, :n] = io["listeners"][start:start + n].transpose(1, 2)  # [L, N, T] layout
+        start += n
+    with torch.no_grad():
+        nodes, edge = model.encode_speaker(io["video"], io["audio"])
+        encoded, _ = model.encode_listeners(listeners, mask, edge)
+        min_mse, _, _ = appropriate_min_mse(nodes, encoded, mask)
+        mid = mid_loss(encoded, mask)
+    close = dict(rtol=0, atol=1e-5)
+    torch.testing.assert_close(nodes, io["speaker_nodes"], **close)
+    torch.testing.assert_close(edge, io["edge"], **close)
+    torch.testing.assert_close(encoded[mask], io["encoded"], **close)
+    torch.testing.assert_close(min_mse.reshape(1), io["min_mse"], **close)
+    torch.testing.assert_close(mid.reshape(1), io["mid"], **close)
+    generator = torch.Generator().manual_seed(int(io["noise_seed"]))
+    reaction = model.generate(io["clip_video"], io["clip_audio"], 1, generator)[0]
+    torch.testing.assert_close(reaction, io["reaction"], **close)

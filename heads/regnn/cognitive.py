@@ -7,10 +7,10 @@ node its `top_k` strongest neighbours (plus itself) and normalises each channel 
 stochastic: rows are normalised, then E = R (R / colsum R)^T (the edge normalisation of Gong &
 Cheng, "Exploiting edge features in graph neural networks", 2019).
 
-Differs from the paper's code: there, the neighbour mask of *every* node is the union of the
-top-k lists of all nodes (a loop-variable slip), so with 25 nodes the graph is nearly complete.
-Here each node keeps its own top-k, as the paper describes; `--set edge_topk=union` restores the
-code's mask.
+In the released code the neighbour mask of *every* node is the union of the top-k lists of all
+nodes (a loop-variable slip), so with 25 nodes the graph is nearly complete; the paper profile
+keeps that (`edge_topk=union`). `profile=fixed` (`edge_topk=per-node`) lets each node keep its
+own top-k, as the paper describes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class EdgeLayer(nn.Module):
     """Node features [B, N, F] -> edges [B, P, N, N] (P channels, each doubly stochastic)."""
 
     def __init__(self, node_features: int, channels: int, top_k: int,
-                 topk_mode: str = "per-node") -> None:
+                 topk_mode: str = "union") -> None:
         super().__init__()
         self.channels = channels
         self.top_k = top_k

@@ -1,23 +1,43 @@
-"""REGNN hyper-parameters, with the defaults of the paper's training script.
+"""REGNN hyper-parameters: the defaults are the released code's behaviour (the `paper` profile).
 
-Source of the defaults: the public REGNN code (REACT 2023) and its `train.sh`
-(`--lr 1e-4 --gamma 0.1 --warmup-factor 0.01 --milestones 9 --batch-size 128 --layers 2 --act ELU
---seed 1 --train-iters 100 --norm --neighbor-pattern all --convert-type direct --loss-mid`).
-Every size is a field, so tests build the same architecture at toy scale; the training fields
-(epochs, lr, schedule, ...) are the shared trainer's (heads.base.HeadConfig).
+Source of the defaults: the REACT 2024 baseline's `regnn/` (reactmultimodalchallenge/
+baseline_react2024 @0c3ce58), its `scripts/train.sh` (`--lr 1e-4 --gamma 0.1 --warmup-factor 0.01
+--milestones 9 --batch-size 128 --layers 2 --act ELU --seed 1 --train-iters 100 --norm
+--neighbor-pattern all --convert-type direct --loss-mid`) and `scripts/inference.sh` (the
+`mhp-epoch95` snapshot), bugs included. `FIXED` lists our corrections, which `--set profile=fixed`
+turns on together (docs/profiles/regnn.md has the table). Every size is a field, so tests build
+the same architecture at toy scale; the training fields (epochs, lr, schedule, ...) are the
+shared trainer's (heads.base.HeadConfig).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from heads.base import HeadConfig
 
 
 @dataclass
 class RegnnConfig(HeadConfig):
-    # Optimisation: Adam, warmup then x0.1 at epoch 9, 100 iterations of 128 per epoch.
+    # Our corrections of the released code (the `fixed` profile); each field's default is the
+    # released behaviour.
+    FIXED: ClassVar[dict[str, Any]] = {
+        "edge_topk": "per-node",
+        "lipnorm_form": "bilinear",
+        "channel_weights": "softmax",
+        "logdet_sign": "subtract",
+        "logdet_reduction": "per-element",
+        "actnorm_min_std": 1e-2,
+        "iterations_per_epoch": 100,
+        "threshold_at_iteration": 100,
+        "keep_checkpoint": "best",
+        "fairseq_padding": False,
+        "inverse_rule": "converge",
+    }
+
+    # Optimisation: Adam, warmup then x0.1 at epoch 9, 128 windows per batch.
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-4
@@ -34,7 +54,12 @@ class RegnnConfig(HeadConfig):
     # fp32 like the paper: the motor's residual is small (|f| < 1/lipnorm), and its inverse
     # is checked to 1e-3, below what bf16 resolves
     amp: str = "off"
-    iterations_per_epoch: int = 100
+    # The released loop breaks at `i == train_iters` with i counted from 0, so an epoch runs
+    # train_iters + 1 = 101 batches (fixed: 100).
+    iterations_per_epoch: int = 101
+    # The released inference (`scripts/inference.sh`) loads `mhp-epoch95`, saved after the
+    # 0-based epoch 95, i.e. our 1-based epoch 96, with no validation (fixed: best on val FRC).
+    keep_checkpoint: str = "epoch:96"
 
     # What it reads from the store (aliases), and the appropriateness aux array per split.
     video_stream: str = "swin-t"  # FER Swin-T features
@@ -64,23 +89,36 @@ class RegnnConfig(HeadConfig):
     relu_dropout: float = 0.1
     res_dropout: float = 0.1
     out_dropout: float = 0.0
+    # fairseq's positions (the released `make_positions`): a frame whose first channel is
+    # exactly 0 counts as padding and gets position 0, a zero code (fixed: every frame numbered)
+    fairseq_padding: bool = True
 
     # Cognitive processor.
     cognitive_hidden: int = 32
     edge_channels: int = 8
     top_k: int = 5
-    # "per-node": each node keeps its own top_k neighbours (the paper's description);
-    # "union": every node keeps the union of all nodes' top-k lists (the paper's code)
-    edge_topk: str = "per-node"
+    # "union": every node keeps the union of all nodes' top-k lists (the released code);
+    # "per-node": each node keeps its own top_k neighbours (the paper's description; fixed)
+    edge_topk: str = "union"
 
     # Motor processor (reversible Lipschitz graph).
     motor_layers: int = 2
     motor_actnorm: bool = True
+    # ActNorm's initial std is clamped to at least this (0: none, as released); a node that is
+    # constant in the first batch (a rare AU) otherwise gets a scale of 1/sqrt(1e-5) ~ 316
+    actnorm_min_std: float = 0.0
     lipschitz_offset: float = 5.0  # the "+ 5" of lipnorm
-    # "bilinear": ||I + 2 Wq^T Wk / sqrt(F)|| (the matrix of q . k); "original": Wq Wk^T
-    lipnorm_form: str = "bilinear"
-    # "softmax": w = softmax(logits), always on the simplex; "original": w / sum(w), w free
-    channel_weights: str = "softmax"
+    # "original": ||I + 2 Wq Wk^T / sqrt(F)|| + 5 (the released code); "bilinear": Wq^T Wk, the
+    # matrix of the bilinear form q . k for torch's [out, in] weight layout (fixed)
+    lipnorm_form: str = "original"
+    # "original": w / sum(w) with free w (released); "softmax": w = softmax(logits), always on
+    # the simplex (fixed)
+    channel_weights: str = "original"
+    # Inverting y = x + f(x) by x <- y - f(x). "released": at most `inverse_steps` steps,
+    # stopping at the first whose change is <= inverse_tol (the released code then asserts; we
+    # warn); "converge": at least `inverse_steps`, then on until the change is <= inverse_tol
+    # or `inverse_max_steps` (fixed)
+    inverse_rule: str = "released"
     inverse_steps: int = 5
     inverse_tol: float = 1e-3
     inverse_max_steps: int = 100
@@ -88,15 +126,23 @@ class RegnnConfig(HeadConfig):
     logdet_terms: int = 5
     logdet_samples: int = 1
     logdet_weight: float = 1.0
-    # "subtract": loss - log-det (a flow's likelihood); "add": loss + log-det (the paper's code)
-    logdet_sign: str = "subtract"
+    # "add": loss + log-det (the released code, rewarding a collapse); "subtract": loss - log-det
+    # as a flow's likelihood does (fixed)
+    logdet_sign: str = "add"
+    # "released": per layer ActNorm's log-det (once) plus the series summed over the batch, then
+    # averaged over the layers; "per-element": each sample's log-det summed over the layers,
+    # averaged over the batch and divided by nodes x frames, so its weight does not depend on
+    # the batch or window size (fixed)
+    logdet_reduction: str = "released"
 
     # Loss.
     max_listeners: int = 10  # appropriate listener windows drawn per speaker window
     mid_loss: bool = True
     mid_loss_weight: float = 1.0
     threshold_divisor: float = 3.0  # threshold = the epoch's running average / 3 ...
-    threshold_at_iteration: int = 100  # ... set at this iteration of every epoch
+    # ... set after this many batches of every epoch (the released `i == train_iters`, i from 0:
+    # after 101 batches, averaging all 101; fixed: 100)
+    threshold_at_iteration: int = 101
 
     # Generation and evaluation.
     noise_variance: float = 0.06  # noise is rescaled so that max|noise| <= sqrt(noise_variance)
@@ -129,9 +175,14 @@ class RegnnConfig(HeadConfig):
         for name, allowed in (("edge_topk", ("per-node", "union")),
                               ("lipnorm_form", ("bilinear", "original")),
                               ("channel_weights", ("softmax", "original")),
-                              ("logdet_sign", ("subtract", "add"))):
+                              ("logdet_sign", ("subtract", "add")),
+                              ("logdet_reduction", ("released", "per-element")),
+                              ("inverse_rule", ("released", "converge"))):
             if getattr(self, name) not in allowed:
                 raise UserError(f"regnn config: {name}={getattr(self, name)!r}, choose one of "
                                 f"{', '.join(allowed)}")
+        if self.actnorm_min_std < 0 or self.inverse_steps < 1 or self.inverse_tol < 0:
+            raise UserError("regnn config: need actnorm_min_std >= 0, inverse_steps >= 1 and "
+                            "inverse_tol >= 0")
         if self.max_listeners < 1 or self.n_samples < 1:
             raise UserError("regnn config: max_listeners and n_samples must be >= 1")

@@ -7,15 +7,18 @@ whose attrs give `clip_ids` (the speaker clip of each sample: [speakers..., list
 `listener_ids` (the clip whose reaction answers it). `matrix[k, j]` says the reaction of sample
 j's listener is appropriate for sample k's speaker.
 
-Training draws `iterations_per_epoch` batches per epoch of `batch_size` random speaker windows
-(50 frames, stride 25, inside the clip) and, for each, up to `max_listeners` appropriate listener
-windows at the same frames. The min-MSE threshold is head state: after the
-`threshold_at_iteration`-th batch of each epoch it becomes the epoch's running average / 3.
+Training draws `iterations_per_epoch` batches per epoch (101 in the paper profile, as the
+released loop runs) of `batch_size` random speaker windows (50 frames, stride 25, inside the
+clip) and, for each, up to `max_listeners` appropriate listener windows at the same frames. The
+min-MSE threshold is head state: after the `threshold_at_iteration`-th batch of each epoch it
+becomes the epoch's running average / 3.
 
 Evaluation generates `n_samples` reactions per speaker clip and scores them with the REACT
-metrics (heads.react_metrics: FRC, FRD, S-MSE, FRVar, FRDvs, TLCC); the best checkpoint is
-chosen by FRC. Export writes the official layout `<out>/<split>/<clip_id>/result-<i>.pth`, each
-a float tensor [T, 25] (clip ids are the `site/group/person/clip` paths).
+metrics (heads.react_metrics: FRC, FRD, S-MSE, FRVar, FRDvs, TLCC). The run keeps the snapshot
+of epoch 96 in the paper profile (the released inference loads `mhp-epoch95`, 0-based, without
+validation) and the best validation FRC in the fixed profile (`keep_checkpoint`). Export
+writes the official layout `<out>/<split>/<clip_id>/result-<i>.pth`, each a float tensor
+[T, 25] (clip ids are the `site/group/person/clip` paths).
 """
 
 from __future__ import annotations
@@ -384,6 +387,14 @@ class RegnnHead(Head):
             self.threshold.observe(float(self._last_min_mse))
         if iteration + 1 == self.config.iterations_per_epoch:
             self.threshold.end_epoch()  # epochs shorter than threshold_at_iteration
+
+    # released checkpoints ------------------------------------------------------------------
+    def import_official(self, official: Any, model: nn.Module) -> None:
+        """The REACT 2024 baseline's `MHP` state dict (regnn/models: MULTModel, Cognitive-
+        Processor, LipschitzGraph) onto our Regnn; see heads.regnn.official for the names."""
+        from heads.regnn.official import import_released_mhp
+
+        import_released_mhp(official, model, self.config)
 
     def extra_state(self) -> dict[str, Any]:
         return self.threshold.state_dict()

@@ -43,7 +43,8 @@ class Regnn(nn.Module):
         """listeners [B, K, T, N] -> motor codes [B, K, N, T] (zeros where the mask is off).
 
         Only the real listeners go through the motor, so padding neither costs time nor enters
-        the ActNorm initialisation. Returns the codes and the per-listener log-det (or None).
+        the ActNorm initialisation. Returns the codes and the log-det (None when not computed;
+        per listener, or the released scalar: MotorProcessor.forward).
         """
         batch, k_max, n_frames, n_nodes = listeners.shape
         valid = listener_mask.bool().reshape(-1)
@@ -81,9 +82,12 @@ class Regnn(nn.Module):
             total = total + config.mid_loss_weight * mid
         logdet_term = nodes.new_zeros(())
         if logdet is not None:
-            # per element, so its weight does not depend on the window size
-            logdet_term = logdet.mean() / (nodes.shape[1] * nodes.shape[2])
-            sign = 1.0 if config.logdet_sign == "add" else -1.0  # "add": the paper's code
+            if config.logdet_reduction == "per-element":
+                # so its weight depends on neither the batch nor the window size
+                logdet_term = logdet.mean() / (nodes.shape[1] * nodes.shape[2])
+            else:  # "released": the motor's scalar as the released loss adds it
+                logdet_term = logdet
+            sign = 1.0 if config.logdet_sign == "add" else -1.0  # "add": the released code
             total = total + sign * config.logdet_weight * logdet_term
         return {"loss": total, "min_mse": min_mse, "mid": mid, "logdet": logdet_term}
 

@@ -14,18 +14,19 @@ invertible and x is found by the fixed-point iteration x <- y - f(x) (i-ResNet, 
 2019). log|det dy/dx| can be estimated by the power series of log(I + J_f) with a Hutchinson
 trace estimator; it is off by default, as in the paper's training.
 
-Differs from the paper's code:
+The released code's behaviour is the default (the `paper` profile); `profile=fixed` corrects:
 - channel weights: w = softmax(logits) instead of w / sum(w) with free w, which leaves the
   simplex (and breaks the row-stochastic bound) as soon as one weight turns negative
-  (`--set channel_weights=original`: w initialised to ones, divided by its sum);
+  (`channel_weights`);
 - lipnorm uses Wq^T Wk, the matrix of the bilinear form q . k for torch's [out, in] weight
-  layout (the paper's code multiplies the stored weights as Wq Wk^T:
-  `--set lipnorm_form=original`);
-- log-dets of the layers are summed (the paper averages them) and, when used, the loss
-  *subtracts* the log-det as a flow's likelihood does (the paper adds it, rewarding a collapse:
-  `--set logdet_sign=add`);
-- the inverse iterates past its 5 steps while the residual is above tolerance, up to a cap,
-  and warns instead of asserting if it still has not converged.
+  layout (the released code multiplies the stored weights as Wq Wk^T: `lipnorm_form`);
+- ActNorm's initial std has a floor (`actnorm_min_std`), so a node constant in the first batch
+  does not get a scale of ~316;
+- the inverse iterates past its 5 steps while the residual is above tolerance, up to a cap
+  (`inverse_rule`); in both profiles it warns instead of asserting when it has not converged;
+- the log-det (when used) is each sample's sum over the layers, where the released code sums
+  the series over the batch, counts ActNorm's log-det once per batch and averages over the
+  layers (`logdet_reduction`, applied in heads.regnn.model with the sign `logdet_sign`).
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ from heads.regnn.config import RegnnConfig
 class ActNorm(nn.Module):
     """Per-node affine normalisation of [B, N, F], initialised from the first training batch."""
 
-    def __init__(self, channels: int, eps: float = 1e-5, min_std: float = 1e-2) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5, min_std: float = 0.0) -> None:
         super().__init__()
         self.eps = eps
-        # a node that is constant in the first batch (a rare AU) would get a huge scale
+        # a node that is constant in the first batch (a rare AU) would get a huge scale; the
+        # released code has no floor (min_std 0)
         self.min_std = min_std
         self.log_scale = nn.Parameter(torch.zeros(channels))
         self.shift = nn.Parameter(torch.zeros(channels))
@@ -63,8 +65,7 @@ class ActNorm(nn.Module):
         if self.training and not bool(self.initialized) and x.shape[0] > 0:
             self.initialize(x)
         y = x * self.log_scale.exp()[:, None] + self.shift[:, None]
-        logdet = self.log_scale.sum() * x.shape[2]
-        return y, logdet.expand(x.shape[0])
+        return y, self.log_scale.sum() * x.shape[2]  # the same for every sample
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         return (y - self.shift[:, None]) * (-self.log_scale).exp()[:, None]
@@ -145,7 +146,8 @@ class ReversibleGraphLayer(nn.Module):
     def __init__(self, config: RegnnConfig) -> None:
         super().__init__()
         self.config = config
-        self.actnorm = ActNorm(config.out_dim) if config.motor_actnorm else None
+        self.actnorm = (ActNorm(config.out_dim, min_std=config.actnorm_min_std)
+                        if config.motor_actnorm else None)
         self.residual = LipschitzGraphResidual(
             config.window, config.edge_channels, config.lipschitz_offset,
             config.lipnorm_form, config.channel_weights,
@@ -153,11 +155,12 @@ class ReversibleGraphLayer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, edge: torch.Tensor, with_logdet: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logdet = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """y, and with `with_logdet` the log-det in two parts: ActNorm's (a scalar, the same for
+        every sample) and the residual's power-series estimate per sample [B]."""
+        actnorm_logdet = x.new_zeros(())
         if self.actnorm is not None:
             x, actnorm_logdet = self.actnorm(x)
-            logdet = actnorm_logdet if with_logdet else None
         if not with_logdet:
             return x + self.residual(x, edge), None
         with torch.enable_grad():
@@ -169,23 +172,28 @@ class ReversibleGraphLayer(nn.Module):
             )
         if not torch.is_grad_enabled():
             fx, series = fx.detach(), series.detach()
-        logdet = series if logdet is None else logdet + series
-        return x + fx, logdet
+        return x + fx, (actnorm_logdet, series)
 
     @torch.no_grad()
     def inverse(self, y: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
         config = self.config
         lipnorm = self.residual.lipnorm()
+        # released: stop at the first converged step, never past inverse_steps; converge: at
+        # least inverse_steps, then on while not converged, up to inverse_max_steps
+        released = config.inverse_rule == "released"
+        min_steps = 1 if released else config.inverse_steps
+        max_steps = (config.inverse_steps if released
+                     else max(config.inverse_steps, config.inverse_max_steps))
         x = y
         residual = float("inf")
         steps = 0
-        while steps < max(config.inverse_steps, config.inverse_max_steps):
+        while steps < max_steps:
             update = y - self.residual(x, edge, lipnorm)
             # |update - x| = |y - (x + f(x))|: the residual of the current estimate
             residual = float((update - x).abs().max())
             x = update
             steps += 1
-            if steps >= config.inverse_steps and residual <= config.inverse_tol:
+            if steps >= min_steps and residual <= config.inverse_tol:
                 break
         if residual > config.inverse_tol:
             warnings.warn(
@@ -204,6 +212,7 @@ class MotorProcessor(nn.Module):
 
     def __init__(self, config: RegnnConfig) -> None:
         super().__init__()
+        self.logdet_reduction = config.logdet_reduction
         self.layers = nn.ModuleList(
             ReversibleGraphLayer(config) for _ in range(config.motor_layers)
         )
@@ -211,12 +220,20 @@ class MotorProcessor(nn.Module):
     def forward(
         self, x: torch.Tensor, edge: torch.Tensor, with_logdet: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        total = None
+        """codes, and with `with_logdet` the log-det: per sample [B] (the sum over the layers)
+        with logdet_reduction "per-element", or the released code's scalar with "released"
+        (per layer ActNorm's log-det once plus the series summed over the batch, averaged over
+        the layers: `LipschitzGraph.forward` and `GraphLayer.forward`)."""
+        parts = []
         for layer in self.layers:
             x, logdet = layer(x, edge, with_logdet)
             if logdet is not None:
-                total = logdet if total is None else total + logdet
-        return x, total
+                parts.append(logdet)
+        if not parts:
+            return x, None
+        if self.logdet_reduction == "released":
+            return x, sum(actnorm + series.sum() for actnorm, series in parts) / len(parts)
+        return x, sum(actnorm + series for actnorm, series in parts)
 
     @torch.no_grad()
     def inverse(self, y: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:

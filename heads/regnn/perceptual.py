@@ -14,9 +14,11 @@ Matches the REACT baseline's `regnn/models/MULTModel.py` and its fairseq-derived
 - attention dropout 0.0 in both encoders (attn_dropout_a / attn_dropout_v of MULTModel), ReLU
   dropout 0.1, residual dropout 0.1, embedding dropout 0.25, output dropout 0.0;
 - xavier-uniform weights and zero biases in the FFN and attention projections;
-- audio is not projected when it already has the model width (128 = 128 in the baseline).
-One deliberate difference: fairseq also treats a frame whose first feature is exactly 0 as
-padding (position 0, a zero code); we number every frame, and mask padding explicitly.
+- audio is not projected when it already has the model width (128 = 128 in the baseline);
+- fairseq's padding rule (`fairseq_padding`, on in the paper profile): a frame whose first
+  channel (of the encoder's input: the projected video, the audio, the fused code) is exactly 0
+  is taken for padding and gets position 0, whose code is zero, while the other frames keep
+  their numbers. `profile=fixed` numbers every frame and masks padding explicitly instead.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class TransformerEncoder(nn.Module):
 
     def __init__(self, config: RegnnConfig, n_layers: int) -> None:
         super().__init__()
+        self.fairseq_padding = config.fairseq_padding
         self.scale = math.sqrt(config.model_dim)
         self.embed_dropout = nn.Dropout(config.embed_dropout)
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(n_layers))
@@ -106,6 +109,9 @@ class TransformerEncoder(nn.Module):
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         positions = sinusoidal_positions(x.shape[1], x.shape[2], x.device)
+        if self.fairseq_padding:
+            # fairseq's make_positions: first channel == padding_idx (0) -> position 0 (zeros)
+            positions = positions * (x[..., :1] != 0).to(positions.dtype)
         return self.embed_dropout(self.scale * x + positions)
 
     def forward(
@@ -130,8 +136,10 @@ class PerceptualProcessor(nn.Module):
     def __init__(self, config: RegnnConfig) -> None:
         super().__init__()
         dim = config.model_dim
-        self.video_projection = nn.Conv1d(config.video_dim, dim, kernel_size=1, bias=False)
-        # the baseline projects audio only when its width differs from the model's
+        # the baseline projects each modality only when its width differs from the model's
+        self.video_projection = (
+            nn.Identity() if config.video_dim == dim
+            else nn.Conv1d(config.video_dim, dim, kernel_size=1, bias=False))
         self.audio_projection = (
             nn.Identity() if config.audio_dim == dim
             else nn.Conv1d(config.audio_dim, dim, kernel_size=1, bias=False))
