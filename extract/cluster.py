@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from features_store.errors import UserError
 
 CONNECT_TIMEOUT_S = 5.0      # an address that does not answer fails fast
+# The address schemes dask.distributed's comms understand.
+SCHEDULER_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
 WORKERS_TIMEOUT_S = 120.0    # a scheduler with no workers is an error, not a hang
 GPU_RESOURCE = "GPU"
 
@@ -42,9 +44,11 @@ class ClusterRequest:
                 raise UserError(f"--scheduler {scheduler}: N in local:N must be a positive "
                                 "number of workers")
             return cls("local", n_workers=int(count) if count else None)
-        if "://" not in scheduler:
-            raise UserError(f"--scheduler {scheduler}: expected local, local:N or a scheduler "
-                            "address such as tcp://HOST:8786")
+        scheme = scheduler.partition("://")[0] if "://" in scheduler else None
+        if scheme not in SCHEDULER_SCHEMES:
+            raise UserError(f"--scheduler {scheduler[:80]}: expected local, local:N or a "
+                            f"scheduler address such as tcp://HOST:8786 (schemes: "
+                            f"{', '.join(SCHEDULER_SCHEMES)})")
         return cls("address", address=scheduler)
 
 
@@ -152,6 +156,10 @@ def _connect(where: str, **how):
 
     try:
         return Client(timeout=CONNECT_TIMEOUT_S, **how)
+    except ValueError as exc:  # a scheduler file that is not the scheduler's JSON, a bad address
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot use {where} ({reason}); give the file the scheduler wrote "
+                        "with --scheduler-file, or its tcp:// address") from None
     except (OSError, TimeoutError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"cannot reach {where} ({reason}); is the scheduler running and the "

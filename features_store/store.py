@@ -20,8 +20,9 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -45,10 +46,18 @@ from .fsutil import (
 from .index import StreamIndex
 from .manifest import SCHEMA_VERSION, ClipShape, PartManifest, StreamInfo
 from .paths import check_clip_id
+from .schema import (
+    MetadataError,
+    check_clip_records,
+    check_clip_table,
+    expect_dict,
+    expect_name,
+)
 from .stream_array import StreamArray
 from .writer import PartWriter, now_iso
 
 StreamRef = str | StreamInfo
+T = TypeVar("T")
 
 BACKEND_BY_SUFFIX = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr"}
 
@@ -86,8 +95,28 @@ def open_store(
     """
     if mode not in ("r", "a"):
         raise ValueError("mode must be 'r' or 'a'")
+    check_store_location(url)
     return FeatureStore(str(url), mode, backend or backend_for(str(url)), dataset, compression,
                         storage_options, run_id)
+
+
+def check_store_location(url: object) -> None:
+    """Refuse a store location that names no store folder of its own.
+
+    `""`, `/` and `//` all strip to nothing (which fsspec reads as the current folder) or to the
+    filesystem root: a store there would spread its folders over whatever is in it.
+    """
+    text = str(url)
+    if not text.strip() or not text.strip().rstrip("/"):
+        raise UserError(f"{text!r}: not a store location (name a store folder, e.g. "
+                        "store/react.zarr)")
+    protocol, sep, rest = text.partition("://")
+    if sep and not rest.strip("/"):
+        raise UserError(f"{text}: names no bucket or folder (e.g. {protocol}://bucket/store.zarr)")
+    if not sep or protocol == "file":
+        local = os.path.realpath(os.path.expanduser(rest if sep else text))
+        if os.path.dirname(local) == local:
+            raise UserError(f"{text}: is the filesystem root, not a store folder")
 
 
 def remote_cache_root() -> str | None:
@@ -97,6 +126,16 @@ def remote_cache_root() -> str | None:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = os.path.join(base, "affect", "parts")
     return None if root.strip().lower() in ("", "off", "none", "0") else root
+
+
+def read_checked(fs, path: str, parse: Callable[[Any], T]) -> T:
+    """A store metadata file, read and checked by `parse`: what is wrong in it is one line
+    naming the file (the file is input: shared stores are edited and damaged)."""
+    data = read_json(fs, path)
+    try:
+        return parse(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: {exc}") from None
 
 
 def _access_error(url: str, exc: Exception) -> UserError:
@@ -123,6 +162,7 @@ class FeatureStore:
         self._readers: dict[tuple[str, str], Any] = {}
         self._manifest_cache: dict[tuple[str, str], PartManifest] = {}
         self._streams: dict[str, StreamInfo] | None = None
+        self.damaged_streams: dict[str, str] = {}  # key -> why its stream.json is unusable
         meta_path = f"{self.path}/store.json"
         try:
             self._check_reachable()
@@ -138,21 +178,34 @@ class FeatureStore:
             raise _access_error(self.url, exc) from None
         if found:
             self.attrs = read_json(self.fs, meta_path)
+            if not isinstance(self.attrs, dict):
+                raise UserError(f"{meta_path}: not a JSON object (a damaged store.json)")
             stored = self.attrs.get("backend", backend)
+            if stored not in BACKEND_BY_SUFFIX.values():
+                raise UserError(f"{meta_path}: unknown backend {stored!r} (known: "
+                                f"{', '.join(sorted(set(BACKEND_BY_SUFFIX.values())))})")
             if stored != backend:
                 self.backend_name = stored
                 self.backend = self._make_backend(stored)
         elif mode == "r":
             raise UserError(f"{self.url}: not an affect feature store (no store.json)")
         else:
-            self.attrs = {
+            attrs = {
                 "schema": SCHEMA_VERSION,
                 "backend": backend,
                 "dataset": dataset,
                 "created": now_iso(),
+                # Who this store is, wherever it is later found: a run folder records it and
+                # refuses another store met at the same path (see `store_id`).
+                "id": uuid.uuid4().hex,
             }
-            self.backend.init_store(self.attrs)
-            write_json(self.fs, meta_path, self.attrs)
+            self.backend.init_store(attrs)
+            data = json.dumps(attrs, indent=1, sort_keys=True).encode()
+            # Exclusive: two processes creating one store at once must agree on one id.
+            if create_exclusive(self.fs, meta_path, data):
+                self.attrs = attrs
+            else:
+                self.attrs = read_json(self.fs, meta_path)
 
     def _make_backend(self, name: str):
         kwargs: dict[str, Any] = {"url": self.url, "compression": self.compression}
@@ -183,6 +236,19 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.url!r}, backend={self.backend_name!r})"
+
+    @property
+    def location(self) -> str:
+        """Where the store is, independent of the current folder: an absolute local path or
+        the URL of a remote store."""
+        return self.path if is_local(self.fs) else self.url
+
+    @property
+    def store_id(self) -> str | None:
+        """The id written in store.json when the store was created (None for stores made
+        before ids were written)."""
+        value = self.attrs.get("id")
+        return value if isinstance(value, str) and value else None
 
     @property
     def is_remote(self) -> bool:
@@ -234,12 +300,12 @@ class FeatureStore:
         base = f"{self.path}/clips"
         merged: list[str] = []
         if exists(self.fs, f"{base}/table.json"):
-            data = read_json(self.fs, f"{base}/table.json")
+            data = read_checked(self.fs, f"{base}/table.json", check_clip_table)
             merged = data["batches"]
             table = {r["clip_id"]: r for r in data["clips"]}
         for name in list_names(self.fs, base):
             if name.startswith("batch-") and name not in merged:
-                for record in read_json(self.fs, f"{base}/{name}"):
+                for record in read_checked(self.fs, f"{base}/{name}", check_clip_records):
                     table[record["clip_id"]] = {**table.get(record["clip_id"], {}), **record}
         records = [table[k] for k in sorted(table)]
         if split is not None:
@@ -257,24 +323,49 @@ class FeatureStore:
             raise ValueError(f"stream {info.name}: dim must be positive")
         np.dtype(info.dtype)
         info = info.with_key()
+        try:
+            expect_name(info.key, "stream key")
+        except MetadataError:
+            raise UserError(f"stream name {info.name[:80]!r}"
+                            f"{'...' if len(info.name) > 80 else ''}: use up to 180 letters, "
+                            "digits, '_', '-', '.', '@', '+' (it names the stream's folder)"
+                            ) from None
         path = f"{self._stream_dir(info.key)}/stream.json"
         if exists(self.fs, path):
-            return StreamInfo.from_dict(read_json(self.fs, path))
+            return self._read_stream_info(info.key)
         if not info.created:
-            info.created = now_iso()
+            # Microseconds: an alias resolves to its newest stream, and a corrected label file
+            # re-ingested within the same second must still be the newer one.
+            info.created = datetime.now(UTC).isoformat(timespec="microseconds")
         self.backend.create_stream(info.key, info.to_dict())
         write_json(self.fs, path, info.to_dict())
         self._streams = None
         return info
 
+    def _read_stream_info(self, key: str) -> StreamInfo:
+        path = f"{self._stream_dir(key)}/stream.json"
+        info = read_checked(self.fs, path, StreamInfo.from_dict)
+        if info.key != key:
+            # The folder is the stream: a key naming anything else (another stream, a path
+            # outside the store) is never used.
+            raise UserError(f"{path}: key {info.key!r} is not its folder's name {key!r}")
+        return info
+
     def streams(self, kind: str | None = None) -> list[StreamInfo]:
+        """Every readable stream. A stream whose stream.json is damaged is left out and listed
+        in `damaged_streams` (verify reports it; the others stay usable)."""
         if self._streams is None:
             found = {}
+            damaged: dict[str, str] = {}
             for key in list_names(self.fs, f"{self.path}/streams"):
                 path = f"{self._stream_dir(key)}/stream.json"
                 if exists(self.fs, path):
-                    found[key] = StreamInfo.from_dict(read_json(self.fs, path))
+                    try:
+                        found[key] = self._read_stream_info(key)
+                    except UserError as exc:
+                        damaged[key] = str(exc)
             self._streams = found
+            self.damaged_streams = damaged
         infos = sorted(self._streams.values(), key=lambda s: (s.alias, s.created, s.key))
         return [s for s in infos if kind is None or s.kind == kind]
 
@@ -297,7 +388,9 @@ class FeatureStore:
             if match:
                 return max(match, key=lambda s: s.created)
         known = ", ".join(sorted({s.alias for s in streams})) or "none"
-        raise UserError(f"{self.url}: no stream {ref!r} (streams: {known})")
+        damaged = (f"; damaged, see `affect store verify`: {', '.join(sorted(self.damaged_streams))}"
+                   if self.damaged_streams else "")
+        raise UserError(f"{self.url}: no stream {ref!r} (streams: {known}{damaged})")
 
     def _stream_dir(self, key: str) -> str:
         return f"{self.path}/streams/{key}"
@@ -343,14 +436,20 @@ class FeatureStore:
             if cached is None:
                 path = f"{self._stream_dir(key)}/manifests/part-{part}.json"
                 try:
-                    cached = PartManifest.from_dict(read_json(self.fs, path))
+                    cached = self._read_manifest(key, part)
                 except FileNotFoundError:
                     continue  # deleted with its stream meanwhile
-                except (KeyError, TypeError) as exc:
-                    raise UserError(f"{path}: malformed manifest ({exc})") from None
                 self._manifest_cache[(key, part)] = cached
             out.append(cached)
         return out
+
+    def _read_manifest(self, key: str, part: str) -> PartManifest:
+        path = f"{self._stream_dir(key)}/manifests/part-{part}.json"
+        manifest = read_checked(self.fs, path, PartManifest.from_dict)
+        if manifest.part_id != part or manifest.stream_key != key:
+            raise UserError(f"{path}: names part {manifest.part_id!r} of stream "
+                            f"{manifest.stream_key!r}, not its own file's")
+        return manifest
 
     def finalize(self, prune_orphans: bool = False) -> dict[str, dict[str, str]]:
         """Merge manifests into each stream's index and compact the clip table.
@@ -400,7 +499,7 @@ class FeatureStore:
         out: dict[str, str] = {}
         for name in list_names(self.fs, base):
             if name.endswith(".json"):
-                data = read_json(self.fs, f"{base}/{name}")
+                data = read_checked(self.fs, f"{base}/{name}", _check_intent)
                 for clip_id in data.get("clip_ids", []):
                     out.setdefault(clip_id, data.get("run_id", name[:-5]))
         return out
@@ -415,8 +514,11 @@ class FeatureStore:
         index = None
         index_path = f"{self._stream_dir(info.key)}/index.json"
         if exists(self.fs, index_path):
-            merged = StreamIndex.from_dict(read_json(self.fs, index_path))
-            if merged.parts == sorted(parts):
+            try:
+                merged = read_checked(self.fs, index_path, StreamIndex.from_dict)
+            except UserError:
+                merged = None  # a damaged merged index is only a cache: the manifests decide
+            if merged is not None and merged.parts == sorted(parts):
                 index = merged
         if index is None:
             index = StreamIndex.from_manifests(self.manifests(info.key), info.dim)
@@ -454,8 +556,7 @@ class FeatureStore:
         """
         manifest = self._manifest_cache.get((key, part_id))
         if manifest is None:
-            path = f"{self._stream_dir(key)}/manifests/part-{part_id}.json"
-            manifest = PartManifest.from_dict(read_json(self.fs, path))
+            manifest = self._read_manifest(key, part_id)
             self._manifest_cache[(key, part_id)] = manifest
         tag = fingerprint([self.url, manifest.to_dict()], 16)
         path = os.path.join(cache_root, key, f"part-{part_id}-{tag}.npy")
@@ -664,7 +765,7 @@ class FeatureStore:
         """
         out: list[dict[str, Any]] = []
         for name in list_names(self.fs, f"{self.path}/ledger"):  # names sort by time
-            out.extend(read_json(self.fs, f"{self.path}/ledger/{name}"))
+            out.extend(read_checked(self.fs, f"{self.path}/ledger/{name}", _check_ledger_batch))
         if history:
             return out
         def stream_of(record: dict[str, Any]) -> str | None:
@@ -723,3 +824,17 @@ class CachedPart:
 
     def chunk_ranges(self):
         yield 0, self.shape[0], self.location
+
+
+def _check_intent(data: Any) -> dict[str, Any]:
+    data = expect_dict(data, "intent")
+    clip_ids = data.get("clip_ids", [])
+    if not isinstance(clip_ids, list) or not all(isinstance(c, str) for c in clip_ids):
+        raise MetadataError("clip_ids must be a list of clip ids")
+    return data
+
+
+def _check_ledger_batch(data: Any) -> list[dict[str, Any]]:
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise MetadataError("a ledger file must be a list of JSON objects")
+    return data

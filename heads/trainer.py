@@ -19,10 +19,13 @@ numpy / python RNG states are saved with the checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import queue
 import random
+import shutil
 import threading
 import time
 import warnings
@@ -123,6 +126,39 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
         reason = (named or lines or [type(error).__name__])[0]
         raise _user_error(f"{path}: not a checkpoint this tool loads safely (only tensors and "
                           f"plain values are read, nothing is unpickled): {reason}") from None
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    """torch.save through a temporary file and a rename: a reader (evaluate, a resume) sees the
+    previous checkpoint or the new one, never half of one. A write that fails (torch reports a
+    full disk as a RuntimeError from its zip writer) is one line."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except (RuntimeError, OSError) as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None:
+            raise
+        free = shutil.disk_usage(path.parent).free
+        if free < 64 << 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise _user_error(f"{path}: cannot write the checkpoint "
+                          f"({lines[0] if lines else type(error).__name__})") from None
+
+
+def load_weights(model: nn.Module, state: Any, path: Path) -> None:
+    """A checkpoint's model weights into `model`; weights of another shape or head (a damaged
+    or foreign run folder) are one line naming the file."""
+    if not isinstance(state, dict):
+        raise _user_error(f"{path}: holds no model weights")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise _user_error(f"{path}: weights do not fit this run's model "
+                          f"({lines[-1] if lines else type(error).__name__})") from None
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -358,15 +394,30 @@ class TrainResult:
 
 
 def open_store_for(store: Any, mode: str = "r") -> tuple[Any, str]:
-    """Open `store` (a path/URL, or an already open store) and return (store, its location)."""
+    """Open `store` (a path/URL, or an already open store) and return (store, its location:
+    an absolute path for a local store, so a run folder names it from any folder)."""
     if isinstance(store, str | Path):
         from features_store import open_store
 
         location = str(store)
         if "://" not in location and not Path(location).exists():
             raise _user_error(f"{location}: no such store (build it with `affect extract`)")
-        return open_store(location, mode=mode), location
-    return store, str(getattr(store, "url", getattr(store, "path", repr(store))))
+        opened = open_store(location, mode=mode)
+        return opened, opened.location
+    return store, str(getattr(store, "location", getattr(store, "url", repr(store))))
+
+
+def check_run_store(saved: dict[str, Any], store: Any, config_path: Path) -> None:
+    """Refuse a store that is not the one the run trained on (another store met at the path the
+    run recorded: a moved store, a same-named one elsewhere). Runs written before store ids
+    were recorded, and stores without an id, are checked by nothing more than their path."""
+    recorded = saved.get("store_id")
+    found = getattr(store, "store_id", None)
+    if recorded and found and recorded != found:
+        raise _user_error(
+            f"{config_path}: the run was trained on store {recorded} at {saved.get('store')}, "
+            f"but {getattr(store, 'location', store)} is store {found}; pass --store with the "
+            "run's store (or retrain on this one)")
 
 
 def _resolve_recipe(head: Head, store: Any) -> dict[str, Any]:
@@ -529,6 +580,8 @@ def train(
 
     seed_everything(config.seed)
     store_obj, store_location = open_store_for(store)
+    if resume:  # one run, one store: its checkpoints continue only on the store they began on
+        check_run_store(read_run_config(out), store_obj, paths.config)
     provenance = _resolve_recipe(head, store_obj)
     data = head.build_data(store_obj)
     provenance = _resolve_recipe(head, store_obj)  # a head may settle its recipe from the store
@@ -547,7 +600,7 @@ def train(
     bad_evals = 0
     if resume:
         checkpoint = load_checkpoint(paths.last, dev)
-        model.load_state_dict(checkpoint["model"])
+        load_weights(model, checkpoint.get("model"), paths.last)
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
         scaler.load_state_dict(checkpoint["scaler"])
@@ -568,6 +621,7 @@ def train(
         "metric": head.metric_name, "metric_mode": head.metric_mode,
         "config": config_to_dict(config),
         "store": store_location,
+        "store_id": getattr(store_obj, "store_id", None),
         **provenance,
         "device": str(dev),
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
@@ -669,9 +723,9 @@ def train(
             improved = _better(metric_value, best_metric, head.metric_mode)
             if improved:
                 best_metric, best_epoch, bad_evals = metric_value, epoch, 0
-                torch.save({"model": model.state_dict(), "epoch": epoch + 1,
-                            "metrics": _json_ready(metrics), "head": head.name,
-                            "head_state": head.extra_state()}, paths.best)
+                save_checkpoint({"model": model.state_dict(), "epoch": epoch + 1,
+                                 "metrics": _json_ready(metrics), "head": head.name,
+                                 "head_state": head.extra_state()}, paths.best)
             else:
                 bad_evals += 1
             head.on_evaluated(model, metrics, paths.checkpoints, epoch + 1)
@@ -683,7 +737,7 @@ def train(
             scalars.record(record)
         schedule.end_epoch(watched_value)
         epochs_done = epoch + 1
-        torch.save({
+        save_checkpoint({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
             "epoch": epochs_done, "global_step": global_step, "best_metric": best_metric,
@@ -745,14 +799,40 @@ def evaluate_model(head: Head, model: nn.Module, data: Any, split: str) -> dict[
 
 
 def predict_model(head: Head, model: nn.Module, data: Any, split: str) -> Any:
-    """`head.predict` in eval mode without gradients."""
+    """`head.predict` in eval mode without gradients; NaN or infinite predictions (a diverged
+    checkpoint) are an error, never exported as if they were results."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return head.predict(model, data, split)
+            predictions = head.predict(model, data, split)
     finally:
         model.train(was_training)
+    bad = non_finite_count(predictions)
+    if bad:
+        raise _user_error(f"{head.name}: the model predicts {bad} NaN/Inf value(s) on split "
+                          f"{split!r} (its weights diverged or are damaged); nothing exported")
+    return predictions
+
+
+def non_finite_count(obj: Any, depth: int = 0) -> int:
+    """How many NaN/Inf floats are in predictions (arrays, tensors, and containers of them)."""
+    if depth > 20:
+        return 0
+    if isinstance(obj, torch.Tensor):
+        return int((~torch.isfinite(obj)).sum()) if obj.is_floating_point() else 0
+    if isinstance(obj, np.ndarray):
+        return int((~np.isfinite(obj)).sum()) if obj.dtype.kind in "fc" else 0
+    if isinstance(obj, float):
+        return 0 if math.isfinite(obj) else 1
+    if isinstance(obj, dict):
+        return sum(non_finite_count(v, depth + 1) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(non_finite_count(v, depth + 1) for v in obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return sum(non_finite_count(getattr(obj, name), depth + 1)
+                   for name in obj.__dataclass_fields__)
+    return 0
 
 
 # --- loading finished runs ------------------------------------------------------------------
@@ -778,9 +858,15 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     if not paths.config.exists():
         raise _user_error(f"{paths.config}: not a run folder (no config.json; train first)")
     try:
-        return json.loads(paths.config.read_text())
-    except json.JSONDecodeError as error:
+        saved = json.loads(paths.config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise _user_error(f"{paths.config}: malformed JSON ({error})") from None
+    if (not isinstance(saved, dict) or not isinstance(saved.get("head"), str)
+            or not isinstance(saved.get("config"), dict)
+            or not isinstance(saved.get("store", ""), str)):
+        raise _user_error(f"{paths.config}: not a run's config (expected an object with "
+                          "'head', 'config' and 'store'); the run folder is damaged")
+    return saved
 
 
 def head_from_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> Head:
@@ -805,10 +891,15 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", store: Any = None
         raise _user_error(f"{paths.checkpoints}: no checkpoint to load (train first)")
     dev = resolve_device(device)
     store_obj, location = open_store_for(store if store is not None else saved["store"])
+    if store is None:
+        check_run_store(saved, store_obj, paths.config)
     data = head.build_data(store_obj)
     model = head.build_model(data).to(dev)
     state = load_checkpoint(file, dev)
-    model.load_state_dict(state["model"])
+    if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+        raise _user_error(f"{file}: not a checkpoint of this tool (no epoch); the run folder is "
+                          "damaged")
+    load_weights(model, state.get("model"), file)
     head.load_extra_state(state.get("head_state", {}))
     model.eval()
     head.on_loaded(model, paths.checkpoints, file.stem)

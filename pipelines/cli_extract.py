@@ -7,8 +7,10 @@ import sys
 
 import click
 
+from extract.media_base import MAX_FPS, MIN_FPS
 from features_store import open_store
 from features_store.errors import Interrupted, UserError
+from pipelines.cli_types import FiniteFloatRange
 from pipelines.console import verbose_option
 from pipelines.storage_options import storage_option
 
@@ -32,7 +34,7 @@ def _split_list(value: str | None) -> list[str]:
               show_envvar=True, help="auto, cpu, cuda, cuda:1...")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Only the first N clips.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--fps", type=FiniteFloatRange(min=MIN_FPS, max=MAX_FPS), default=None,
               help="Video frame rate for encoders without one of their own "
                    "[default: the dataset recipe's, else 25].")
 @click.option("--decode-size", type=click.IntRange(32), default=None,
@@ -61,7 +63,7 @@ def _split_list(value: str | None) -> list[str]:
               help="Run on the dask scheduler described by this file (`dask scheduler "
                    "--scheduler-file`, SLURM deployments).")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any clip fails.")
-@click.option("--progress-every", type=click.FloatRange(min=0, min_open=True),
+@click.option("--progress-every", type=FiniteFloatRange(min=0, min_open=True, max=86400),
               envvar="AFFECT_PROGRESS_EVERY", show_envvar=True, default=30.0, show_default=True,
               help="Seconds between progress lines when stderr is not a terminal (logs, CI).")
 @verbose_option

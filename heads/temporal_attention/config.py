@@ -10,12 +10,48 @@ features are cached, so the encoder is frozen); MultiStepLR at epochs 10 and 20 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from heads.base import HeadConfig
+from heads.base import HeadConfig, MAX_LAYERS, MAX_LR, MAX_SIZE, a_flag, any_text, fraction, number_in, whole_in
+
+
+def prompt_set_names() -> tuple[str, ...]:
+    from heads.temporal_attention.prompts import PROMPT_SETS
+
+    return tuple(PROMPT_SETS)
 
 
 @dataclass
 class TemporalAttentionConfig(HeadConfig):
+    # Each field's valid range (heads.base.check_config); one entry per field.
+    RANGE_RULES: ClassVar[dict] = {
+        "lr_prompts": (number_in(0, MAX_LR), f"a learning rate in [0, {MAX_LR:g}]"),
+        "lr_adapter": (number_in(0, MAX_LR), f"a learning rate in [0, {MAX_LR:g}]"),
+        "face_stream": (any_text, "a stream alias"),
+        "body_stream": (any_text, "a stream alias"),
+        "label_stream": (any_text, "a stream alias"),
+        "segments": (whole_in(1, 4096), "in 1..4096"),
+        "balanced_sampler": (a_flag, "true or false"),
+        "adapter": (a_flag, "true or false"),
+        "adapter_reduction": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "temporal_layers": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "heads": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "head_dim": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "mlp_dim": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "dropout": (fraction, "a dropout rate in [0, 1)"),
+        "contexts": (whole_in(1, 1024), "in 1..1024"),
+        "context_std": (number_in(0), ">= 0"),
+        "temperature": (number_in(0, low_open=True), "> 0"),
+        "prompt_set": (lambda v: v in prompt_set_names(), "a known prompt set"),
+        "text_weights": (any_text, "a path, or empty"),
+        "ldl_temperature": (number_in(0, low_open=True), "> 0"),
+        "mi_weight": (number_in(0), ">= 0"),
+        "dc_weight": (number_in(0), ">= 0"),
+        "mi_temperature": (number_in(0, low_open=True), "> 0"),
+        "aux_warmup_epochs": (whole_in(0), ">= 0"),
+        "aux_ramp_epochs": (whole_in(0), ">= 0"),
+        "mixup_alpha": (number_in(0), ">= 0 (0 disables mixup)"),
+    }
     epochs: int = 25
     batch_size: int = 4
     lr: float = 2e-5  # temporal modules and fusion

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from heads.base import HeadConfig
+from heads.base import MAX_SIZE, HeadConfig, a_flag, any_text, fraction, number_in, one_of, whole_in
 
 # Per dataset: the label stream, how a class id is read from it, and the paper's batch size.
 PRESETS: dict[str, dict[str, object]] = {
@@ -25,8 +25,31 @@ INTER_SIGNS = ("correct", "original")
 @dataclass
 class TpnAwmConfig(HeadConfig):
     # 0 is a valid batch size here: the paper's batch for the dataset (heads.base.check_config).
-    RANGE_RULES: ClassVar[dict] = {"batch_size": (lambda v: v >= 0,
-                                                  ">= 0 (0: the paper's batch for the dataset)")}
+    # Each field's valid range (heads.base.check_config); one entry per field.
+    RANGE_RULES: ClassVar[dict] = {
+        "batch_size": (whole_in(0), ">= 0 (0: the paper's batch for the dataset)"),
+        "preset_batch_size": (a_flag, "true or false"),
+        "dataset": (any_text, "a dataset name, or empty for the store's"),
+        "audio_stream": (any_text, "a stream alias"),
+        "video_stream": (any_text, "a stream alias"),
+        "label_stream": (any_text, "a stream alias, or empty for the dataset's"),
+        "normalize": (a_flag, "true or false"),
+        "shared_dim": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "dropout": (fraction, "a dropout rate in [0, 1)"),
+        "distance_scale_audio": (number_in(0, low_open=True), "> 0"),
+        "distance_scale_video": (number_in(0, low_open=True), "> 0"),
+        "alpha_audio": (number_in(0, 1), "in [0, 1]"),
+        "beta_video": (number_in(0, 1), "in [0, 1]"),
+        "w_align": (number_in(0), ">= 0"),
+        "w_intra": (number_in(0), ">= 0"),
+        "w_inter": (number_in(0), ">= 0"),
+        "w_contrast": (number_in(0), ">= 0"),
+        "w_ce": (number_in(0), ">= 0"),
+        "w_mse": (number_in(0), ">= 0"),
+        "inter_margin": (number_in(0), ">= 0"),
+        "contrast_margin": (number_in(0), ">= 0"),
+        "inter_sign": (one_of(*INTER_SIGNS), " or ".join(INTER_SIGNS)),
+    }
     epochs: int = 10
     batch_size: int = 16
     # True: a batch_size left at its default becomes the paper's for the store's dataset (8

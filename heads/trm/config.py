@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from heads.base import HeadConfig
+from heads.base import HeadConfig, MAX_LAYERS, MAX_SIZE, a_flag, any_text, number_in, one_of, whole_in
 
 
 @dataclass
@@ -19,6 +20,25 @@ class TRMConfig(HeadConfig):
     named instead (`--set text=my-sentence-encoder`). The video stream's rows are the clock:
     the other streams are put onto its timeline by the store's alignment.
     """
+    # Each field's valid range (heads.base.check_config); one entry per field.
+    RANGE_RULES: ClassVar[dict] = {
+        "audio": (any_text, "a stream alias, or empty to leave it out"),
+        "video": (lambda v: isinstance(v, str) and v != "", "a video stream alias (the clock)"),
+        "text": (any_text, "a stream alias, or empty to leave it out"),
+        "labels": (any_text, "a stream alias"),
+        "max_frames": (whole_in(0, 1 << 24), ">= 0 (0: the whole clip)"),
+        "per_frame": (a_flag, "true or false"),
+        "hidden": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE} (divisible by heads)"),
+        "heads": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "expansion": (number_in(0, 64, low_open=True), "in (0, 64]"),
+        "layers": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "h_cycles": (whole_in(1, 1000), "in 1..1000"),
+        "l_cycles": (whole_in(1, 1000), "in 1..1000"),
+        "rms_eps": (number_in(0, 1, low_open=True), "in (0, 1]"),
+        "input_norm_trainable": (a_flag, "true or false"),
+        "mse_weight": (number_in(0), ">= 0"),
+        "ccc_formula": (one_of("standard", "original"), "standard or original"),
+    }
 
     epochs: int = 25
     batch_size: int = 32
