@@ -10,6 +10,7 @@ Connecting is bounded: an unreachable scheduler is a one-line error after a few 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,7 +133,8 @@ def open_client(request: ClusterRequest, device: str) -> Iterator:
                 raise UserError(f"--scheduler-file {request.scheduler_file}: no such file "
                                 "(the scheduler writes it when started with --scheduler-file)")
             where = f"the dask scheduler of {request.scheduler_file}"
-            client = _connect(where, scheduler_file=request.scheduler_file)
+            address = _scheduler_file_address(request.scheduler_file)
+            client = _connect(where, address=address)
         else:
             where = f"the dask scheduler at {request.address}"
             client = _connect(where, address=request.address)
@@ -149,6 +151,22 @@ def open_client(request: ClusterRequest, device: str) -> Iterator:
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _scheduler_file_address(path: str) -> str:
+    """The address in a scheduler file (`dask scheduler --scheduler-file` writes JSON with it);
+    read here so that a file of anything else is one line, not an error deep in distributed."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        info = None
+    address = info.get("address") if isinstance(info, dict) else None
+    scheme = address.partition("://")[0] if isinstance(address, str) else None
+    if scheme not in SCHEDULER_SCHEMES:
+        raise UserError(f"--scheduler-file {path}: not a dask scheduler file (JSON with the "
+                        "scheduler's \"address\", as `dask scheduler --scheduler-file` writes)")
+    return address
 
 
 def _connect(where: str, **how):

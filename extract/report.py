@@ -58,6 +58,7 @@ class ExtractReport:
     streams: dict[str, StreamStats] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
     ledger: str = ""
+    notes: list[str] = field(default_factory=list)  # what the user must hear of, not failures
 
     def merge(self, other: ExtractReport) -> None:
         self.done += other.done
@@ -93,6 +94,7 @@ def format_report(report: ExtractReport) -> str:
             for s in report.streams.values()]
     lines.append(format_table(rows, ["stream", "clips", "rows", "model s", "rows/s"],
                               decimals=2))
+    lines += [f"note: {note}" for note in report.notes]
     if report.failed:
         kept = (f" ({report.partial} of them kept their other streams)" if report.partial
                 else "")

@@ -8,8 +8,8 @@ manifest, answerable without reading feature data.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np

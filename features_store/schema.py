@@ -40,8 +40,8 @@ def expect_dict(value: Any, what: str) -> dict[str, Any]:
 
 def expect_str(value: Any, what: str, allow_empty: bool = True) -> str:
     if not isinstance(value, str) or (not allow_empty and not value):
-        raise MetadataError(f"{what} is {_shown(value)}, expected a{' non-empty' * (not allow_empty)}"
-                            " string")
+        kind = "a string" if allow_empty else "a non-empty string"
+        raise MetadataError(f"{what} is {_shown(value)}, expected {kind}")
     return value
 
 

@@ -107,8 +107,11 @@ def check_store_location(url: object) -> None:
     filesystem root: a store there would spread its folders over whatever is in it.
     """
     text = str(url)
-    if not text.strip() or not text.strip().rstrip("/"):
+    if not text.strip():
         raise UserError(f"{text!r}: not a store location (name a store folder, e.g. "
+                        "store/react.zarr)")
+    if not text.strip().rstrip("/"):
+        raise UserError(f"{text}: is the filesystem root, not a store folder (name one, e.g. "
                         "store/react.zarr)")
     protocol, sep, rest = text.partition("://")
     if sep and not rest.strip("/"):
@@ -388,8 +391,8 @@ class FeatureStore:
             if match:
                 return max(match, key=lambda s: s.created)
         known = ", ".join(sorted({s.alias for s in streams})) or "none"
-        damaged = (f"; damaged, see `affect store verify`: {', '.join(sorted(self.damaged_streams))}"
-                   if self.damaged_streams else "")
+        damaged = ("; damaged, see `affect store verify`: "
+                   f"{', '.join(sorted(self.damaged_streams))}" if self.damaged_streams else "")
         raise UserError(f"{self.url}: no stream {ref!r} (streams: {known}{damaged})")
 
     def _stream_dir(self, key: str) -> str:
@@ -434,7 +437,6 @@ class FeatureStore:
         for part in self.committed_parts(key):
             cached = self._manifest_cache.get((key, part))
             if cached is None:
-                path = f"{self._stream_dir(key)}/manifests/part-{part}.json"
                 try:
                     cached = self._read_manifest(key, part)
                 except FileNotFoundError:

@@ -50,8 +50,6 @@ class StreamArray:
         else:
             missing = [c for c in clip_ids if c not in index]
             if missing:
-                from .errors import UserError
-
                 raise UserError(
                     f"{store.url}: stream {info.alias} lacks {len(missing)} clip(s), "
                     f"e.g. {missing[0]!r}"

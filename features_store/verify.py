@@ -8,8 +8,9 @@ clips a run recorded as intended (`record_intent`) that no part committed: so "o
 stream is complete, not only sound. Metadata is checked against itself: each part's rows against
 the checksum its writer recorded at commit (a flipped bit, a zeroed chunk, swapped parts), the
 merged index against the manifests, each stream folder for its stream.json, and the committed
-clips of extracted and ingested streams against the clip table. A part whose writer is still alive (live lease) and a clip
-that two racing runs both committed (the index keeps the first commit) are notes, not problems.
+clips of extracted and ingested streams against the clip table. A part whose writer is still
+alive (live lease) and a clip that two racing runs both committed (the index keeps the first
+commit) are notes, not problems.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def verify(
     report = VerifyReport()
     store.refresh()
     infos = store.streams()
-    for key, why in sorted(store.damaged_streams.items()):
+    for _, why in sorted(store.damaged_streams.items()):
         report.problems.append(f"{why} (the stream's parts are unreadable until it is restored)")
     _check_stream_folders(store, {i.key for i in infos} | set(store.damaged_streams), report)
     try:
@@ -92,9 +93,9 @@ def _check_stream_folders(store: FeatureStore, known: set[str], report: VerifyRe
     """A stream folder holding parts or manifests but no stream.json: a stream that vanished
     from every listing (its stream.json was deleted)."""
     for key in list_names(store.fs, f"{store.path}/streams"):
-        if key in known:
-            continue
         base = f"{store.path}/streams/{key}"
+        if key in known or not store.fs.isdir(base):  # zarr's own group file sits here too
+            continue
         held = [n for n in ("manifests", "parts") if list_names(store.fs, f"{base}/{n}")]
         if held and not exists(store.fs, f"{base}/stream.json"):
             report.problems.append(f"{base}: has {' and '.join(held)} but no stream.json (the "

@@ -15,9 +15,9 @@ from typing import Any
 
 import click
 
+from .cli_types import FiniteFloatRange
 from .datasets import get_adapter, list_adapters
 from .samples import generate_sample, list_samples, sample_defaults
-from .cli_types import FiniteFloatRange
 from .storage_options import storage_option
 
 MAX_PROBLEMS_SHOWN = 30

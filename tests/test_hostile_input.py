@@ -36,9 +36,11 @@ def one_error_line(code: int, err: str) -> str:
     """The single `error:` line of a refused command (no traceback)."""
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    errors = [line for line in lines if line.startswith("error:")]
+    # Warnings printed before (random weights) are fine; the error is one line, and the last.
+    assert len(errors) == 1 and lines[-1] == errors[0], err
     assert "Traceback" not in err
-    return lines[0]
+    return errors[0]
 
 
 def write_lines(path: Path, *records) -> str:
@@ -113,10 +115,8 @@ def trained_run(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(home)
     try:
-        with pytest.raises(SystemExit) as ended:
-            main(["train", "--head", "trm", "--store", "store.zarr", "--out", "runs/trm",
-                  "--epochs", "1", "--quiet", "--device", "cpu", *TRM_TINY])
-        assert ended.value.code in (0, None)
+        main(["train", "--head", "trm", "--store", "store.zarr", "--out", "runs/trm",
+              "--epochs", "1", "--quiet", "--device", "cpu", *TRM_TINY])
     finally:
         os.chdir(cwd)
     return home, home / "runs" / "trm"
@@ -183,23 +183,23 @@ def test_reingest_after_a_label_file_is_corrected_stores_the_new_labels(tmp_path
     from pipelines.ingest import ingest
     from pipelines.samples import generate_sample
 
-    info = generate_sample("cremad", tmp_path / "data", clips=12, seconds=0.5, seed=0)
-    store = open_store(str(tmp_path / "s.zarr"), dataset="cremad")
-    first = ingest(get_adapter("cremad"), info.root, store)
-    again = ingest(get_adapter("cremad"), info.root, store)
+    info = generate_sample("affwild2", tmp_path / "data", clips=4, seconds=1.0, seed=0)
+    store = open_store(str(tmp_path / "s.zarr"), dataset="affwild2")
+    first = ingest(get_adapter("affwild2"), info.root, store)
+    again = ingest(get_adapter("affwild2"), info.root, open_store(store.url))
+    assert again.stream_keys == first.stream_keys
     assert again.written == {alias: 0 for alias in first.written}  # unchanged: nothing new
-    ratings = next(p for p in Path(info.root).rglob("*.csv") if "ratings" in p.name.lower()
-                   or "tabulated" in p.name.lower())
-    text = ratings.read_text().splitlines()
-    header, rows = text[0], text[1:]
-    changed = rows[0].replace("ANG", "HAP") if "ANG" in rows[0] else rows[0].replace("NEU", "SAD")
-    assert changed != rows[0]
-    ratings.write_text("\n".join([header, changed, *rows[1:]]) + "\n")
-    corrected = ingest(get_adapter("cremad"), info.root, open_store(store.url))
+    label_file = sorted(Path(info.root, "Annotations").rglob("*.txt"))[0]
+    lines = label_file.read_text().splitlines()
+    lines[-1] = "0.123,-0.456"  # a corrected last frame, same size of file or not
+    label_file.write_text("\n".join(lines) + "\n")
+    corrected = ingest(get_adapter("affwild2"), info.root, open_store(store.url))
     assert corrected.stream_keys != first.stream_keys
     fresh = open_store(store.url, "r")
-    for alias, key in corrected.stream_keys.items():
-        assert fresh.resolve(alias).key == key  # the alias now names the corrected labels
+    (alias,) = corrected.stream_keys
+    assert fresh.resolve(alias).key == corrected.stream_keys[alias]  # the alias: new labels
+    clip_id = next(c for c in fresh.clip_ids() if label_file.stem in c)
+    assert np.allclose(fresh.read_clip(alias, clip_id)[-1], [0.123, -0.456])
     assert verify(fresh).ok
 
 
@@ -238,13 +238,14 @@ def test_verify_finds_a_chunk_zeroed_at_the_same_size(tmp_path):
 
 
 def test_verify_finds_two_parts_arrays_swapped(tmp_path):
-    store = small_store(str(tmp_path / "swap.zarr"), clip_ids=("a", "b", "c", "d"), parts=2)
+    store = open_store(str(tmp_path / "swap.zarr"), dataset="toy")
+    info = store.create_stream(StreamInfo(name="v", dim=4, frame_shift_s=0.04))
+    for p, clip_id in enumerate(("a", "b")):  # same shapes, other rows
+        with store.part_writer(info, f"p{p}") as writer:
+            writer.write_clip(clip_id, np.full((3, 4), p, np.float32))
+    store.finalize()
+    assert verify(open_store(store.url, "r")).ok
     base = stream_dir(store) / "parts"
-    for i in (0, 1):  # same shapes, other rows
-        chunk = first_chunk(base / f"part-p{i}")
-        data = np.fromfile(chunk, dtype="<f4")
-        data[:] = float(10 + i)
-        data.tofile(chunk)
     os.rename(base / "part-p0", base / "tmp")
     os.rename(base / "part-p1", base / "part-p0")
     os.rename(base / "tmp", base / "part-p1")
@@ -372,6 +373,24 @@ def test_a_range_before_a_late_starting_video_yields_no_frame_from_outside_it():
     assert list(_grid(decoded(late), 25.0, 0.0, 1.0)) == []
     inside = list(_grid(decoded(late), 25.0, 0.0, 6.0))
     assert inside and all(item.time_s < 6.0 for _, item in inside)
+
+
+def test_crop_streams_say_which_clips_had_no_boxes():
+    from types import SimpleNamespace
+
+    from extract.runner import Task, whole_frame_notes
+
+    face = SimpleNamespace(crop_kind="face", info=SimpleNamespace(alias="clip-vit-b16@face",
+                                                                  key="k-face"))
+    whole = SimpleNamespace(crop_kind=None, info=SimpleNamespace(alias="clip-vit-b16",
+                                                                 key="k-whole"))
+    task = Task(clips=[{"clip_id": "boxed", "boxes": {"face": [0, 0, 4, 4]}},
+                       {"clip_id": "bare"},
+                       {"clip_id": "body-only", "boxes": {"body": [0, 0, 1, 1]}}],
+                pending={"k-face": ["boxed", "bare", "body-only"], "k-whole": ["bare"]})
+    notes = whole_frame_notes([task], [face, whole])
+    assert len(notes) == 1 and "clip-vit-b16@face" in notes[0] and "2 clips" in notes[0]
+    assert "'bare'" in notes[0] and "whole frames" in notes[0]
 
 
 def test_predict_refuses_to_export_nan_predictions(trained_run, tmp_path, capsys):

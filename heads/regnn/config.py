@@ -13,7 +13,17 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from heads.base import HeadConfig, MAX_LAYERS, MAX_SIZE, a_flag, any_text, fraction, number_in, one_of, whole_in
+from heads.base import (
+    MAX_LAYERS,
+    MAX_SIZE,
+    HeadConfig,
+    a_flag,
+    any_text,
+    fraction,
+    number_in,
+    one_of,
+    whole_in,
+)
 
 
 @dataclass

@@ -12,7 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from heads.base import HeadConfig, MAX_LAYERS, MAX_LR, MAX_SIZE, a_flag, any_text, fraction, number_in, whole_in
+from heads.base import (
+    MAX_LAYERS,
+    MAX_LR,
+    MAX_SIZE,
+    HeadConfig,
+    a_flag,
+    any_text,
+    fraction,
+    number_in,
+    whole_in,
+)
 
 
 def prompt_set_names() -> tuple[str, ...]:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from heads.base import HeadConfig, MAX_LAYERS, MAX_SIZE, a_flag, any_text, fraction, number_in, one_of, whole_in
+from heads.base import (
+    MAX_LAYERS,
+    MAX_SIZE,
+    HeadConfig,
+    a_flag,
+    any_text,
+    fraction,
+    number_in,
+    one_of,
+    whole_in,
+)
 
 
 @dataclass
@@ -45,7 +55,8 @@ class TransformerFamilyConfig(HeadConfig):
         "lstm_hidden": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
         "memory_pool": (whole_in(1, 1 << 20), "at least 1 frame"),
         "memory_slots": (whole_in(1, 1 << 20), "at least 1"),
-        "memory_attention": (one_of("official", "normed-null-slot"), "official or normed-null-slot"),
+        "memory_attention": (one_of("official", "normed-null-slot"),
+                             "official or normed-null-slot"),
         "attention_dropout": (fraction, "a dropout rate in [0, 1)"),
         "regressor_hidden": (lambda v: all(whole_in(1, MAX_SIZE)(h) for h in v),
                              f"layer widths in 1..{MAX_SIZE}"),

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from heads.base import HeadConfig, MAX_LAYERS, MAX_SIZE, a_flag, any_text, number_in, one_of, whole_in
+from heads.base import (
+    MAX_LAYERS,
+    MAX_SIZE,
+    HeadConfig,
+    a_flag,
+    any_text,
+    number_in,
+    one_of,
+    whole_in,
+)
 
 
 @dataclass
