@@ -91,8 +91,8 @@ def _number(record: dict, key: str, where: str, clip_id: str) -> float | None:
         number = math.inf
     if isinstance(value, bool) or not math.isfinite(number):
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise UserError(f"{where}: clip {clip_id!r}: {key!r} must be a finite number, got "
-                        f"{shown}")
+        raise UserError(f"{where}: clip {clip_id!r}: {key!r} must be a number, got {shown} "
+                        "(a finite one)")
     return number
 
 

@@ -511,15 +511,15 @@ def whole_frame_notes(tasks: list[Task], plans: list[StreamPlan]) -> list[str]:
     of, since a `@face` stream then holds features of the whole scene for them."""
     notes = []
     for plan in plans:
-        if not plan.crop_kind:
+        if not plan.crop:
             continue
         bare = sorted(c["clip_id"] for task in tasks for c in task.clips
                       if c["clip_id"] in set(task.pending.get(plan.info.key, ()))
-                      and not ((c.get("boxes") or {}).get(plan.crop_kind)))
+                      and not ((c.get("boxes") or {}).get(plan.crop)))
         if bare:
             shown = ", ".join(repr(c) for c in bare[:3]) + (" ..." if len(bare) > 3 else "")
             notes.append(f"{plan.info.alias}: {plural(len(bare), 'clip')} without "
-                         f"{plan.crop_kind} boxes ({shown}) encoded on whole frames")
+                         f"{plan.crop} boxes ({shown}) encoded on whole frames")
     return notes
 
 

@@ -143,7 +143,7 @@ def rows_bytes(rows: np.ndarray) -> memoryview:
     rows = np.ascontiguousarray(rows)
     if rows.dtype.byteorder == ">" or (rows.dtype.byteorder == "=" and not LITTLE_ENDIAN):
         rows = rows.astype(rows.dtype.newbyteorder("<"))
-    return memoryview(rows).cast("B")
+    return memoryview(rows.reshape(-1).view(np.uint8))
 
 
 @dataclass

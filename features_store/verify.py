@@ -126,7 +126,9 @@ def _verify_stream(
         try:
             manifests.append(store._read_manifest(key, part))
         except UserError as exc:
-            report.problems.append(f"{exc} (unreadable manifest)")
+            path = f"{base}/manifests/part-{part}.json"
+            reason = str(exc).removeprefix(f"{path}: ")
+            report.problems.append(f"{path}: unreadable manifest ({reason})")
         except FileNotFoundError:
             continue  # deleted meanwhile (a stream being removed)
     seen: dict[str, str] = {}

@@ -380,9 +380,9 @@ def test_crop_streams_say_which_clips_had_no_boxes():
 
     from extract.runner import Task, whole_frame_notes
 
-    face = SimpleNamespace(crop_kind="face", info=SimpleNamespace(alias="clip-vit-b16@face",
+    face = SimpleNamespace(crop="face", info=SimpleNamespace(alias="clip-vit-b16@face",
                                                                   key="k-face"))
-    whole = SimpleNamespace(crop_kind=None, info=SimpleNamespace(alias="clip-vit-b16",
+    whole = SimpleNamespace(crop=None, info=SimpleNamespace(alias="clip-vit-b16",
                                                                  key="k-whole"))
     task = Task(clips=[{"clip_id": "boxed", "boxes": {"face": [0, 0, 4, 4]}},
                        {"clip_id": "bare"},
@@ -631,7 +631,7 @@ def test_json_integers_beyond_any_float_are_refused(tmp_path, record):
     from extract.clips import read_clips_file
 
     clips = write_lines(tmp_path / "clips.jsonl", record)
-    with pytest.raises(UserError, match="finite number"):
+    with pytest.raises(UserError, match="must be a number"):
         read_clips_file(clips)
 
 
