@@ -623,6 +623,20 @@ def test_extract_options_that_used_to_end_in_a_traceback(tmp_path, capsys, args,
     assert needle in one_error_line(code, err)
 
 
+def test_clip_weights_that_are_a_pickle_are_one_line_without_torch_advice(tmp_path, capsys):
+    import collections
+    import pickle
+
+    weights = tmp_path / "w.pkl"
+    weights.write_bytes(pickle.dumps(collections.OrderedDict(a=1)))
+    clips = write_lines(tmp_path / "clips.jsonl", {"clip_id": "a", "text": "hi"})
+    code, _, err = run_cli("extract", "--clips", clips, "--store", str(tmp_path / "s.zarr"),
+                           "--encoders", "clip-vit-b16", "--weights", str(weights), "--device",
+                           "cpu", capsys=capsys)
+    line = one_error_line(code, err)
+    assert "pickled" in line and "weights_only" not in line
+
+
 @pytest.mark.parametrize("record", [
     {"clip_id": "a", "text": "x", "start": 10**400},
     {"clip_id": "a", "text": "x", "fps": -10**400},
