@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 SEED = int(os.environ.get("AFFECT_FUZZ_SEED", "17"))
 SCALE = float(os.environ.get("AFFECT_FUZZ_CASES", "1"))
 SECRET = "fuzz-secret-3f9c1d"  # the content of a file outside every store
-TIME_LIMIT_S = 60.0
+TIME_LIMIT_S = 300.0  # generous: CI machines are shared; a hang never ends
 
 STRANGE_VALUES = [None, True, False, 0, -1, 1, 2**31, 10**400, -10**400, 1e308, -1e-300,
                   float("nan"), float("inf"), "", " ", "x" * 5000, "../../escape", "/etc/passwd",
@@ -220,7 +220,7 @@ SPECIAL_SOURCES = ["fifo.mp4", "link.mp4", "zero.mp4", "frames", "missing.mp4", 
 
 def test_fuzzed_clips_files(world, tmp_path, capsys):
     rng = random.Random(SEED)
-    cases = int(90 * SCALE)
+    cases = int(40 * SCALE)
     for case in range(cases):
         box = tmp_path / f"clips-{case}"
         box.mkdir()
@@ -333,7 +333,7 @@ def metadata_files(store: Path) -> list[Path]:
 
 def test_fuzzed_store_metadata(world, tmp_path, capsys):
     rng = random.Random(SEED + 3)
-    cases = int(100 * SCALE)
+    cases = int(120 * SCALE)
     for case in range(cases):
         box = tmp_path / f"meta-{case}"
         box.mkdir()
