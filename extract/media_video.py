@@ -251,9 +251,9 @@ def _file_frames(path: Path, start_s: float | None, end_s: float | None,
                     # Dropping everything after would keep only the first piece of the clip.
                     raise MediaError(path, "decode_video",
                                      f"timestamps restart at frame {index} (from "
-                                     f"{last.time_s:.3f} s back to {time_s:.3f} s); remux the "
-                                     "file with continuous timestamps, e.g. ffmpeg -i IN "
-                                     "-c copy -fflags +genpts OUT.mp4")
+                                     f"{last.time_s:.3f} s back to {time_s:.3f} s); re-encode "
+                                     "it with continuous timestamps, e.g. ffmpeg -i IN -vf "
+                                     "setpts=N/FRAME_RATE/TB OUT.mp4")
                 if last is not None and time_s <= last.time_s + _EPS:
                     dropped += 1  # duplicate or out-of-order timestamp: the first one wins
                     continue

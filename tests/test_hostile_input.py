@@ -375,6 +375,31 @@ def test_a_range_before_a_late_starting_video_yields_no_frame_from_outside_it():
     assert inside and all(item.time_s < 6.0 for _, item in inside)
 
 
+def test_mpeg_ts_whose_timestamps_restart_fails_instead_of_keeping_its_first_piece(tmp_path):
+    import av
+
+    from extract.media_base import MediaError
+    from extract.media_video import iter_video_frames
+
+    def segment(path: Path) -> bytes:
+        with av.open(str(path), "w", format="mpegts") as out:
+            stream = out.add_stream("mpeg2video", rate=25)
+            stream.width = stream.height = 32
+            stream.pix_fmt = "yuv420p"
+            for k in range(25):
+                image = np.full((32, 32, 3), 10 * k, np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        return path.read_bytes()
+
+    joined = tmp_path / "joined.ts"  # two recordings concatenated: timestamps start again
+    joined.write_bytes(segment(tmp_path / "a.ts") + segment(tmp_path / "b.ts"))
+    with pytest.raises(MediaError, match="timestamps restart"):
+        list(iter_video_frames(joined, fps=25.0))
+
+
 def test_crop_streams_say_which_clips_had_no_boxes():
     from types import SimpleNamespace
 
