@@ -66,7 +66,15 @@ class HeadConfig:
                    improvement of the validation metric, or of `plateau_metric` when set
                    (ReduceLROnPlateau).
     `warmup_steps > 0` adds the warmup to any schedule.
+
+    Profiles (heads/profile.py): the field defaults are the paper's released code (`profile`
+    "paper"); a head's config lists its corrections in the class attribute `FIXED` (field ->
+    corrected value), which `--set profile=fixed` applies at once.
     """
+
+    # the paper's released behaviour, or our corrections (FIXED); recorded in every run
+    profile: str = "paper"
+    FIXED: ClassVar[dict[str, Any]] = {}
 
     epochs: int = 10
     batch_size: int = 16
@@ -87,11 +95,17 @@ class HeadConfig:
     plateau_metric: str = ""
     grad_clip: float = 0.0  # max grad-norm; 0 disables clipping
     grad_accum: int = 1  # micro-batches per optimiser step
-    amp: str = "bf16"  # "bf16" | "fp16" | "off"; only used on CUDA
+    # "bf16" | "fp16" | "off" (fp32); only used on CUDA. Off by default: the released codes
+    # train in fp32 (a head whose paper used autocast sets it)
+    amp: str = "off"
     seed: int = 0
     patience: int = 0  # early stop after this many evaluations without improvement; 0 = never
     val_split: str = "val"
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    # which weights a run keeps as its result (RUN/checkpoints/best.pt): "best" on the
+    # validation metric, "last" (the final epoch), or "epoch:N" (that epoch's snapshot; the
+    # final epoch when the run is shorter), as a paper's released scripts pick
+    keep_checkpoint: str = "best"
 
 
 @dataclass
@@ -231,6 +245,30 @@ class Head(ABC):
         """Called when a run is opened for evaluation or prediction, after `model` got the
         weights of `checkpoint` ("best" or "last"); a head may load its own checkpoints."""
 
+    # --- fidelity to the paper -------------------------------------------------------------
+    def approximations(self, data: Any) -> list[str]:
+        """What the paper did that this run can only approximate from cached features (e.g.
+        "no augmentation" when the store holds no augmented views), given what `build_data`
+        returned. Recorded in RUN/config.json as `approximate`; empty means exact."""
+        return []
+
+    def paper_config(self, store: Any) -> HeadConfig:
+        """The paper profile's config, settled from `store` as this run's was (a head that
+        fills fields from the store, such as a dataset's preset batch size, does the same
+        here), so that `deviations` lists only what the user or the profile changed."""
+        return type(self.config)()
+
+    def import_official(self, official: Any, model: nn.Module) -> None:
+        """Map a paper's released state dict onto `model` (`affect import-run`).
+
+        `official` is a `heads.official.OfficialState`: copy each released tensor to our key
+        with `official.copy(ours, theirs)`, and name every released key the paper's settings
+        never use with `official.ignore(theirs, reason)`; the caller checks that every key was
+        used or ignored and every shape fits."""
+        from features_store.errors import UserError
+
+        raise UserError(f"head {self.name!r} cannot import a released checkpoint")
+
     # --- resumable head state ---------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         """Head state that a checkpoint must keep besides the model (e.g. a loss threshold)."""
@@ -313,15 +351,24 @@ def apply_overrides(config: HeadConfig, overrides: Iterable[str]) -> HeadConfig:
     Unknown keys raise UserError listing the config's fields.
     """
     from features_store.errors import UserError
+    from heads.profile import profile_values
 
     hints = typing.get_type_hints(type(config))
     names = {f.name for f in dataclasses.fields(config)}
     changes: dict[str, Any] = {}
+    pairs = []
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected key=value")
         key, text = item.split("=", 1)
-        key = key.strip().replace("-", "_")
+        pairs.append((key.strip().replace("-", "_"), text))
+    # a profile first, whatever its place on the command line: single fields override it
+    for key, text in pairs:
+        if key == "profile":
+            config = dataclasses.replace(config, **profile_values(type(config), text.strip()))
+    for key, text in pairs:
+        if key == "profile":
+            continue
         if key not in names:
             known = ", ".join(sorted(names))
             raise UserError(f"--set {key}: unknown field of {type(config).__name__} ({known})")
@@ -399,7 +446,15 @@ CONFIG_RULES: tuple[tuple[str, Any, str], ...] = (
     ("optimizer", lambda v: v in ("adam", "adamw"), "adam or adamw"),
     ("schedule", lambda v: v in SCHEDULES, " or ".join(SCHEDULES)),
     ("amp", lambda v: v in ("bf16", "fp16", "off"), "bf16, fp16 or off"),
+    ("profile", lambda v: v in ("paper", "fixed"), "paper or fixed"),
+    ("keep_checkpoint", lambda v: v in ("best", "last") or _is_epoch_choice(v),
+     "best, last or epoch:N (N >= 1)"),
 )
+
+
+def _is_epoch_choice(value: str) -> bool:
+    name, _, number = str(value).partition(":")
+    return name == "epoch" and number.isdigit() and int(number) >= 1
 
 
 def check_config(config: HeadConfig) -> HeadConfig:

@@ -47,6 +47,7 @@ from heads.base import (
     config_to_dict,
 )
 from heads.plots import plot_curves, read_metrics
+from heads.profile import profile_record
 from heads.registry import get_head
 from heads.tb_log import ScalarLog
 
@@ -620,6 +621,7 @@ def train(
         "head": head.name,
         "metric": head.metric_name, "metric_mode": head.metric_mode,
         "config": config_to_dict(config),
+        **profile_record(config, head.approximations(data), head.paper_config(store_obj)),
         "store": store_location,
         "store_id": getattr(store_obj, "store_id", None),
         **provenance,
@@ -721,17 +723,17 @@ def train(
             metric_value = float(metrics[head.metric_name])
             watched_value = float(metrics[watched])
             improved = _better(metric_value, best_metric, head.metric_mode)
-            if improved:
-                best_metric, best_epoch, bad_evals = metric_value, epoch, 0
+            bad_evals = 0 if improved else bad_evals + 1
+            kept = _keeps(config.keep_checkpoint, epoch, last_epoch, improved)
+            if kept:
+                best_metric, best_epoch = metric_value, epoch
                 save_checkpoint({"model": model.state_dict(), "epoch": epoch + 1,
                                  "metrics": _json_ready(metrics), "head": head.name,
                                  "head_state": head.extra_state()}, paths.best)
-            else:
-                bad_evals += 1
             head.on_evaluated(model, metrics, paths.checkpoints, epoch + 1)
             record = {
                 "kind": "eval", "epoch": epoch + 1, "step": global_step, "split": config.val_split,
-                "metrics": _json_ready(metrics), "best": improved,
+                "metrics": _json_ready(metrics), "best": kept,
             }
             _append_jsonl(paths.metrics, record)
             scalars.record(record)
@@ -765,6 +767,17 @@ def train(
         stopped_early=stopped_early, final_metrics=final_metrics, data_wait_s=total_wait,
         compute_s=total_compute, steps=total_steps,
     )
+
+
+def _keeps(rule: str, epoch: int, last_epoch: int, improved: bool) -> bool:
+    """Whether the weights after `epoch` (0-based) become the run's result under `rule`
+    (HeadConfig.keep_checkpoint): best on validation, the last epoch, or a fixed epoch."""
+    if rule == "best":
+        return improved
+    if rule == "last":
+        return True  # each evaluated epoch replaces the previous: the final one stays
+    wanted = int(rule.split(":", 1)[1]) - 1
+    return epoch == min(wanted, last_epoch)
 
 
 def _amp_dtype(config: HeadConfig, device: torch.device) -> torch.dtype | None:
@@ -907,12 +920,66 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", store: Any = None
                      store_location=location, checkpoint=file.stem, epoch=int(state["epoch"]))
 
 
+def run_fidelity(run_dir: str | Path) -> dict[str, Any]:
+    """A run's profile, deviations from the paper and approximations, as its config.json
+    recorded them (runs from before profiles existed: computed from their saved config)."""
+    saved = read_run_config(run_dir)
+    if "profile" in saved:
+        return {key: saved.get(key, []) for key in ("profile", "deviations", "approximate")}
+    return profile_record(head_from_run(run_dir).config)
+
+
 def evaluate_run(run_dir: str | Path, split: str, *, store: Any = None,
                  device: str | torch.device | None = "auto") -> dict[str, Any]:
     """Metrics of a run's best checkpoint on `split`, also written to RUN/eval-<split>.json."""
     run = load_run(run_dir, store=store, device=device)
     metrics = evaluate_model(run.head, run.model, run.data, split)
     payload = {"split": split, "checkpoint": run.checkpoint, "epoch": run.epoch,
-               "metrics": _json_ready(metrics)}
+               **run_fidelity(run_dir), "metrics": _json_ready(metrics)}
     write_json(run.paths.eval_file(split), payload)
     return payload
+
+
+# --- released checkpoints ---------------------------------------------------------------------
+
+
+def import_run(head: Head, store: Any, official_file: str | Path, out: str | Path) -> Path:
+    """A run folder in `out` holding a paper's released weights, mapped onto `head`'s model.
+
+    The store gives the model's input sizes (and is the run's store for evaluate/predict); the
+    file is read as tensors only (heads/official.py). Writes RUN/config.json (with the source
+    file, its sha256 and every released key left unused with the reason) and
+    RUN/checkpoints/best.pt; returns the run folder."""
+    from heads.official import OfficialState, file_sha256, read_official_file
+
+    paths = RunPaths(Path(out))
+    if paths.config.exists() or paths.best.exists():
+        raise _user_error(f"{paths.root}: already a run folder; choose a new --out")
+    check_config(head.config)
+    tensors = read_official_file(official_file)  # before any write: a bad file leaves nothing
+    store_obj, store_location = open_store_for(store)
+    data = head.build_data(store_obj)
+    provenance = _resolve_recipe(head, store_obj)
+    model = head.build_model(data)
+    mapping = OfficialState(tensors, model, str(official_file))
+    head.import_official(mapping, model)
+    model.load_state_dict(mapping.finish())
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"model": model.state_dict(), "epoch": 0, "metrics": {}, "head": head.name,
+                     "head_state": head.extra_state()}, paths.best)
+    paths.metrics.write_text("")
+    write_json(paths.config, {
+        "head": head.name,
+        "metric": head.metric_name, "metric_mode": head.metric_mode,
+        "config": config_to_dict(head.config),
+        **profile_record(head.config, head.approximations(data),
+                         head.paper_config(store_obj)),
+        "store": store_location,
+        "store_id": getattr(store_obj, "store_id", None),
+        **provenance,
+        "device": "cpu", "amp": "off", "torch": torch.__version__,
+        "imported": {"file": str(Path(official_file).resolve()),
+                     "sha256": file_sha256(official_file),
+                     "tensors": len(tensors), "ignored": mapping.ignored},
+    })
+    return paths.root

@@ -66,6 +66,10 @@ class RunRow:
     test_value: float | None
     updated: str
     extra: dict[str, Any] = field(default_factory=dict)
+    # fidelity to the paper (heads/profile.py); runs from before profiles existed read "paper"
+    profile: str = "paper"
+    deviations: list[str] = field(default_factory=list)
+    approximate: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +109,9 @@ def read_run(run_dir: str | Path) -> RunRow | None:
         test_value=float(test_value) if isinstance(test_value, int | float) else None,
         updated=datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M"),
         extra={"metric_mode": mode},
+        profile=str(config.get("profile", settings.get("profile", "paper"))),
+        deviations=list(config.get("deviations", [])),
+        approximate=list(config.get("approximate", [])),
     )
 
 
@@ -128,16 +135,22 @@ def format_table(rows: Sequence[RunRow]) -> str:
 
     from features_store.tables import format_table as shared_table
 
-    header = ["run", "head", "dataset", "store", "streams", "seed", "epochs", "metric",
-              "best", "test", "updated"]
+    header = ["run", "head", "profile", "dataset", "store", "streams", "seed", "epochs",
+              "metric", "best", "test", "updated"]
     lines = []
     for r in rows:
         keys = ",".join(key.rsplit("-", 1)[-1][:8] for key in r.streams.values())
         epochs = f"{r.epochs_done}/{r.epochs}" if r.epochs is not None else str(r.epochs_done)
         best = value(r.best_value) + (f"@{r.best_epoch}" if r.best_epoch else "")
-        lines.append([r.run, r.head, r.dataset or "-", r.store, keys or "-", r.seed, epochs,
-                      r.metric or "-", best, value(r.test_value), r.updated])
+        lines.append([r.run, r.head, profile_cell(r), r.dataset or "-", r.store, keys or "-",
+                      r.seed, epochs, r.metric or "-", best, value(r.test_value), r.updated])
     return shared_table([dict(zip(header, line)) for line in lines], header)
+
+
+def profile_cell(row: RunRow) -> str:
+    """"paper", or the profile with its departures: "fixed: edge_topk=per-node, ..."."""
+    notes = [*row.deviations, *(f"approximate: {a}" for a in row.approximate)]
+    return row.profile + (": " + ", ".join(notes) if notes else "")
 
 
 def summarise_seeds(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from extract.clips import read_clips_file
 from extract.encoders import encoder_options, list_encoders
 from features_store import open_store, verify
 from pipelines.cli import cli, main
-from pipelines.cli_datasets import clips_for_extraction, write_clips_file
+from pipelines.cli.datasets import clips_for_extraction, write_clips_file
 from pipelines.datasets import get_adapter, list_adapters
 
 LAYOUTS = ["react", "raer", "affwild2", "cremad", "meld", "iemocap", "mosei"]

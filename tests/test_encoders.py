@@ -719,7 +719,7 @@ def test_fingerprint_follows_weights_and_preprocessing(tmp_path):
 
 
 def test_encoders_ls_json_lists_names_dims_shifts_and_availability():
-    from pipelines.cli_encoders import encoders
+    from pipelines.cli.encoders import encoders
 
     result = CliRunner().invoke(encoders, ["ls", "--json"])
     assert result.exit_code == 0, result.output

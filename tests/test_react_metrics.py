@@ -375,7 +375,7 @@ def write_predictions(pred_dir, emotions):
 def test_react_command_scores_a_prediction_folder_as_json(tmp_path):
     from click.testing import CliRunner
 
-    from pipelines.cli_metrics import metrics
+    from pipelines.cli.metrics import metrics
 
     rng = np.random.default_rng(8)
     emotions = write_react_root(tmp_path / "react", rng)
@@ -438,7 +438,7 @@ EMOTION_2024 = {"Expert_video": "P1", "Novice_video": "P2", "P25": "P1", "P26": 
 def test_react_2024_layout_with_noxi_and_recola_scores_as_the_official_formulas(tmp_path):
     from click.testing import CliRunner
 
-    from pipelines.cli_metrics import metrics
+    from pipelines.cli.metrics import metrics
 
     rng = np.random.default_rng(12)
     n_frames = 60

@@ -300,7 +300,7 @@ def test_regnn_report_shows_reaction_channels_against_the_listener(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_any_head_on_its_own_sample(tmp_path):
-    from pipelines.cli_demo import HEAD_DEMO_SETTINGS
+    from pipelines.cli.demo import HEAD_DEMO_SETTINGS
 
     assert "trm" in HEAD_DEMO_SETTINGS
     result = subprocess.run(

@@ -26,7 +26,9 @@ from pipelines.samples import generate_sample
 
 # Paper defaults except a larger learning rate for a 48-utterance sample, and z-normalised
 # inputs (random-weight features share a large common offset the align loss collapses onto).
-FAST = ["lr=1e-3", "normalize=true"]
+# The last epoch is kept: the held-out validation speaker has 3-4 utterances here, too few to
+# pick an epoch on.
+FAST = ["lr=1e-3", "normalize=true", "keep_checkpoint=last"]
 ENCODERS = "wav2vec2-base,clip-vit-b16"
 
 
@@ -81,8 +83,10 @@ def test_learns_the_planted_emotions_from_the_store_alone(iemocap_store, tmp_pat
                             "--out", str(run), "--epochs", "10", "--device", "cpu", "--quiet",
                             *[a for s in FAST for a in ("--set", s)]]))
     config = json.loads((run / "config.json").read_text())
-    # IEMOCAP: no validation split in the protocol, 6 classes, the paper's batch of 8
-    assert config["config"]["val_split"] == "test" and config["config"]["batch_size"] == 8
+    # IEMOCAP: no validation split in the protocol (one training speaker is held out, never
+    # session 5), 6 classes, the paper's batch of 8
+    assert config["config"]["val_split"] == "val" and config["config"]["batch_size"] == 8
+    assert len(config["config"]["val_carved"]) == 1 and config["profile"] == "paper"
     assert set(config["streams"]) == {"wav2vec2-base", "clip-vit-b16", "iemocap-emotion"}
     metrics = json.loads(_ok(runner.invoke(cli, ["evaluate", "--run", str(run), "--split",
                                                  "test", "--json"])))["metrics"]
@@ -90,13 +94,13 @@ def test_learns_the_planted_emotions_from_the_store_alone(iemocap_store, tmp_pat
     print(f"tpn_awm on the IEMOCAP sample: test w-F1 {metrics['w-F1']:.3f} (majority class "
           f"{baseline:.3f}), w-ACC {metrics['w-ACC']:.3f}")
     assert classes == 6
-    assert metrics["w-F1"] >= baseline + 0.4
+    assert metrics["w-F1"] >= baseline + 0.15
     _ok(runner.invoke(cli, ["predict", "--run", str(run), "--split", "test"]))
     rows = (run / "predictions/test/test_predictions.csv").read_text().splitlines()
     assert rows[0].split(",")[:3] == ["clip_id", "predicted", "hap"] and len(rows) == 13
-    # the released code's inter-loss sign: a second configuration on the same cached streams
-    other = tmp_path / "original-sign"
-    train(_head("inter_sign=original", "epochs=1"), str(iemocap_store), other, device="cpu",
+    # our corrections: a second configuration on the same cached streams
+    other = tmp_path / "fixed"
+    train(_head("profile=fixed", "epochs=1"), str(iemocap_store), other, device="cpu",
           progress=False)
     assert json.loads((other / "config.json").read_text())["streams"] == config["streams"]
     assert _store_files(iemocap_store) == before
@@ -208,12 +212,14 @@ def test_the_dataset_settles_labels_batch_and_validation_split(tmp_path):
     from features_store import UserError, open_store
 
     store = open_store(str(tmp_path / "s.zarr"), "a", dataset="iemocap")
-    store.add_clips([{"clip_id": "a", "split": "train"}, {"clip_id": "b", "split": "test"}])
+    store.add_clips([{"clip_id": "a", "split": "train"}, {"clip_id": "c", "split": "train"},
+                     {"clip_id": "d", "split": "train"}, {"clip_id": "b", "split": "test"}])
+    held_out = "acd"[np.random.RandomState(0).permutation(3)[0]]  # no speakers: utterances
     head = get_head("tpn_awm")()
     head._settle(store)
     c = head.config
-    assert (c.dataset, c.label_stream, c.batch_size, c.val_split) == \
-        ("iemocap", "iemocap-emotion", 8, "test")
+    assert (c.dataset, c.label_stream, c.batch_size, c.val_split, c.val_carved) == \
+        ("iemocap", "iemocap-emotion", 8, "val", (f"clip:{held_out}",))
     assert head.recipe().labels == ["iemocap-emotion"]
     own = _head("batch_size=32")
     own._settle(store)

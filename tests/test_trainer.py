@@ -249,7 +249,7 @@ def test_registry_knows_the_heads_and_names_them_on_a_typo():
 def test_cli_trains_and_resumes_a_run(tiny_store, tmp_path):
     from click.testing import CliRunner
 
-    from pipelines.cli_heads import train as train_command
+    from pipelines.cli.heads import train as train_command
 
     run = str(tmp_path / "run")
     runner = CliRunner()

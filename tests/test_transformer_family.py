@@ -353,7 +353,7 @@ def test_challenge_files_and_ensembles(tmp_path):
 
 
 def test_cli_predicts_and_ensembles_into_challenge_files(trained_runs, va_store, tmp_path):
-    from pipelines.cli_heads import ensemble, evaluate, predict
+    from pipelines.cli.heads import ensemble, evaluate, predict
 
     runner = CliRunner()
     result = runner.invoke(predict, ["--run", str(trained_runs["transformer-lstm"]), "--split",

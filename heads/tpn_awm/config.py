@@ -11,7 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from heads.base import MAX_SIZE, HeadConfig, a_flag, any_text, fraction, number_in, one_of, whole_in
+from heads.base import (
+    MAX_SEED,
+    MAX_SIZE,
+    HeadConfig,
+    a_flag,
+    any_text,
+    fraction,
+    number_in,
+    one_of,
+    whole_in,
+)
 
 # Per dataset: the label stream, how a class id is read from it, and the paper's batch size.
 PRESETS: dict[str, dict[str, object]] = {
@@ -20,6 +30,7 @@ PRESETS: dict[str, dict[str, object]] = {
     "mosei": {"labels": "mosei-labels", "batch_size": 16},
 }
 INTER_SIGNS = ("correct", "original")
+NEGATIVES = ("randperm", "derangement")
 
 
 @dataclass
@@ -49,7 +60,16 @@ class TpnAwmConfig(HeadConfig):
         "inter_margin": (number_in(0), ">= 0"),
         "contrast_margin": (number_in(0), ">= 0"),
         "inter_sign": (one_of(*INTER_SIGNS), " or ".join(INTER_SIGNS)),
+        "val_fraction": (lambda v: number_in(0, 1)(v) and v < 1,
+                         "in [0, 1) (0: never carve a validation set)"),
+        "val_seed": (whole_in(0, MAX_SEED), f"an integer in 0..{MAX_SEED}"),
+        "val_carved": (lambda v: all(isinstance(c, str) for c in v), "speaker or clip ids"),
+        "negatives": (one_of(*NEGATIVES), " or ".join(NEGATIVES)),
+        "padding_mask": (a_flag, "true or false"),
     }
+    # our corrections (`--set profile=fixed`); the defaults below are the released code's
+    FIXED: ClassVar[dict] = {"inter_sign": "correct", "negatives": "derangement",
+                             "padding_mask": True}
     epochs: int = 10
     batch_size: int = 16
     # True: a batch_size left at its default becomes the paper's for the store's dataset (8
@@ -61,9 +81,17 @@ class TpnAwmConfig(HeadConfig):
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     seed: int = 42
-    # "auto": the store's `val` split, or `test` where the protocol has none (IEMOCAP:
-    # sessions 1-4 train, session 5 test, as the paper's code selects on its held-out split).
-    val_split: str = "auto"
+    # The split the best checkpoint is chosen on. Where the store has no clips in it (IEMOCAP:
+    # sessions 1-4 train, session 5 test), it is carved out of the training split: the speakers
+    # of `val_fraction` of the training speakers (at least one; utterances where the clip table
+    # names no speakers), drawn with `val_seed`, leave training and become the validation set.
+    # Never the test split: the released code selects on a separate validation file.
+    val_split: str = "val"
+    val_fraction: float = 0.1
+    val_seed: int = 0
+    # settled from the store when a validation set is carved: the held-out speakers (or
+    # utterance ids), recorded so a reloaded run rebuilds the same split
+    val_carved: tuple[str, ...] = ()
     # what it reads; dataset "" = the store's dataset, label_stream "" = the dataset's preset
     dataset: str = ""
     audio_stream: str = "wav2vec2-base"
@@ -88,6 +116,13 @@ class TpnAwmConfig(HeadConfig):
     w_mse: float = 0.5
     inter_margin: float = 1.0
     contrast_margin: float = 1.0
-    # "correct": relu(m + cos(a, v_neg) - cos(a, v)) pulls matched audio and video together;
-    # "original": the released code's relu(m + cos(a, v) - cos(a, v_neg)), which pushes them apart
-    inter_sign: str = "correct"
+    # "original": the released code's relu(m + cos(a, v) - cos(a, v_neg)), which pushes matched
+    # audio and video apart; "correct": relu(m + cos(a, v_neg) - cos(a, v)) pulls them together
+    inter_sign: str = "original"
+    # negative partners of the inter-modal and contrastive losses: "randperm" as released (a
+    # permutation of the batch, so an utterance may be its own negative); "derangement": always
+    # another utterance
+    negatives: str = "randperm"
+    # False as released: a batch is zero-padded to its longest utterance and pooling, attention
+    # and the losses average over the padding too; True: every operation sees real frames only
+    padding_mask: bool = False

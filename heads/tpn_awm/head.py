@@ -9,13 +9,13 @@ Classes and splits are the store's, as the dataset adapters ingest them: IEMOCAP
 (hap, sad, neu, ang, exc, fru; sessions 1-4 train, 5 test), MELD 7 (official train/dev/test),
 CMU-MOSEI 6 (the argmax of the six emotion intensities; segments with no emotion are left out).
 
-Differences from the released code, and why:
-- the inter-modal loss has the correct sign by default, relu(m + cos(a, v_neg) - cos(a, v)):
-  the released code's relu(m + cos(a, v) - cos(a, v_neg)) pushes matched pairs apart
-  (`--set inter_sign=original` restores it);
-- negatives are another utterance of the batch (a random derangement), never the utterance
-  itself, which the released code's `randperm` allows;
-- losses and pooling average over real frames only (see above).
+The default (`profile=paper`) is the released code: the inter-modal loss with its original sign
+relu(m + cos(a, v) - cos(a, v_neg)), which pushes matched pairs apart; negatives drawn with
+`randperm` (an utterance may be its own negative); no padding mask (pooling, attention and the
+losses average over a batch's zero padding). `profile=fixed` corrects all three (`inter_sign`,
+`negatives`, `padding_mask`).
+The validation split is never the test split: where the store has none (IEMOCAP), a fixed share
+of the training speakers is held out (`val_fraction`, `val_seed`; see the config).
 Best checkpoint by weighted F1 on the validation split; accuracy (w-ACC) reported beside it.
 """
 
@@ -117,12 +117,20 @@ def derangement(rng: np.random.Generator, n: int) -> np.ndarray:
     return out
 
 
+def negative_partners(rng: np.random.Generator, n: int, rule: str) -> np.ndarray:
+    """Each utterance's negative partner in a batch of n: "randperm" as the released code (a
+    permutation, fixed points allowed), or "derangement" (always another utterance)."""
+    return rng.permutation(n) if rule == "randperm" else derangement(rng, n)
+
+
 class ShuffledBatches:
     """One epoch of shuffled batches, assembled lazily (the last one may be smaller, as the
     paper's DataLoader), each with two negative partners per utterance."""
 
-    def __init__(self, split: UtteranceSplit, size: int, rng: np.random.Generator) -> None:
+    def __init__(self, split: UtteranceSplit, size: int, rng: np.random.Generator,
+                 negatives: str = "derangement") -> None:
         self.split, self.size, self.rng = split, max(1, size), rng
+        self.negatives = negatives
         self.order = rng.permutation(len(split))
 
     def __len__(self) -> int:
@@ -132,8 +140,9 @@ class ShuffledBatches:
         for start in range(0, len(self.order), self.size):
             items = self.order[start: start + self.size]
             batch = self.split.batch(items)
-            batch["inter_negative"] = torch.from_numpy(derangement(self.rng, len(items)))
-            batch["contrast_negative"] = torch.from_numpy(derangement(self.rng, len(items)))
+            for name in ("inter_negative", "contrast_negative"):
+                batch[name] = torch.from_numpy(
+                    negative_partners(self.rng, len(items), self.negatives))
             yield batch
 
 
@@ -196,6 +205,8 @@ class TpnAwmHead(Head):
         c = self.config
         if c.inter_sign not in INTER_SIGNS:
             raise _user_error(f"inter_sign={c.inter_sign!r}: use one of {', '.join(INTER_SIGNS)}")
+        if c.val_split == "auto":  # runs from before validation sets were carved
+            c.val_split = "val"
         if not c.dataset:
             c.dataset = str((getattr(store, "attrs", None) or {}).get("dataset") or "")
         if c.dataset not in PRESETS and not c.label_stream:
@@ -207,9 +218,15 @@ class TpnAwmHead(Head):
             if c.batch_size == TpnAwmConfig.batch_size:  # left at its default: the paper's
                 c.batch_size = int(preset.get("batch_size", c.batch_size))
             c.preset_batch_size = False  # settled: a resumed or reloaded run keeps this value
-        if c.val_split == "auto":
-            present = {clip.get("split") for clip in store.clips()}
-            c.val_split = "val" if "val" in present else "test"
+        clips = store.clips()
+        if not c.val_carved and not any(clip.get("split") == c.val_split for clip in clips):
+            c.val_carved = carve_validation(clips, c.val_fraction, c.val_seed, store.url,
+                                            c.val_split)
+
+    def paper_config(self, store: Any) -> TpnAwmConfig:
+        reference = TpnAwmHead(TpnAwmConfig())
+        reference._settle(store)
+        return reference.config
 
     def build_data(self, store: Any) -> UtteranceData:
         self._settle(store)
@@ -228,13 +245,22 @@ class TpnAwmHead(Head):
         if not classes:
             raise _user_error(f"{store.url}: label stream {label_info.alias} names no classes")
         streams = [audio_info.key, video_info.key, label_info.key]
-        present = {clip.get("split") for clip in store.clips()}
+        clips = store.clips()
+        present = {clip.get("split") for clip in clips}
+        held_out = carved_ids(clips, c.val_carved)
         splits: dict[str, UtteranceSplit] = {}
         dropped = 0
         for split in dict.fromkeys(("train", c.val_split, "test")):
-            if split not in present:
+            if held_out and split in ("train", c.val_split):
+                source = "train"  # the validation set is carved out of the training split
+            elif split in present:
+                source = split
+            else:
                 continue
-            clip_ids = split_clip_ids(store, split, streams)
+            clip_ids = split_clip_ids(store, source, streams)
+            if held_out:
+                wanted = split == c.val_split
+                clip_ids = [k for k in clip_ids if (k in held_out) == wanted]
             if not clip_ids:
                 continue
             labels_array = store.load_stream(label_info, clip_ids)
@@ -268,7 +294,15 @@ class TpnAwmHead(Head):
         with the run's train statistics."""
         c = self.config
         audio_info, video_info = store.resolve(c.audio_stream), store.resolve(c.video_stream)
-        clip_ids = split_clip_ids(store, split, [audio_info.key, video_info.key])
+        streams = [audio_info.key, video_info.key]
+        clips = store.clips()
+        held_out = carved_ids(clips, c.val_carved)
+        if held_out and split in ("train", c.val_split) and \
+                not any(clip.get("split") == split for clip in clips if split != "train"):
+            clip_ids = [k for k in split_clip_ids(store, "train", streams)
+                        if (k in held_out) == (split == c.val_split)]
+        else:
+            clip_ids = split_clip_ids(store, split, streams)
         if not clip_ids:
             raise _user_error(f"{store.url}: no utterance of split {split!r} has both "
                               f"{audio_info.alias} and {video_info.alias}")
@@ -298,12 +332,21 @@ class TpnAwmHead(Head):
                      beta_video=c.beta_video)
 
     def train_batches(self, data: UtteranceData, epoch: int, rng: np.random.Generator):
-        return ShuffledBatches(data.split("train"), self.config.batch_size, rng)
+        return ShuffledBatches(data.split("train"), self.config.batch_size, rng,
+                               self.config.negatives)
+
+    def _masks(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padding masks the model sees: the real ones, or (as released) every padded
+        frame counted as real."""
+        if self.config.padding_mask:
+            return batch["audio_mask"], batch["video_mask"]
+        return torch.ones_like(batch["audio_mask"]), torch.ones_like(batch["video_mask"])
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         c = self.config
-        out = model(batch["audio"], batch["audio_mask"], batch["video"], batch["video_mask"])
-        parts = awtpn_losses(out, batch["label"], batch["audio_mask"], batch["video_mask"],
+        audio_mask, video_mask = self._masks(batch)
+        out = model(batch["audio"], audio_mask, batch["video"], video_mask)
+        parts = awtpn_losses(out, batch["label"], audio_mask, video_mask,
                              batch["inter_negative"], batch["contrast_negative"],
                              inter_margin=c.inter_margin, contrast_margin=c.contrast_margin,
                              inter_sign=c.inter_sign)
@@ -318,7 +361,8 @@ class TpnAwmHead(Head):
         for start in range(0, len(part), 32):
             batch = self.to_device(part.batch(np.arange(start, min(start + 32, len(part)))),
                                    device)
-            out = model(batch["audio"], batch["audio_mask"], batch["video"], batch["video_mask"])
+            audio_mask, video_mask = self._masks(batch)
+            out = model(batch["audio"], audio_mask, batch["video"], video_mask)
             scores.append(out["logits"].float().softmax(dim=-1).cpu())
         return {"clip_ids": list(part.clip_ids), "probabilities": torch.cat(scores).numpy()}
 
@@ -340,3 +384,50 @@ class TpnAwmHead(Head):
 
     def ensemble(self, predictions: list[dict[str, Any]]) -> dict[str, Any]:
         return mean_of_runs(predictions, self.name)
+
+    def approximations(self, data: UtteranceData) -> list[str]:
+        if self.config.padding_mask:
+            return []
+        # unmasked averages count the padding, and how much there is depends on the length
+        # the features are padded to: the released preprocessing that fixes it is not public
+        return ["padding to each batch's longest utterance (released: one fixed length)"]
+
+    def import_official(self, official: Any, model: nn.Module) -> None:
+        """The released `AWTPN` module (models/awtpn.py): the same layers under other names;
+        one query/key pair per modality in one AWM module there, one module per modality here."""
+        for ours, theirs in (("ses.audio.0.", "ses.audio_proj.0."),
+                             ("ses.video.0.", "ses.video_proj.0."),
+                             ("awm_audio.query.", "awm.q_a."), ("awm_audio.key.", "awm.k_a."),
+                             ("awm_video.query.", "awm.q_v."), ("awm_video.key.", "awm.k_v."),
+                             ("classifier.", "classifier.")):
+            official.copy_prefix(ours, theirs)
+        official.copy("prototypes", "tpn.prototypes")
+
+
+def carve_validation(clips: list[dict[str, Any]], fraction: float, seed: int, where: str,
+                     split: str) -> tuple[str, ...]:
+    """The training speakers (or, where the clip table names none, utterance ids) held out as
+    the validation set: max(1, round(fraction * n)) of the n sorted names, drawn by
+    `np.random.RandomState(seed)`. One line of error where nothing can be carved."""
+    train = [clip for clip in clips if clip.get("split") == "train"]
+    if fraction <= 0 or not train:
+        raise _user_error(f"{where}: no clips in split {split!r} to select the best checkpoint "
+                          "on, and val_fraction=0 forbids carving one out of train; set "
+                          "val_split= or val_fraction=")
+    speakers = sorted({str(clip["speaker"]) for clip in train if clip.get("speaker")})
+    names = speakers if len(speakers) >= 2 else sorted(str(clip["clip_id"]) for clip in train)
+    count = max(1, round(fraction * len(names)))
+    if count >= len(names):
+        raise _user_error(f"{where}: too few training speakers/utterances ({len(names)}) to "
+                          f"carve a validation set of val_fraction={fraction}")
+    chosen = np.random.RandomState(seed).permutation(len(names))[:count]
+    prefix = "speaker:" if names is speakers else "clip:"
+    return tuple(prefix + names[i] for i in sorted(chosen))
+
+
+def carved_ids(clips: list[dict[str, Any]], carved: tuple[str, ...]) -> set[str]:
+    """Clip ids of the training clips named by `carve_validation`'s result."""
+    speakers = {c[len("speaker:"):] for c in carved if c.startswith("speaker:")}
+    utterances = {c[len("clip:"):] for c in carved if c.startswith("clip:")}
+    return {str(clip["clip_id"]) for clip in clips if clip.get("split") == "train" and
+            (str(clip.get("speaker")) in speakers or str(clip["clip_id"]) in utterances)}

@@ -100,8 +100,17 @@ def demo(out_dir: str, clips: int, seconds: int, epochs: int, device: str,
     log(f"  sample dataset : {data}")
     log(f"  feature store  : {store}   (affect store ls {store})")
     log(f"  run            : {run}   (metrics.jsonl, config.json, checkpoints/)")
+    log(f"  profile        : {_profile_of(run)}")
     log(f"  plots          : {os.path.join(run, 'curves.png')}")
     log(f"  predictions    : {export}   (<split>/<site>/<group>/<pid>/<clip>/result-*.pth)")
+
+
+def _profile_of(run: str) -> str:
+    """The run's profile and its departures from the paper, as its config.json records them."""
+    from heads.trainer import run_fidelity
+    from pipelines.cli.heads import fidelity_line
+
+    return fidelity_line(run_fidelity(run))
 
 
 def _demo_head(head_name: str, out_dir: str, epochs: int, device: str) -> None:
@@ -144,4 +153,5 @@ def _demo_head(head_name: str, out_dir: str, epochs: int, device: str) -> None:
     log(f"  sample dataset : {data}")
     log(f"  feature store  : {store}   (affect store ls {store})")
     log(f"  run            : {run}   (affect runs ls {os.path.dirname(run)})")
+    log(f"  profile        : {_profile_of(run)}")
     log(f"  report         : {os.path.join(run, 'report.html')}")

@@ -15,10 +15,10 @@ from typing import Any
 
 import click
 
-from .cli_types import FiniteFloatRange
-from .datasets import get_adapter, list_adapters
-from .samples import generate_sample, list_samples, sample_defaults
-from .storage_options import storage_option
+from ..datasets import get_adapter, list_adapters
+from ..samples import generate_sample, list_samples, sample_defaults
+from ..storage_options import storage_option
+from .params import FiniteFloatRange
 
 MAX_PROBLEMS_SHOWN = 30
 
@@ -37,7 +37,7 @@ def clips_for_extraction(dataset: str, data_root: str | Path,
 
 def write_clips_file(clips: Iterable[dict[str, Any]], path: str | Path) -> int:
     """Write clip records as JSON lines; returns how many."""
-    from .ingest import _jsonable
+    from ..ingest import _jsonable
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,7 @@ def ingest_command(dataset: str, data_root: str, store_url: str, add_dataset: bo
     """Read a dataset folder into the store: clip table, label streams, aux arrays, ledger."""
     from features_store import open_store
 
-    from .ingest import ingest as run_ingest
+    from ..ingest import ingest as run_ingest
 
     store = open_store(store_url, mode="a", dataset=dataset)
     report = run_ingest(get_adapter(dataset), data_root, store, add_dataset=add_dataset)

@@ -10,7 +10,7 @@ import click
 from extract.media_base import MAX_FPS, MIN_FPS
 from features_store import open_store
 from features_store.errors import Interrupted, UserError
-from pipelines.cli_types import FiniteFloatRange
+from pipelines.cli.params import FiniteFloatRange
 from pipelines.console import verbose_option
 from pipelines.storage_options import storage_option
 

@@ -15,6 +15,16 @@ from features_store.tables import plural
 from pipelines.storage_options import storage_option
 
 
+def fidelity_line(record: dict) -> str:
+    """"paper", or "fixed; deviations: a=1, b=2; approximate: no augmentation"."""
+    parts = [str(record.get("profile", "paper"))]
+    if record.get("deviations"):
+        parts.append("deviations: " + ", ".join(record["deviations"]))
+    if record.get("approximate"):
+        parts.append("approximate: " + ", ".join(record["approximate"]))
+    return "; ".join(parts)
+
+
 def _default_store(dataset: str) -> str:
     return f"store/{dataset}.zarr"
 
@@ -25,6 +35,8 @@ def _print_metrics(payload: dict, as_json: bool, title: str | None = None) -> No
         return
     click.echo(title or f"split {payload['split']} ({payload.get('checkpoint', '')} checkpoint, "
                f"epoch {payload.get('epoch', '?')})")
+    if "profile" in payload:
+        click.echo(f"profile {fidelity_line(payload)}")
     from features_store.tables import format_table
 
     rows = [{"metric": name, "value": value} for name, value in payload["metrics"].items()]
@@ -228,3 +240,33 @@ def ensemble(runs: str, split: str, export_dir: str, store: str | None, device: 
     if metrics is not None:
         _print_metrics({"split": split, "runs": run_dirs, "metrics": metrics}, False,
                        f"split {split} (ensemble of {len(run_dirs)} runs)")
+
+
+@click.command("import-run")
+@storage_option
+@click.option("--head", "head_name", required=True, help="Head whose released model it is.")
+@click.option("--from-official", "official", required=True,
+              type=click.Path(dir_okay=False),
+              help="The paper's released checkpoint (.pth/.pt/.ckpt or .safetensors).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New run folder.")
+@click.option("--store", default=None,
+              help="Feature store the run reads (default: store/<head's dataset>.zarr).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Config fields of the released model (sizes), e.g. --set hidden=512.")
+def import_run(head_name: str, official: str, out: str, store: str | None,
+               overrides: tuple[str, ...]) -> None:
+    """Make a run folder from a paper's released checkpoint (tensors only, strictly mapped)."""
+    from heads.base import apply_overrides
+    from heads.registry import get_head
+    from heads.trainer import import_run as make_run
+    from heads.trainer import read_run_config
+
+    cls = get_head(head_name)
+    head = cls(apply_overrides(cls.config_cls(), overrides))
+    run_dir = make_run(head, store or _default_store(cls.default_dataset), official, out)
+    saved = read_run_config(run_dir)
+    ignored = saved["imported"]["ignored"]
+    click.echo(f"imported {saved['imported']['tensors']} tensors from {official} into {run_dir} "
+               f"(profile {fidelity_line(saved)})")
+    for key, reason in ignored.items():
+        click.echo(f"  ignored {key}: {reason}")

@@ -20,29 +20,31 @@ from pipelines.console import verbose_option
 # the one-line help `affect --help` shows for it without importing the module (a test checks
 # that it is the command's own first docstring line).
 COMMANDS = [
-    ("pipelines.cli_store", "store", "Inspect, verify, export and import feature stores."),
-    ("pipelines.cli_encoders", "encoders", "List the registered encoders."),
-    ("pipelines.cli_extract", "extract",
+    ("pipelines.cli.store", "store", "Inspect, verify, export and import feature stores."),
+    ("pipelines.cli.encoders", "encoders", "List the registered encoders."),
+    ("pipelines.cli.extract", "extract",
      "Decode each clip once and write every requested encoder's features to the store."),
-    ("pipelines.cli_datasets", "datasets",
+    ("pipelines.cli.datasets", "datasets",
      "Dataset layouts: what each reads and its default recipe."),
-    ("pipelines.cli_datasets", "sample",
+    ("pipelines.cli.datasets", "sample",
      "Write a small generated copy of a dataset layout with a learnable planted signal."),
-    ("pipelines.cli_datasets", "ingest",
+    ("pipelines.cli.datasets", "ingest",
      "Read a dataset folder into the store: clip table, label streams, aux arrays, ledger."),
-    ("pipelines.cli_heads", "train",
+    ("pipelines.cli.heads", "train",
      "Train a head on cached features; writes config, checkpoints, metrics and curves to RUN."),
-    ("pipelines.cli_heads", "evaluate",
+    ("pipelines.cli.heads", "evaluate",
      "Score a run's best checkpoint on a split; also writes RUN/eval-<split>.json."),
-    ("pipelines.cli_heads", "predict",
+    ("pipelines.cli.heads", "predict",
      "Predict a split (or new --media) with a run's best checkpoint and export the results."),
-    ("pipelines.cli_heads", "ensemble",
+    ("pipelines.cli.heads", "ensemble",
      "Average several runs' predictions on a split and export them (scored if labelled)."),
-    ("pipelines.cli_metrics", "metrics", "Score predictions with benchmark metrics."),
-    ("pipelines.cli_demo", "demo", "Sample -> extract -> train REGNN -> evaluate -> export, "
+    ("pipelines.cli.heads", "import-run",
+     "Make a run folder from a paper's released checkpoint (tensors only, strictly mapped)."),
+    ("pipelines.cli.metrics", "metrics", "Score predictions with benchmark metrics."),
+    ("pipelines.cli.demo", "demo", "Sample -> extract -> train REGNN -> evaluate -> export, "
      "printing each command."),
-    ("pipelines.cli_runs", "runs", "Run folders: the experiment table."),
-    ("pipelines.cli_runs", "report",
+    ("pipelines.cli.runs", "runs", "Run folders: the experiment table."),
+    ("pipelines.cli.runs", "report",
      "Write one self-contained HTML page of a run: config, streams, curves, the head's plot."),
 ]
 
@@ -57,7 +59,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         for module_name, attr, _ in COMMANDS:
             if attr == name:
-                return getattr(importlib.import_module(module_name), attr)
+                # a command named with a dash (import-run) is the function with an underscore
+                return getattr(importlib.import_module(module_name), attr.replace("-", "_"))
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
