@@ -459,6 +459,25 @@ def test_nonsense_trm_settings_are_refused_by_name(setting):
     assert str(refused.value).startswith(setting.split("=")[0] + "=")
 
 
+def test_trm_refuses_an_audio_stream_as_its_video_clock(tmp_path):
+    from heads.trainer import train
+    from heads.trm.config import TRMConfig
+    from heads.trm.head import TRMHead
+
+    store = open_store(tiny_cremad_store(tmp_path / "s.zarr", seed=0))
+    audio = store.create_stream(StreamInfo(name="wav2vec2-base", dim=4, frame_shift_s=0.02,
+                                           extra={"modality": "audio"}))
+    with store.part_writer(audio, "p0") as writer:
+        for clip_id in store.clip_ids():
+            writer.write_clip(clip_id, np.zeros((5, 4), np.float32))
+    store.finalize()
+    config = TRMConfig(hidden=16, heads=2, layers=1, h_cycles=1, epochs=1,
+                       video="wav2vec2-base")
+    with pytest.raises(UserError, match="audio stream"):
+        train(TRMHead(config), store.url, tmp_path / "run", device="cpu", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 # --- 16: nothing blocks or runs without end ----------------------------------------------------
 
 def finishes(call, seconds: float = 20.0):

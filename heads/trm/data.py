@@ -89,6 +89,10 @@ def load_aligned_clips(store: Any, split: str, streams: Sequence[str], clock: st
     if clock_info.frame_shift_s is None:
         raise _user_error(f"{store.url}: stream {clock!r} has one row per clip; the clock must "
                           "be a per-frame stream (the video features)")
+    modality = clock_info.extra.get("modality")
+    if modality not in (None, "video"):  # streams made by `extract` say what they were made of
+        raise _user_error(f"{store.url}: stream {clock!r} is an {modality} stream; the clock "
+                          "(--set video=...) must be a video stream")
     label_info = _label_info(store, labels, required=require_labels)
     arrays = {info.key: store.load_stream(info, clip_ids) for info in infos}
     labelled = store.committed_clip_ids(label_info) & set(clip_ids) if label_info else set()
