@@ -508,6 +508,18 @@ def test_a_fifo_named_as_a_clip_source_is_a_missing_source_not_a_hang(tmp_path):
     assert definition["video"]["source"]["missing"] is True
 
 
+def test_a_fifo_as_a_dataset_label_file_skips_the_clip_instead_of_blocking(tmp_path):
+    from pipelines.datasets import get_adapter
+    from pipelines.samples import generate_sample
+
+    info = generate_sample("affwild2", tmp_path / "data", clips=4, seconds=1.0, seed=0)
+    label_file = sorted(Path(info.root, "Annotations").rglob("*.txt"))[0]
+    label_file.unlink()
+    os.mkfifo(label_file)
+    result = finishes(lambda: get_adapter("affwild2").scan(info.root))
+    assert any("not a regular file" in p["message"] for p in result.problems)
+
+
 def test_a_fifo_in_an_import_folder_is_refused_not_read(tmp_path):
     from features_store.exchange import import_folder
 
