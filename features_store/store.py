@@ -836,7 +836,14 @@ def _check_intent(data: Any) -> dict[str, Any]:
     return data
 
 
+LEDGER_NAME_FIELDS = ("clip_id", "stream", "stream_key", "alias", "stage", "file")
+
+
 def _check_ledger_batch(data: Any) -> list[dict[str, Any]]:
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise MetadataError("a ledger file must be a list of JSON objects")
+    for i, record in enumerate(data):
+        for name in LEDGER_NAME_FIELDS:  # names that entries are matched and grouped by
+            if record.get(name) is not None and not isinstance(record[name], str):
+                raise MetadataError(f"entry {i}: {name} must be a string")
     return data
