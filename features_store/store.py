@@ -28,7 +28,7 @@ import numpy as np
 
 from . import align, commit
 from .backends import get_backend
-from .backends.base import chunk_rows_for
+from .backends.base import chunk_rows_for, known_backends
 from .errors import UserError
 from .fingerprint import fingerprint
 from .fsutil import (
@@ -184,9 +184,9 @@ class FeatureStore:
             if not isinstance(self.attrs, dict):
                 raise UserError(f"{meta_path}: not a JSON object (a damaged store.json)")
             stored = self.attrs.get("backend", backend)
-            if stored not in BACKEND_BY_SUFFIX.values():
+            if not isinstance(stored, str) or stored not in known_backends():
                 raise UserError(f"{meta_path}: unknown backend {stored!r} (known: "
-                                f"{', '.join(sorted(set(BACKEND_BY_SUFFIX.values())))})")
+                                f"{', '.join(known_backends())})")
             if stored != backend:
                 self.backend_name = stored
                 self.backend = self._make_backend(stored)
