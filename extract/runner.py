@@ -510,16 +510,17 @@ def whole_frame_notes(tasks: list[Task], plans: list[StreamPlan]) -> list[str]:
     its kind: they are encoded on whole frames (as RAER's code does), which the user must hear
     of, since a `@face` stream then holds features of the whole scene for them."""
     notes = []
-    for plan in plans:
-        if not plan.crop:
+    for plan in plans:  # StreamPlans, or the dask client's RemotePlans: the request says it
+        crop = parse_request(plan.request)[1]
+        if not crop:
             continue
         bare = sorted(c["clip_id"] for task in tasks for c in task.clips
                       if c["clip_id"] in set(task.pending.get(plan.info.key, ()))
-                      and not ((c.get("boxes") or {}).get(plan.crop)))
+                      and not ((c.get("boxes") or {}).get(crop)))
         if bare:
             shown = ", ".join(repr(c) for c in bare[:3]) + (" ..." if len(bare) > 3 else "")
             notes.append(f"{plan.info.alias}: {plural(len(bare), 'clip')} without "
-                         f"{plan.crop} boxes ({shown}) encoded on whole frames")
+                         f"{crop} boxes ({shown}) encoded on whole frames")
     return notes
 
 
