@@ -154,6 +154,23 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
         raise UserError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
+def refuse_special_file(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """A UserError if `path` on a local disk is a link or not a regular file (a FIFO planted
+    for a part's zarr.json or HDF5 file would block whoever opens it); a missing file passes
+    (the caller reports it its own way)."""
+    if not is_local(fs):
+        return
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise UserError(f"{path}: is a link; a store's files are plain files (a store from "
+                        "elsewhere may not point outside itself)")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path}: not a regular file (a FIFO, device or socket)")
+
+
 def _read_plain_file(path: str) -> bytes:
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:

@@ -630,7 +630,22 @@ TAMPERINGS = {
     "part zarr.json not JSON": lambda s, b: (b / "parts" / "part-p0" / "zarr.json").write_text(
         "{"),
     "part zarr.json missing": lambda s, b: (b / "parts" / "part-p0" / "zarr.json").unlink(),
+    "part zarr.json a FIFO": lambda s, b: _replace_with_fifo(b / "parts" / "part-p0" / "zarr.json"),
+    "stream.json a FIFO": lambda s, b: _replace_with_fifo(b / "stream.json"),
+    "manifest a link to a file outside": lambda s, b: _replace_with_link(
+        b / "manifests" / "part-p0.json", Path(s.path).parent / "outside.json"),
 }
+
+
+def _replace_with_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _replace_with_link(path: Path, target: Path) -> None:
+    target.write_text(path.read_text())
+    path.unlink()
+    os.symlink(target, path)
 
 
 @pytest.mark.parametrize("name", sorted(TAMPERINGS))

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from ..errors import UserError
-from ..fsutil import is_local, list_names, remove, url_to_fs
+from ..fsutil import is_local, list_names, refuse_special_file, remove, url_to_fs
 from .base import DAMAGE_ERRORS, chunk_rows_for, damaged, register_backend
 
 PART_PREFIX = "part-"
@@ -136,7 +136,9 @@ class Hdf5Backend:
         return _Hdf5PartWriter(self.fs, self.part_location(stream_key, part_id), dim, dtype)
 
     def part_reader(self, stream_key: str, part_id: str) -> _Hdf5PartReader:
-        return _Hdf5PartReader(self.fs, self.part_location(stream_key, part_id))
+        location = self.part_location(stream_key, part_id)
+        refuse_special_file(self.fs, location)
+        return _Hdf5PartReader(self.fs, location)
 
     def list_parts(self, stream_key: str) -> list[str]:
         names = list_names(self.fs, f"{self.path}/streams/{stream_key}/parts")

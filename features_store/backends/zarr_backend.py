@@ -19,7 +19,7 @@ from zarr.errors import ContainsGroupError
 from zarr.storage import FsspecStore, LocalStore
 
 from ..errors import UserError
-from ..fsutil import invalidate, is_local, list_names, remove, url_to_fs
+from ..fsutil import invalidate, is_local, list_names, refuse_special_file, remove, url_to_fs
 from .base import DAMAGE_ERRORS, chunk_rows_for, damaged, register_backend
 
 PART_PREFIX = "part-"
@@ -221,6 +221,7 @@ class ZarrBackend:
     def part_reader(self, stream_key: str, part_id: str) -> _ZarrPartReader:
         path = self._array_path(stream_key, part_id)
         location = self.part_location(stream_key, part_id)
+        refuse_special_file(self.fs, f"{location}/zarr.json")
         try:
             array = zarr.open_array(self.root, path=path, mode="r")
         except Exception as exc:  # noqa: BLE001 - missing or damaged zarr.json, any codec
