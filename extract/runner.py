@@ -445,7 +445,8 @@ def prepare_store(store: FeatureStore, clips: list[dict], plans: list[StreamPlan
     for p in plans:
         p.info = store.create_stream(p.info)
         # What this run means to commit, so `verify` can tell a complete stream from a cut one.
-        store.record_intent(p.info, [c["clip_id"] for c in clips if has_input(c, p.modality)])
+        store.record_intent(p.info, [c["clip_id"] for c in clips if has_input(c, p.modality)],
+                            in_clip_table=True)
     records = {r["clip_id"]: r for r in store.clips()}
     new = [clip_table_record(c) for c in clips if needs_new_record(records.get(c["clip_id"]), c)]
     if new:

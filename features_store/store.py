@@ -483,8 +483,10 @@ class FeatureStore:
 
     # Intents: what a run set out to do, so `verify` can tell complete from incomplete ------
     def record_intent(self, stream: StreamRef, clip_ids: Iterable[str],
-                      run_id: str | None = None) -> None:
-        """Record that run `run_id` (default: this handle's) means to commit `clip_ids`."""
+                      run_id: str | None = None, in_clip_table: bool = False) -> None:
+        """Record that run `run_id` (default: this handle's) means to commit `clip_ids`;
+        `in_clip_table`: the run also writes them into the clip table (extraction does), so
+        `verify` can tell a deleted clip table from one that never held them."""
         self._writable()
         key = self.resolve(stream).key
         run = run_id or self.run_id
@@ -492,7 +494,18 @@ class FeatureStore:
         if clip_ids <= self.committed_clip_ids(key):
             return  # a rerun with nothing left to do adds no record
         write_json(self.fs, f"{self._stream_dir(key)}/intents/{run}.json",
-                   {"run_id": run, "created": now_iso(), "clip_ids": sorted(clip_ids)})
+                   {"run_id": run, "created": now_iso(), "clip_ids": sorted(clip_ids),
+                    "in_clip_table": in_clip_table})
+
+    def expects_clip_table(self, stream: StreamRef) -> bool:
+        """Does the stream's data imply a clip table (a stream claiming every clip, or one an
+        extraction wrote, which adds each clip it commits to the table)?"""
+        info = self.resolve(stream)
+        if (info.claims or {}).get("all"):
+            return True
+        base = f"{self._stream_dir(info.key)}/intents"
+        return any(read_checked(self.fs, f"{base}/{name}", _check_intent).get("in_clip_table")
+                   is True for name in list_names(self.fs, base) if name.endswith(".json"))
 
     def intended_clip_ids(self, stream: StreamRef) -> dict[str, str]:
         """{clip_id: the first run (by name) that intended it} over every recorded intent."""

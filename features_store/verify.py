@@ -202,8 +202,8 @@ def _verify_stream(
     _check_index(store, info, manifests, committed, report)
     # Extraction and ingest add every clip they commit to the clip table, so an empty table
     # under such a stream means the table was deleted (clips written through the Python API
-    # alone need no record, so a partial table is not judged).
-    if table == set() and seen and (info.claims or store.intended_clip_ids(info)):
+    # alone need no record, so neither those streams nor a partial table are judged).
+    if table == set() and seen and store.expects_clip_table(info):
         report.problems.append(
             f"{base}: stream {info.alias} holds {len(seen)} committed clip(s) but the clip table "
             f"({store.path}/clips) is empty: it was deleted or damaged")

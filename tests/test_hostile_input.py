@@ -277,6 +277,19 @@ def test_verify_finds_a_deleted_clip_table(tmp_path):
     assert any("clip table" in p for p in problems_of(store.url))
 
 
+def test_verify_finds_the_deleted_clip_table_of_an_extracted_store(tmp_path, capsys):
+    clips = write_lines(tmp_path / "clips.jsonl", {"clip_id": "a", "text": "hello"},
+                        {"clip_id": "b", "text": "there"})
+    store = str(tmp_path / "s.zarr")
+    code, _, err = run_cli("extract", "--clips", clips, "--store", store, "--encoders",
+                           "minilm-l6", "--weights", "random", "--reduced", "--device", "cpu",
+                           capsys=capsys)
+    assert code == 0, err
+    assert verify(open_store(store, "r")).ok
+    shutil.rmtree(tmp_path / "s.zarr" / "clips")
+    assert any("clip table" in p for p in problems_of(store))
+
+
 def test_verify_finds_a_nan_t0_in_a_manifest(tmp_path):
     store, base = tampered(tmp_path, "nan-t0")
     manifest = base / "manifests" / "part-p0.json"
