@@ -24,6 +24,9 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	# MTCNN face crops (hsemotion face_crop=mtcnn): its metadata pins torch<2.3, numpy<2 and
+	# Pillow<10.3, older than our stack, which its code runs on: installed without them
+	$(PY) -m pip install -q --no-deps -c constraints.txt facenet-pytorch
 	touch $(STAMP)
 
 test: $(STAMP)

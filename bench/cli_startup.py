@@ -1,4 +1,5 @@
-"""How long `affect --help` and `affect encoders ls` take, and what they import.
+"""How long `affect --help`, `affect encoders ls` and two `affect train` argument errors take,
+and what they import.
 
 Each command runs once in a fresh interpreter (wall time includes Python's own start-up), with
 the source tree given by --tree (default: this checkout), so an older checkout can be measured
@@ -44,7 +45,9 @@ def main() -> None:
     parser.add_argument("--tree", default=os.path.dirname(os.path.dirname(os.path.abspath(
         __file__))))
     tree = parser.parse_args().tree
-    for args in (["--help"], ["encoders", "ls"]):
+    # the two argument errors time how long a mistake takes to be reported
+    for args in (["--help"], ["encoders", "ls"], ["train"],
+                 ["train", "--head", "trm", "--store", "no-such-store.zarr"]):
         print(json.dumps({"tree": tree, **measure(tree, args)}))
 
 

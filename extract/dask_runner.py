@@ -86,10 +86,10 @@ class WorkerSetup(WorkerPlugin):
 
 def _apply_torch_threads() -> None:
     if _TORCH_THREADS:
-        import torch
+        from .numerics import set_default_threads
 
-        if torch.get_num_threads() != _TORCH_THREADS[0]:
-            torch.set_num_threads(_TORCH_THREADS[0])
+        # Not under another task's forwards: those run with the stream key's thread count.
+        set_default_threads(_TORCH_THREADS[0])
 
 
 def plan_streams(options: ExtractOptions) -> list[RemotePlan]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from features_store.printable import printable
 from features_store.tables import format_table, plural
 
 from .plan import DEFAULT_VIDEO_FPS
@@ -15,6 +16,9 @@ class ExtractOptions:
     weights: str = "default"
     device: str = "auto"
     batch_size: int = 64
+    # Intra-op threads of every CPU forward: fixed, and part of the stream key, so a stream's
+    # values do not depend on the machine or the scheduler (extract.numerics).
+    threads: int = 1
     limit: int | None = None
     reduced: bool = False
     dtype: str = "float16"
@@ -80,7 +84,8 @@ def failure_line(record: dict) -> str:
     """One failure as the user reads it: the clip id, the stream, then the file and reason."""
     name = record.get("alias") or record.get("stream")
     stream = f", stream {name}" if name else ""
-    return f"  failed: clip {record.get('clip_id')!r}{stream}: {record.get('message')}"
+    # Escaped: the clip id and the message (file names, library errors) are others' text.
+    return printable(f"  failed: clip {record.get('clip_id')!r}{stream}: {record.get('message')}")
 
 
 def format_report(report: ExtractReport) -> str:

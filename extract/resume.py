@@ -47,6 +47,7 @@ def request_fingerprint(request: str, options: ExtractOptions) -> str | None:
         "options": options.encoder_options.get(name, {}), "fps": options.fps,
         "dtype": options.dtype, "decode_size": options.decode_size,
         "compute": compute_identity(options.device),
+        "numerics": {"threads": options.threads, "batch_size": options.batch_size},
         "versions": versions.stream_key_versions(), "affect": _package_version(),
     }
     if options.decoder != "pyav":  # only then part of the stream key (see runner.build_plans)

@@ -26,6 +26,7 @@ import torch
 from features_store import FeatureStore, PartCommitted
 from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
+from features_store.progress import ProgressLines, wants_progress_lines
 from features_store.tables import plural
 
 from .clips import check_clips, clip_table_record
@@ -39,8 +40,8 @@ from .decode_ahead import (
     spec_for,
 )
 from .definition import needs_new_record, refuse_changed_clips
+from .numerics import fixed_threads, numerics_identity, numerics_record, padded_to
 from .plan import StreamPlan, compute_identity, parse_request, stream_info
-from .progress import ProgressLines, wants_progress_lines
 from .report import (
     ExtractOptions,
     ExtractReport,
@@ -110,6 +111,8 @@ def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
         if encoder.spec.modality == "video" and options.decode_size:
             info.preprocessing["decode_shorter_side"] = options.decode_size
         info.preprocessing["compute"] = compute_identity(device)
+        info.preprocessing["numerics"] = numerics_identity(
+            encoder.spec.modality, device, options.batch_size, options.threads)
         if encoder.spec.modality == "video" and options.resize_with != "pil" and not crop_kind:
             info.preprocessing["resize_with"] = options.resize_with
         if encoder.spec.modality == "video" and options.decoder != "pyav":
@@ -243,10 +246,12 @@ class _VideoBatcher:
                 self.pending[0] = (clip_id, x[need:])
                 need = 0
         self.pending_rows -= n
-        batch = torch.cat([x for _, x in taken])
+        # Every forward has the same shape, so a frame's bits do not depend on how many frames
+        # shared its batch (a task's tail, a resume's leftovers): see extract.numerics.
+        batch = padded_to(torch.cat([x for _, x in taken]), self.batch_size)
         started = time.perf_counter()
         out = self.plan.encoder.encode_batch(_to_device(batch, self.device))
-        out = out.float().cpu().numpy()
+        out = out[:n].float().cpu().numpy()
         self.stats.model_s += time.perf_counter() - started
         row = 0
         for clip_id, x in taken:
@@ -288,9 +293,12 @@ class TaskRunner:
         writers = {}
         for p in self.plans:
             if p.info.key in task.pending:
+                numerics = numerics_record(p.info.extra.get("library"), self.device,
+                                           self.options.batch_size, self.options.threads,
+                                           p.modality)
                 try:
-                    writers[p.info.key] = self.store.part_writer(p.info,
-                                                                 task.part_id(p.info.key))
+                    writers[p.info.key] = self.store.part_writer(
+                        p.info, task.part_id(p.info.key), numerics)
                 except PartCommitted:  # another run (or attempt) committed this part: skip
                     continue
         plans = [p for p in self.plans if p.info.key in writers]
@@ -311,7 +319,8 @@ class TaskRunner:
                             pending_by_clip, self.decode_settings())
         failed: set[str] = set()
         try:
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), self._autocast(), \
+                    fixed_threads(self.device, self.options.threads):
                 for clip, items in ahead:
                     frames, failed_keys = self._consume(
                         clip, items, pending_by_clip[clip["clip_id"]], batchers, writers, stats,
@@ -428,7 +437,9 @@ class TaskRunner:
             wanted = set(task.pending[p.info.key])
             clips = [c for c in task.clips if c["clip_id"] in wanted]
             started = time.perf_counter()
-            rows = p.encoder.encode_text([str(c["text"]) for c in clips])
+            # One utterance per forward: batched, its padding would follow its neighbours'
+            # lengths, and so would its bits (extract.numerics).
+            rows = [p.encoder.encode_text([str(c["text"])])[0] for c in clips]
             stats[p.info.key].model_s += time.perf_counter() - started
             for clip, row in zip(clips, np.asarray(rows)):
                 start = float(clip.get("start") or 0.0)

@@ -24,7 +24,11 @@ Rules, in the order a writer meets them:
    and existence check on the way bypasses fsspec's directory cache.
 
 A clip committed by two parts (two runs raced over the same clips) is resolved by the index: the
-earliest commit (commit time, then part id) wins everywhere, deterministically.
+earliest commit (commit time, then part id) wins everywhere, deterministically. A committed part
+none of whose clips wins is dead weight that can never win again (later commits only sort after
+the winners), so `reclaim_superseded_parts` deletes it, the one case where a committed part is
+deleted: under its lease (so it happens once), manifest first (so no new reader indexes it),
+then the rows. A part that lost only some of its clips keeps them: its array is never rewritten.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from .errors import UserError
 from .fsutil import create_exclusive, exists, read_json, remove, write_json
 
 if TYPE_CHECKING:
+    from .manifest import PartManifest
     from .store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -367,3 +372,35 @@ def live_lease(store: FeatureStore, stream_key: str, part_id: str) -> Lease | No
     """The part's lease if its writer may still be alive (verify calls such a part in progress)."""
     lease = read_lease(store, stream_key, part_id)
     return lease if lease is not None and lease.dead_reason() is None else None
+
+
+def superseded_parts(manifests: list[PartManifest]) -> list[str]:
+    """Committed parts holding clips, every one of which an earlier commit also holds."""
+    winner: dict[str, str] = {}
+    for manifest in sorted(manifests, key=lambda m: m.commit_order()):
+        for entry in manifest.clips:
+            winner.setdefault(entry.clip_id, manifest.part_id)
+    return sorted(m.part_id for m in manifests
+                  if m.clips and all(winner[e.clip_id] != m.part_id for e in m.clips))
+
+
+def reclaim_superseded_parts(store: FeatureStore, stream_key: str) -> list[str]:
+    """Delete committed parts that serve no clip (racing runs committed their clips earlier).
+
+    Returns the part ids deleted. A part whose lease someone holds is left for a later call.
+    """
+    deleted = []
+    for part_id in superseded_parts(store.manifests(stream_key)):
+        lease = _try_create(store, stream_key, part_id)
+        if lease is None:
+            continue  # another finalize is reclaiming it (or a writer aborts there)
+        try:
+            remove(store.fs, manifest_path(store, stream_key, part_id))
+            store.backend.delete_part(stream_key, part_id)
+        finally:
+            _drop_lease_file(store, stream_key, part_id)
+        store.forget_part(stream_key, part_id)
+        log.info("deleted part %s of %s: every clip in it was committed earlier by another part",
+                 part_id, stream_key)
+        deleted.append(part_id)
+    return deleted

@@ -109,6 +109,9 @@ class PartManifest:
     run_id: str = ""
     discarded: list[str] = field(default_factory=list)  # clips another part committed first
     sha256: str = ""  # of the part's rows as written (rows_bytes); "" in parts written before
+    # What computed the rows besides the stream key's settings (library versions, threads,
+    # device): parts of one stream must agree (`affect store verify --numerics`).
+    numerics: dict[str, Any] = field(default_factory=dict)
 
     def commit_order(self) -> tuple[float, str]:
         """Earliest commit first, then part id: who wins when two parts hold one clip."""

@@ -13,16 +13,13 @@ the file, turns it into a `UserError` naming it.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import numpy as np
 
+from .names import name_problem
 from .paths import clip_id_problem
 
-# Stream keys and part ids become folder and file names: letters, digits, '_', '-', '.', '@'
-# only, and never '.' or '..' (so never a path of more than one component).
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_@+-][A-Za-z0-9_.@+-]{0,199}$")
 # Bigger than any real part or clip (2^40 rows of one float is 4 TiB): a row count or dim
 # beyond it is damage, and would otherwise make a reader allocate without end.
 MAX_COUNT = 1 << 40
@@ -68,10 +65,10 @@ def expect_float(value: Any, what: str, optional: bool = False, positive: bool =
 
 
 def expect_name(value: Any, what: str) -> str:
-    """A stream key or part id: one safe path component."""
-    if not isinstance(value, str) or not NAME_PATTERN.match(value) or value in (".", ".."):
-        raise MetadataError(f"{what} {_shown(value)} is not a valid name (letters, digits, "
-                            "'_', '-', '.', '@', '+')")
+    """A stream key or part id: one safe path component (features_store.names)."""
+    problem = name_problem(value)
+    if problem:
+        raise MetadataError(f"{what} {problem}")
     return value
 
 
@@ -146,6 +143,7 @@ def check_manifest(data: Any) -> dict[str, Any]:
     for name in ("created", "writer", "run_id", "sha256"):
         expect_str(data.get(name, ""), name)
     expect_int(data.get("schema", 1), "schema")
+    expect_dict(data.get("numerics", {}), "numerics")
     discarded = data.get("discarded", [])
     if not isinstance(discarded, list) or not all(isinstance(c, str) for c in discarded):
         raise MetadataError("discarded must be a list of clip ids")

@@ -45,6 +45,7 @@ from .fsutil import (
 )
 from .index import StreamIndex
 from .manifest import SCHEMA_VERSION, ClipShape, PartManifest, StreamInfo
+from .names import check_stream_key, name_problem
 from .paths import check_clip_id
 from .schema import (
     MetadataError,
@@ -335,50 +336,79 @@ class FeatureStore:
                             ) from None
         path = f"{self._stream_dir(info.key)}/stream.json"
         if exists(self.fs, path):
-            return self._read_stream_info(info.key)
-        if not info.created:
-            # Microseconds: an alias resolves to its newest stream, and a corrected label file
-            # re-ingested within the same second must still be the newer one.
-            info.created = datetime.now(UTC).isoformat(timespec="microseconds")
-        self.backend.create_stream(info.key, info.to_dict())
-        write_json(self.fs, path, info.to_dict())
-        self._streams = None
+            # Another process (or an earlier run) created it: this handle now knows it too,
+            # whenever its listing was taken.
+            info = self._read_stream_info(info.key)
+        else:
+            if not info.created:
+                # Microseconds: an alias resolves to its newest stream, and a corrected label
+                # file re-ingested within the same second must still be the newer one.
+                info.created = datetime.now(UTC).isoformat(timespec="microseconds")
+            self.backend.create_stream(info.key, info.to_dict())
+            write_json(self.fs, path, info.to_dict())
+        if self._streams is not None:
+            self._streams[info.key] = info
         return info
 
     def _read_stream_info(self, key: str) -> StreamInfo:
         path = f"{self._stream_dir(key)}/stream.json"
         info = read_checked(self.fs, path, StreamInfo.from_dict)
+        check_stream_key(info.key, path)
         if info.key != key:
-            # The folder is the stream: a key naming anything else (another stream, a path
-            # outside the store) is never used.
-            raise UserError(f"{path}: key {info.key!r} is not its folder's name {key!r}")
+            # The key names folders (index, leases, intents, parts): one that differs from the
+            # folder it was found in would send every write somewhere else, perhaps outside.
+            raise UserError(f"{path}: stream key {info.key!r} does not match its folder "
+                            f"{key!r}; the store's metadata was edited or damaged")
         return info
 
     def streams(self, kind: str | None = None) -> list[StreamInfo]:
-        """Every readable stream. A stream whose stream.json is damaged is left out and listed
-        in `damaged_streams` (verify reports it; the others stay usable)."""
+        """Every readable stream, from this handle's listing of the store.
+
+        The listing is a snapshot, taken on first use and dropped by `refresh`: streams other
+        processes create later are missing from it, so it answers "which streams exist" only
+        as of when it was taken (`resolve` never trusts it for a miss). A stream whose
+        stream.json is damaged is left out and listed in `damaged_streams` (verify reports it;
+        the others stay usable).
+        """
         if self._streams is None:
             found = {}
             damaged: dict[str, str] = {}
             for key in list_names(self.fs, f"{self.path}/streams"):
-                path = f"{self._stream_dir(key)}/stream.json"
-                if exists(self.fs, path):
-                    try:
+                try:
+                    if exists(self.fs, f"{self._stream_dir(key)}/stream.json"):
                         found[key] = self._read_stream_info(key)
-                    except UserError as exc:
-                        damaged[key] = str(exc)
+                except UserError as exc:  # a folder name or stream.json that is not a stream's
+                    damaged[key] = str(exc)
             self._streams = found
             self.damaged_streams = damaged
         infos = sorted(self._streams.values(), key=lambda s: (s.alias, s.created, s.key))
         return [s for s in infos if kind is None or s.kind == kind]
 
     def resolve(self, ref: StreamRef) -> StreamInfo:
-        """A stream by key, alias (newest if several) or unique key prefix."""
+        """A stream by key, alias (newest if several) or unique key prefix.
+
+        A stream once created never changes (its key is its content) and is only removed by
+        `delete_stream`, so a hit in this handle's listing is final; a miss may only mean the
+        stream was created after the listing was taken, so it re-lists once before refusing.
+        """
         if isinstance(ref, StreamInfo):
             if ref.key:
+                check_stream_key(ref.key, self.url)
                 return ref
             ref = ref.alias
-        streams = self.streams()
+        found = self._match(ref, self.streams())
+        if found is None:
+            self._streams = None
+            found = self._match(ref, self.streams())
+        if found is not None:
+            return found
+        known = ", ".join(sorted({s.alias for s in self.streams()})) or "none"
+        damaged = ("; damaged, see `affect store verify`: "
+                   f"{', '.join(sorted(self.damaged_streams))}" if self.damaged_streams else "")
+        raise UserError(f"{self.url}: no stream {ref!r} (streams: {known}{damaged})")
+
+    @staticmethod
+    def _match(ref: str, streams: list[StreamInfo]) -> StreamInfo | None:
         for match in (
             [s for s in streams if s.key == ref],
             [s for s in streams if s.alias == ref],
@@ -390,18 +420,18 @@ class FeatureStore:
         ):
             if match:
                 return max(match, key=lambda s: s.created)
-        known = ", ".join(sorted({s.alias for s in streams})) or "none"
-        damaged = ("; damaged, see `affect store verify`: "
-                   f"{', '.join(sorted(self.damaged_streams))}" if self.damaged_streams else "")
-        raise UserError(f"{self.url}: no stream {ref!r} (streams: {known}{damaged})")
+        return None
 
     def _stream_dir(self, key: str) -> str:
-        return f"{self.path}/streams/{key}"
+        return f"{self.path}/streams/{check_stream_key(key, self.url)}"
 
     # Writing ----------------------------------------------------------------------------
-    def part_writer(self, stream: StreamRef, part_id: str) -> PartWriter:
+    def part_writer(self, stream: StreamRef, part_id: str,
+                    numerics: dict[str, Any] | None = None) -> PartWriter:
+        """A writer of one part; `numerics` (what computed the rows: library versions, threads)
+        goes into its manifest for `verify --numerics`."""
         self._writable()
-        return PartWriter(self, self.resolve(stream), part_id)
+        return PartWriter(self, self.resolve(stream), part_id, numerics)
 
     def _write_manifest(self, key: str, manifest: PartManifest, exclusive: bool = False) -> bool:
         """Write a part's commit marker; with `exclusive`, only if none exists (False if one
@@ -417,6 +447,12 @@ class FeatureStore:
         self._indexes.pop(key, None)
         self._readers.pop((key, manifest.part_id), None)
         return True
+
+    def forget_part(self, key: str, part_id: str) -> None:
+        """Drop what this handle remembers of a part that was deleted."""
+        self._manifest_cache.pop((key, part_id), None)
+        self._readers.pop((key, part_id), None)
+        self._indexes.pop(key, None)
 
     def committed_parts(self, stream: StreamRef) -> list[str]:
         """Part ids with a manifest, from a fresh listing (never a cached one)."""
@@ -456,11 +492,12 @@ class FeatureStore:
     def finalize(self, prune_orphans: bool = False) -> dict[str, dict[str, str]]:
         """Merge manifests into each stream's index and compact the clip table.
 
-        One process only. With `prune_orphans`, uncommitted parts whose writer is provably dead
-        are deleted (commit.prune_dead_parts): their lease expired or their pid is gone, or
-        they belong to this handle's own run (call it after this run's writers are done).
-        Parts of live writers, of this or any other run, are never touched. Returns
-        {stream key: {part id: why it was deleted}}.
+        One process only. Committed parts that serve no clip (racing runs committed all their
+        clips earlier) are deleted (commit.reclaim_superseded_parts). With `prune_orphans`,
+        uncommitted parts whose writer is provably dead are deleted (commit.prune_dead_parts):
+        their lease expired or their pid is gone, or they belong to this handle's own run (call
+        it after this run's writers are done). Parts of live writers, of this or any other run,
+        are never touched. Returns {stream key: {part id: why it was deleted}}.
         """
         self._writable()
         self.refresh()
@@ -470,6 +507,9 @@ class FeatureStore:
                 deleted = commit.prune_dead_parts(self, info.key, own_run_id=self.run_id)
                 if deleted:
                     pruned[info.key] = deleted
+            for part in commit.reclaim_superseded_parts(self, info.key):
+                pruned.setdefault(info.key, {})[part] = ("committed, but every clip in it was "
+                                                         "committed earlier by another part")
             manifests = self.manifests(info.key)
             index = StreamIndex.from_manifests(manifests, info.dim)
             write_json(self.fs, f"{self._stream_dir(info.key)}/index.json", index.to_dict())
@@ -490,6 +530,8 @@ class FeatureStore:
         self._writable()
         key = self.resolve(stream).key
         run = run_id or self.run_id
+        if name_problem(run):
+            raise UserError(f"{self.url}: run id {name_problem(run)}")
         clip_ids = set(clip_ids)
         if clip_ids <= self.committed_clip_ids(key):
             return  # a rerun with nothing left to do adds no record
@@ -533,7 +575,10 @@ class FeatureStore:
                 merged = read_checked(self.fs, index_path, StreamIndex.from_dict)
             except UserError:
                 merged = None  # a damaged merged index is only a cache: the manifests decide
-            if merged is not None and merged.parts == sorted(parts):
+            # Used only while it covers exactly the committed parts, and names no other part
+            # (a part id in it becomes a path to read).
+            if (merged is not None and merged.parts == sorted(parts)
+                    and set(merged.part_of) <= set(merged.parts)):
                 index = merged
         if index is None:
             index = StreamIndex.from_manifests(self.manifests(info.key), info.dim)

@@ -1,8 +1,9 @@
 """Text tables and counts as every command prints them (one formatter, so they all agree).
 
-Columns are as wide as their widest cell (a long alias widens its column instead of pushing the
-rest out of line); numbers are right-aligned, text left-aligned; integers print as integers and
-other numbers with a fixed precision; counts read "1 clip", "2 clips".
+Text cells are printed escaped (features_store.printable: a store's aliases and clip ids are
+other people's text). Columns are as wide as their widest cell (a long alias widens its column
+instead of pushing the rest out of line); numbers are right-aligned, text left-aligned; integers
+print as integers and other numbers with a fixed precision; counts read "1 clip", "2 clips".
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from .printable import printable
 
 
 def plural(count: int, word: str, plural_word: str | None = None) -> str:
@@ -30,7 +33,7 @@ def format_value(value: Any, decimals: int = 4) -> str:
     if isinstance(value, numbers.Real):
         value = float(value)
         return str(value) if not math.isfinite(value) else f"{value:.{decimals}f}"
-    return str(value)
+    return printable(value)
 
 
 def _is_number(value: Any) -> bool:
@@ -41,7 +44,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
                  headers: Mapping[str, str] | None = None, decimals: int = 4) -> str:
     """One header line and one line per row; no trailing spaces."""
     headers = headers or {}
-    titles = [headers.get(c, c) for c in columns]
+    titles = [printable(headers.get(c, c)) for c in columns]
     cells = [[format_value(row.get(c), decimals) for c in columns] for row in rows]
     numeric = [bool(rows) and all(_is_number(row.get(c)) or row.get(c) is None for row in rows)
                for c in columns]

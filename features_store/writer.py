@@ -44,10 +44,12 @@ class PartWriter:
     Leaving the block normally commits; leaving it by an exception discards the part.
     """
 
-    def __init__(self, store: FeatureStore, info: StreamInfo, part_id: str) -> None:
+    def __init__(self, store: FeatureStore, info: StreamInfo, part_id: str,
+                 numerics: dict | None = None) -> None:
         if not PART_ID_PATTERN.match(part_id):
             raise UserError(f"part id {part_id!r}: use letters, digits, '_', '-', '.' only")
         self.store, self.info = store, info
+        self.numerics = dict(numerics or {})
         self.dtype = np.dtype(info.dtype)
         self.lease = protocol.acquire(store, info.key, part_id)  # raises PartCommitted
         self.part_id = self.lease.part_id  # a private variant while another writer holds it
@@ -159,6 +161,7 @@ class PartWriter:
             run_id=self.store.run_id,
             discarded=discarded,
             sha256=self.digest.hexdigest(),
+            numerics=self.numerics,
         )
         if discarded:
             log.info("part %s of %s: %d clip(s) already committed by another part, discarded "

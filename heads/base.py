@@ -156,6 +156,11 @@ class Head(ABC):
         """Optimiser parameter groups; a group may set its own "lr" (else `config.lr`)."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
+    def clip_groups(self, model: nn.Module) -> list[list[nn.Parameter]]:
+        """Parameter groups whose gradients the trainer clips to `grad_clip` each on its own
+        (a paper that clips each sub-network separately); default: one group, the whole model."""
+        return [list(model.parameters())]
+
     # --- training --------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, data: Any) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Called before each epoch's batches (reset per-epoch state here)."""
@@ -235,6 +240,13 @@ class Head(ABC):
 
         raise UserError(f"head {self.name!r} does not support ensembles of runs")
 
+    def effective_config(self, data: Any) -> dict[str, Any]:
+        """Config fields whose value in the run comes from the data rather than the config
+        (an input dim read from the store's stream, the clip length the store holds): field ->
+        the value that ran. The trainer records those that differ from the config in
+        config.json's `effective`, so a report shows what ran, not what was requested."""
+        return {}
+
     # --- checkpoints a head keeps besides the trainer's ---------------------------------------
     def on_evaluated(self, model: nn.Module, metrics: dict[str, Any], checkpoints: Path,  # noqa: B027 (optional hook, no-op by default)
                      epoch: int) -> None:
@@ -245,12 +257,25 @@ class Head(ABC):
         """Called when a run is opened for evaluation or prediction, after `model` got the
         weights of `checkpoint` ("best" or "last"); a head may load its own checkpoints."""
 
+    def checkpoints_used(self) -> dict[str, dict[str, Any]]:
+        """Per output (target), the checkpoint file and epoch its predictions come from when a
+        head loaded its own in `on_loaded`; empty when every output uses the run's checkpoint.
+        `evaluate` reports it, so a number is never attributed to the wrong epoch."""
+        return {}
+
     # --- fidelity to the paper -------------------------------------------------------------
     def approximations(self, data: Any) -> list[str]:
         """What the paper did that this run can only approximate from cached features (e.g.
         "no augmentation" when the store holds no augmented views), given what `build_data`
         returned. Recorded in RUN/config.json as `approximate`; empty means exact."""
         return []
+
+    def read_official(self, path: Path) -> dict[str, torch.Tensor]:
+        """The tensors of a released checkpoint given as `path` (default: that one file, read
+        as tensors only); a head whose paper saves one file per sub-network reads the siblings."""
+        from heads.official import read_official_file
+
+        return read_official_file(path)
 
     def paper_config(self, store: Any) -> HeadConfig:
         """The paper profile's config, settled from `store` as this run's was (a head that

@@ -102,9 +102,11 @@ def load_frame_sequences(
     """Features of `clip_ids` aligned onto the label timeline and concatenated along D.
 
     The timeline of a clip is the label stream's (its frame_shift_s, the clip's t0, its number
-    of rows). A clip without labels (a test split) gets the timeline of its shortest feature
-    stream at `frame_shift_s` (default: the label stream's), all frames masked. Label rows
-    containing `invalid_value` (Aff-Wild2's -5) are masked.
+    of rows). A clip without labels (a test split, new media) gets a timeline at `frame_shift_s`
+    (default: the label stream's) to the end of its longest feature stream, all frames masked:
+    a windowed audio encoder whose last window did not fit ends a fraction of a second before
+    the video, and its last row is held there rather than the clip's last frames going
+    unpredicted. Label rows containing `invalid_value` (Aff-Wild2's -5) are masked.
     """
     if not feature_streams:
         raise _user_error("no feature streams given (set features=alias1,alias2)")
@@ -145,7 +147,7 @@ def load_frame_sequences(
                 for a, info in zip(arrays, feature_infos)
                 if info.frame_shift_s is not None
             ]
-            n = int(np.floor((min(ends) - t0) / shift + 1e-6)) if ends else 1
+            n = int(np.floor((max(ends) - t0) / shift + 1e-6)) if ends else 1
             y = np.zeros((n, n_labels), dtype=np.float32)
             mask = np.zeros(n, dtype=bool)
             clip_shift = shift

@@ -29,10 +29,24 @@ def plot_curves(records: list[dict[str, Any]], out_png: Path, metric_name: str,
                 extra_metrics: Sequence[str] = ()) -> Path:
     """Draw training loss (per logged step and per epoch) and the validation metric
     `metric_name` (plus `extra_metrics`, which should share its scale) to `out_png`."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(records, metric_name, extra_metrics)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def curves_figure(records: list[dict[str, Any]], metric_name: str,
+                  extra_metrics: Sequence[str] = ()):
+    """The figure `plot_curves` saves: steps and epochs are counted in whole numbers on both
+    axes (two epochs drew ticks at 1.0, 1.2, ... 2.0)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: training machines have no display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
@@ -46,6 +60,7 @@ def plot_curves(records: list[dict[str, Any]], out_png: Path, metric_name: str,
         ax_loss.plot([r["step"] for r in epochs], [r["train_loss"] for r in epochs],
                      "o-", label="train loss (epoch mean)")
     ax_loss.set_xlabel("optimiser step")
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("training loss")
     if steps or epochs:
@@ -62,10 +77,7 @@ def plot_curves(records: list[dict[str, Any]], out_png: Path, metric_name: str,
             ax_metric.plot(xs, ys, "o-", lw=2.5 if name == metric_name else 1.0, label=name)
         ax_metric.legend(fontsize="small")
     ax_metric.set_xlabel("epoch")
-    ax_metric.xaxis.get_major_locator().set_params(integer=True)
+    ax_metric.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_metric.set_title(f"validation (best by {metric_name})")
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return fig

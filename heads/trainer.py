@@ -5,8 +5,9 @@ Run folder layout:
     RUN/config.json              head, config, store path, streams used (alias -> key)
     RUN/checkpoints/last.pt      written after every epoch (what --resume continues from)
     RUN/checkpoints/best.pt      the model of the best validation metric so far
-    RUN/metrics.jsonl            one JSON record per line: kind = step | epoch | eval; "epoch"
-                                 counts from 1 (the epoch the record belongs to)
+    RUN/metrics.jsonl            one JSON record per line: kind = step | epoch | eval | time
+                                 (the epoch's wall time); "epoch" counts from 1 (the epoch the
+                                 record belongs to)
     RUN/curves.png               loss and validation metric curves
     RUN/eval-<split>.json        metrics of the best checkpoint on a split
     RUN/predictions/             default export folder of `predict`
@@ -49,11 +50,15 @@ from heads.base import (
 from heads.plots import plot_curves, read_metrics
 from heads.profile import profile_record
 from heads.registry import get_head
+from heads.run_environment import run_environment
+from heads.run_folder import (
+    RunPaths,
+    check_run_folder,
+    check_store_location,
+    read_run_config,
+)
 from heads.tb_log import ScalarLog
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-CURVES_FILE = "curves.png"
+from heads.train_progress import EpochSummary, TrainProgress
 
 
 def _user_error(message: str) -> Exception:
@@ -337,44 +342,6 @@ def _pin(obj: Any) -> Any:
 
 
 @dataclass
-class RunPaths:
-    """Where a run keeps its files."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS_FILE
-
-    @property
-    def curves(self) -> Path:
-        return self.root / CURVES_FILE
-
-    @property
-    def predictions(self) -> Path:
-        return self.root / "predictions"
-
-    def eval_file(self, split: str) -> Path:
-        return self.root / f"eval-{split}.json"
-
-
-@dataclass
 class TrainResult:
     """What `train` returns: where the run is and how it went."""
 
@@ -400,9 +367,7 @@ def open_store_for(store: Any, mode: str = "r") -> tuple[Any, str]:
     if isinstance(store, str | Path):
         from features_store import open_store
 
-        location = str(store)
-        if "://" not in location and not Path(location).exists():
-            raise _user_error(f"{location}: no such store (build it with `affect extract`)")
+        location = check_store_location(store)
         opened = open_store(location, mode=mode)
         return opened, opened.location
     return store, str(getattr(store, "location", getattr(store, "url", repr(store))))
@@ -555,7 +520,7 @@ def train(
     *,
     device: str | torch.device | None = "auto",
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | TrainProgress = True,
     prefetch: int = 2,
     log_every: int = 20,
     stop_after: int | None = None,
@@ -565,17 +530,14 @@ def train(
     `resume=True` continues from RUN/checkpoints/last.pt (model, optimiser, schedule, scaler,
     epoch, RNG states, best metric, head state). `stop_after` ends this call after that many
     epochs (the run can be resumed later, as after an interruption). `prefetch` = batches
-    prepared ahead in a background thread (0: inline).
+    prepared ahead in a background thread (0: inline). `progress`: a line per epoch on stderr
+    and a bar (or, in a log, timed lines) within it; False keeps only notes (where a resumed
+    run continues); a `TrainProgress` to print elsewhere.
     """
-    from tqdm.auto import tqdm
-
     config = head.config
-    paths = RunPaths(Path(out))
-    if not resume and paths.last.exists():
-        raise _user_error(f"{paths.root}: run folder already has checkpoints; use --resume or a "
-                          "new --out")
-    if resume and not paths.last.exists():
-        raise _user_error(f"{paths.last}: nothing to resume (no last checkpoint)")
+    reporter = (progress if isinstance(progress, TrainProgress)
+                else TrainProgress(head.name, enabled=bool(progress)))
+    paths = check_run_folder(out, resume)
     check_config(config)
     dev = resolve_device(device)
 
@@ -589,6 +551,7 @@ def train(
     paths.checkpoints.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
     model = head.build_model(data).to(dev)
     optimizer = build_optimizer(config, head.param_groups(model))
+    clip_groups = head.clip_groups(model)
     watched = config.plateau_metric or head.metric_name
     schedule = LrSchedule(optimizer, config,
                           "min" if watched.endswith("loss") else head.metric_mode)
@@ -613,9 +576,13 @@ def train(
         bad_evals = checkpoint["bad_evals"]
         _set_rng_state(checkpoint["rng"])
         _truncate_metrics(paths.metrics, start_epoch)
+        reporter.note(f"resuming after epoch {start_epoch} of {config.epochs} from {paths.last}"
+                      + (f" (best {head.metric_name} {best_metric:.4f} at epoch "
+                         f"{best_epoch + 1})" if best_metric is not None else ""))
     else:
         paths.metrics.write_text("")
     scalars = ScalarLog(paths.root / "tb", purge_step=global_step if resume else None)
+    amp_name = str(amp_dtype).replace("torch.", "") if amp_dtype else "off"
 
     write_json(paths.config, {
         "head": head.name,
@@ -626,8 +593,10 @@ def train(
         "store_id": getattr(store_obj, "store_id", None),
         **provenance,
         "device": str(dev),
-        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+        "amp": amp_name,
+        "effective": _effective_settings(head, data, amp_name),
         "torch": torch.__version__,
+        "environment": run_environment(),
     })
 
     total_wait = total_compute = 0.0
@@ -635,17 +604,19 @@ def train(
     stopped_early = False
     epochs_done = start_epoch
     last_epoch = config.epochs - 1
-    for epoch in range(start_epoch, config.epochs):
-        if stop_after is not None and epoch - start_epoch >= stop_after:
-            break
+    end_epoch = config.epochs if stop_after is None else min(config.epochs,
+                                                             start_epoch + stop_after)
+    epoch_seconds: list[float] = []
+    for epoch in range(start_epoch, end_epoch):
+        epoch_started = time.perf_counter()
         schedule.start_epoch(epoch)
         head.on_epoch_start(epoch, data)
         model.train()
         batches = head.train_batches(data, epoch, epoch_rng(config.seed, epoch))
         n_batches = len(batches) if hasattr(batches, "__len__") else None
         source = _Prefetcher(batches, prefetch, dev.type == "cuda") if prefetch > 0 else batches
-        bar = tqdm(total=n_batches, desc=f"{head.name} epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress, leave=False, dynamic_ncols=True)
+        shown = reporter.epoch(epoch + 1, config.epochs, n_batches)
+        advance = shown.__enter__()
         epoch_loss, epoch_items, epoch_wait, epoch_compute = 0.0, 0, 0.0, 0.0
         optimizer.zero_grad(set_to_none=True)
         iterator = iter(source)
@@ -668,7 +639,7 @@ def train(
                 scaler.scale(loss / config.grad_accum).backward()
                 stepped = False
                 if (iteration + 1) % config.grad_accum == 0:
-                    _optimizer_step(model, optimizer, scaler, config)
+                    _optimizer_step(clip_groups, optimizer, scaler, config)
                     schedule.step()
                     global_step += 1
                     stepped = True
@@ -687,24 +658,24 @@ def train(
                     }
                     _append_jsonl(paths.metrics, record)
                     scalars.record(record, schedule.lrs())
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}")
+                advance(loss_value)
                 iteration += 1
             if iteration % config.grad_accum != 0:  # flush a partial accumulation
-                _optimizer_step(model, optimizer, scaler, config)
+                _optimizer_step(clip_groups, optimizer, scaler, config)
                 schedule.step()
                 global_step += 1
         finally:
-            bar.close()
+            shown.__exit__(None, None, None)
             if isinstance(source, _Prefetcher):
                 source.close()
         total_wait += epoch_wait
         total_compute += epoch_compute
         total_steps += epoch_items
         busy = epoch_wait + epoch_compute
+        train_loss = epoch_loss / max(epoch_items, 1)
         record = {
             "kind": "epoch", "epoch": epoch + 1, "step": global_step,
-            "train_loss": epoch_loss / max(epoch_items, 1), "lr": schedule.lrs()[0],
+            "train_loss": train_loss, "lr": schedule.lrs()[0],
             "iterations": epoch_items, "data_wait_s": epoch_wait, "compute_s": epoch_compute,
             "data_wait_share": epoch_wait / busy if busy > 0 else 0.0,
             "steps_per_s": epoch_items / busy if busy > 0 else 0.0,
@@ -714,6 +685,7 @@ def train(
 
         metric_value: float | None = None
         watched_value: float | None = None
+        metrics = None
         if (epoch + 1) % max(config.eval_every, 1) == 0 or epoch == last_epoch:
             metrics = evaluate_model(head, model, data, config.val_split)
             for name in (head.metric_name, watched):
@@ -749,11 +721,23 @@ def train(
         }, paths.last)
         plot_curves(read_metrics(paths.metrics), paths.curves, head.metric_name,
                     head.plot_metrics)
-        if config.patience > 0 and bad_evals >= config.patience:
+        epoch_seconds.append(time.perf_counter() - epoch_started)
+        # The wall time of each epoch (training, validation, checkpoints): the report's total.
+        _append_jsonl(paths.metrics, {"kind": "time", "epoch": epoch + 1,
+                                      "epoch_s": epoch_seconds[-1]})
+        stopping = config.patience > 0 and bad_evals >= config.patience
+        left = 0 if stopping else end_epoch - epoch - 1
+        reporter.epoch_done(EpochSummary(
+            epoch=epoch + 1, epochs=config.epochs, train_loss=train_loss,
+            val_metrics=None if metrics is None else _json_ready(metrics),
+            metric_name=head.metric_name, best_value=best_metric,
+            best_epoch=None if best_epoch is None else best_epoch + 1,
+            seconds=epoch_seconds[-1],
+            eta_s=sum(epoch_seconds) / len(epoch_seconds) * left))
+        if stopping:
             stopped_early = True
             break
 
-    scalars.close()
     final_metrics: dict[str, Any] = {}
     if paths.best.exists() and (stopped_early or epochs_done == config.epochs):
         best = load_checkpoint(paths.best, dev)
@@ -761,12 +745,24 @@ def train(
         write_json(paths.eval_file(config.val_split),
                    {"split": config.val_split, "checkpoint": "best", "epoch": best["epoch"],
                     "metrics": final_metrics})
+        scalars.hparams(config_to_dict(config), final_metrics, config.val_split, global_step)
+    scalars.close()
     return TrainResult(
         run_dir=paths.root, best_metric=best_metric,
         best_epoch=None if best_epoch is None else best_epoch + 1, epochs_done=epochs_done,
         stopped_early=stopped_early, final_metrics=final_metrics, data_wait_s=total_wait,
         compute_s=total_compute, steps=total_steps,
     )
+
+
+def _effective_settings(head: Head, data: Any, amp_name: str) -> dict[str, Any]:
+    """Config fields whose running value differs from the config's: AMP is off on a CPU
+    whatever `amp` says, and a head takes some values from the data (`effective_config`)."""
+    requested = config_to_dict(head.config)
+    running = {**head.effective_config(data)}
+    if "amp" in requested:
+        running["amp"] = amp_name
+    return {k: v for k, v in running.items() if requested.get(k, v) != v}
 
 
 def _keeps(rule: str, epoch: int, last_epoch: int, improved: bool) -> bool:
@@ -790,11 +786,13 @@ def _amp_dtype(config: HeadConfig, device: torch.device) -> torch.dtype | None:
     raise _user_error(f"amp={config.amp!r}: use bf16, fp16 or off")
 
 
-def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+def _optimizer_step(clip_groups: list[list[nn.Parameter]], optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, config: HeadConfig) -> None:
+    """Clip (each of the head's `clip_groups` to its own norm), step, update the scaler."""
     if config.grad_clip > 0:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        for params in clip_groups:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -865,23 +863,6 @@ class LoadedRun:
     epoch: int
 
 
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """RUN/config.json as a dict; UserError if the folder is not a run."""
-    paths = RunPaths(Path(run_dir))
-    if not paths.config.exists():
-        raise _user_error(f"{paths.config}: not a run folder (no config.json; train first)")
-    try:
-        saved = json.loads(paths.config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise _user_error(f"{paths.config}: malformed JSON ({error})") from None
-    if (not isinstance(saved, dict) or not isinstance(saved.get("head"), str)
-            or not isinstance(saved.get("config"), dict)
-            or not isinstance(saved.get("store", ""), str)):
-        raise _user_error(f"{paths.config}: not a run's config (expected an object with "
-                          "'head', 'config' and 'store'); the run folder is damaged")
-    return saved
-
-
 def head_from_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> Head:
     """The head of a run, with the run's saved config (optionally updated with `overrides`)."""
     saved = read_run_config(run_dir)
@@ -936,6 +917,9 @@ def evaluate_run(run_dir: str | Path, split: str, *, store: Any = None,
     metrics = evaluate_model(run.head, run.model, run.data, split)
     payload = {"split": split, "checkpoint": run.checkpoint, "epoch": run.epoch,
                **run_fidelity(run_dir), "metrics": _json_ready(metrics)}
+    used = run.head.checkpoints_used()
+    if used:  # outputs predicted with the head's own checkpoints, not `checkpoint`'s epoch
+        payload["targets"] = used
     write_json(run.paths.eval_file(split), payload)
     return payload
 
@@ -950,13 +934,13 @@ def import_run(head: Head, store: Any, official_file: str | Path, out: str | Pat
     file is read as tensors only (heads/official.py). Writes RUN/config.json (with the source
     file, its sha256 and every released key left unused with the reason) and
     RUN/checkpoints/best.pt; returns the run folder."""
-    from heads.official import OfficialState, file_sha256, read_official_file
+    from heads.official import OfficialState, file_sha256
 
     paths = RunPaths(Path(out))
     if paths.config.exists() or paths.best.exists():
         raise _user_error(f"{paths.root}: already a run folder; choose a new --out")
     check_config(head.config)
-    tensors = read_official_file(official_file)  # before any write: a bad file leaves nothing
+    tensors = head.read_official(Path(official_file))  # before any write: a bad file leaves nothing
     store_obj, store_location = open_store_for(store)
     data = head.build_data(store_obj)
     provenance = _resolve_recipe(head, store_obj)

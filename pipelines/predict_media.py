@@ -247,7 +247,10 @@ def predict_media(run_dir: str, media: str, out_dir: str | None = None,
         if info.kind != "feature":
             scratch.create_stream(info)
     for request in requests:
-        report = run_extraction(clips, scratch, request.options, progress=progress)
+        # A few new clips: the bar on a terminal, and no timed log lines (whose closing
+        # `extract: 1/1 clips` line only repeated what the summary says).
+        report = run_extraction(clips, scratch, request.options, progress=progress,
+                                progress_every_s=None)
         if report.failures:
             first = report.failures[0]
             raise UserError(f"{first['message']} (stream {request.info.alias}; "

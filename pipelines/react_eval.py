@@ -93,7 +93,11 @@ def read_emotion(path: Path, n_frames: int = N_FRAMES) -> np.ndarray:
     if data.shape[1] != N_DIMS:
         raise _user_error(f"{path}: {data.shape[1]} columns per frame, expected {N_DIMS}")
     if data.shape[0] < n_frames:
-        raise _user_error(f"{path}: {data.shape[0]} frames, expected at least {n_frames}")
+        # The frames scored per clip come from `--frames` (the challenge's 750 by default):
+        # name it, and the value these clips allow, so short clips are one rerun away.
+        raise _user_error(f"{path}: {data.shape[0]} frames, expected at least {n_frames} "
+                          f"(the frames scored per clip, --frames; shorter clips: "
+                          f"--frames {data.shape[0]})")
     if not np.isfinite(data).all():
         raise _user_error(f"{path}: contains NaN or infinite values")
     return data

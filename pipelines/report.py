@@ -70,29 +70,61 @@ def confusion_figure(matrix: np.ndarray, classes: list[str] | None, title: str) 
     return _png(fig)
 
 
+LABEL_RANGE = (-1.0, 1.0)  # valence and arousal labels lie in [-1, 1]
+
+
+def va_axis_limits(*arrays: np.ndarray) -> tuple[float, float]:
+    """Axis limits holding the label range and every finite point: predictions outside
+    [-1, 1] (an untrained or diverged model) must be seen, not cut off the plot."""
+    values = np.concatenate([np.asarray(a, np.float64).reshape(-1) for a in arrays])
+    values = values[np.isfinite(values)]
+    low = min(LABEL_RANGE[0], float(values.min())) if len(values) else LABEL_RANGE[0]
+    high = max(LABEL_RANGE[1], float(values.max())) if len(values) else LABEL_RANGE[1]
+    margin = 0.025 * (high - low)
+    return low - margin, high + margin
+
+
+def _label_square(ax) -> None:
+    from matplotlib.patches import Rectangle
+
+    low, high = LABEL_RANGE
+    ax.add_patch(Rectangle((low, low), high - low, high - low, fill=False, ls=":", lw=0.8,
+                           ec="grey", label="label range [-1, 1]"))
+
+
 def va_scatter_figure(pred: np.ndarray, truth: np.ndarray, title: str,
                       names: tuple[str, str] = ("valence", "arousal")) -> str:
+    return _png(va_scatter_axes(pred, truth, title, names))
+
+
+def va_scatter_axes(pred: np.ndarray, truth: np.ndarray, title: str,
+                    names: tuple[str, str] = ("valence", "arousal")):
+    """Prediction against truth per dimension, and both in the valence-arousal plane, on axes
+    that hold every point, with the label range [-1, 1] marked."""
     plt = _pyplot()
+    limits = va_axis_limits(pred, truth)
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
     for k, ax in enumerate(axes[:2]):
         ax.scatter(truth[:, k], pred[:, k], s=6, alpha=0.5)
-        ax.plot([-1, 1], [-1, 1], "k--", lw=0.8)
-        ax.set_xlim(-1.05, 1.05)
-        ax.set_ylim(-1.05, 1.05)
+        ax.plot(limits, limits, "k--", lw=0.8)
+        _label_square(ax)
+        ax.set_xlim(*limits)
+        ax.set_ylim(*limits)
         ax.set_xlabel(f"true {names[k]}")
         ax.set_ylabel(f"predicted {names[k]}")
         ax.set_aspect("equal")
     ax = axes[2]
     ax.scatter(truth[:, 0], truth[:, 1], s=6, alpha=0.4, label="truth")
     ax.scatter(pred[:, 0], pred[:, 1], s=6, alpha=0.4, label="prediction")
-    ax.set_xlim(-1.05, 1.05)
-    ax.set_ylim(-1.05, 1.05)
+    _label_square(ax)
+    ax.set_xlim(*limits)
+    ax.set_ylim(*limits)
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
     ax.set_aspect("equal")
     ax.legend(fontsize="small")
     fig.suptitle(title)
-    return _png(fig)
+    return fig
 
 
 def reactions_figure(truths: list[np.ndarray], samples: list[np.ndarray], speakers: list[str],
@@ -177,11 +209,13 @@ def head_plot(run: Any, split: str) -> tuple[str, str, str]:
     pred_all, true_all = np.concatenate(pred_rows), np.concatenate(true_rows)
     columns = label.extra.get("columns") or ["valence", "arousal"]
     unit = "clips" if all(len(p) == 1 for p in pred_rows) else "frames"
+    outside = int(np.sum(np.any(np.abs(pred_all) > LABEL_RANGE[1], axis=1)))
     return ("Valence-arousal: prediction against truth",
             va_scatter_figure(pred_all, true_all, f"{split}: {label.alias}",
                               (columns[0], columns[1])),
             f"{len(pred_all)} {split} {unit} of {len(clip_ids)} clips; the dashed line is a "
-            "perfect prediction.")
+            "perfect prediction, the dotted square the label range [-1, 1]"
+            + (f"; {outside} of the predictions fall outside it" if outside else "") + ".")
 
 
 def _class_of(prediction: Any) -> int:
@@ -224,37 +258,126 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 def _text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, dict | list):
-        return json.dumps(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_text(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(_text(v) for v in value) or "-"
     return str(value)
 
 
-def _provenance(store: Any, streams: dict[str, str]) -> str:
-    rows = []
+def _key(key: str) -> str:
+    """A stream key on one line (it is one token; wrapped, it took five lines)."""
+    return f"<code class=key>{html.escape(key)}</code>"
+
+
+def random_streams(store: Any, streams: dict[str, str]) -> list[str]:
+    """Aliases of the run's streams extracted with random weights (smoke runs)."""
+    found = []
     for alias, key in streams.items():
         try:
             info = store.resolve(key)
+        except Exception:  # noqa: BLE001 - a missing stream is reported in the provenance
+            continue
+        if info.extra.get("random_weights") or info.weights == "random":
+            found.append(alias)
+    return found
+
+
+def _provenance(store: Any, streams: dict[str, str]) -> str:
+    """One small table per stream: a row per fact, preprocessing a row per setting."""
+    blocks = []
+    for alias, key in streams.items():
+        title = f"<h3>{html.escape(alias)}</h3>"
+        try:
+            info = store.resolve(key)
         except Exception as error:  # noqa: BLE001 - the page says what is missing
-            rows.append(f"<tr><td>{html.escape(alias)}</td><td>{html.escape(key)}</td>"
-                        f"<td colspan=5>not in the store: {html.escape(str(error))}</td></tr>")
+            blocks.append(f"{title}<p>{_key(key)}</p><p class=note>not in the store: "
+                          f"{html.escape(str(error))}</p>")
             continue
         weights = info.weights or "-"
-        if info.extra.get("random_weights"):
+        if info.extra.get("random_weights") or info.weights == "random":
             weights = f"RANDOM ({weights})"
         rate = "per clip" if info.frame_shift_s is None else f"{1 / info.frame_shift_s:.3g} Hz"
-        rows.append("<tr>" + "".join(f"<td>{html.escape(_text(v))}</td>" for v in (
-            alias, info.key, info.kind, f"{info.dim} x {info.dtype}", rate, weights,
-            info.weights_sha256 or "-", info.code_version or "-",
-            info.preprocessing or {})) + "</tr>")
-    header = ("<tr><th>alias</th><th>key</th><th>kind</th><th>dim</th><th>rate</th>"
-              "<th>weights</th><th>weights sha256</th><th>code</th><th>preprocessing</th></tr>")
-    return f"<table class=wide>{header}{''.join(rows)}</table>"
+        rows = [("kind", info.kind), ("dim", f"{info.dim} x {info.dtype}"), ("rate", rate),
+                ("weights", weights), ("weights sha256", info.weights_sha256 or "-"),
+                ("code version", info.code_version or "-"),
+                *((f"preprocessing: {name}", value)
+                  for name, value in (info.preprocessing or {}).items())]
+        cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_text(v))}</td></tr>"
+                        for k, v in rows)
+        blocks.append(f"{title}<table><tr><th>key</th><td>{_key(info.key)}</td></tr>"
+                      f"{cells}</table>")
+    return "".join(blocks)
+
+
+def _config_rows(saved: dict[str, Any]) -> list[tuple[str, str]]:
+    """The config as it ran: a value the run took from its data or device (REGNN's input dims,
+    AMP off on a CPU) replaces the requested one, which is named beside it."""
+    effective = dict(saved.get("effective") or {})
+    if "effective" not in saved and "amp" in saved and "amp" in saved["config"]:
+        effective["amp"] = saved["amp"]  # runs from before `effective` was recorded
+    rows = []
+    for name, requested in sorted(saved["config"].items()):
+        if name in effective and effective[name] != requested:
+            rows.append((name, f"{_text(effective[name])} (requested {_text(requested)})"))
+        else:
+            rows.append((name, _text(requested)))
+    return rows
+
+
+def _wall_time(records: list[dict[str, Any]]) -> float | None:
+    seconds = [r["epoch_s"] for r in records if r.get("kind") == "time" and "epoch_s" in r]
+    return sum(seconds) if seconds else None
+
+
+def _run_rows(root: Path, saved: dict[str, Any], row: Any,
+              records: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """How the run was made: command, code, machine, time, profile (old runs: `-`)."""
+    from features_store.progress import duration_text
+
+    environment = saved.get("environment") or {}
+    wall = _wall_time(records)
+    rows: list[tuple[str, Any]] = [
+        ("run folder", str(root)), ("head", saved["head"]), ("dataset", row.dataset or "-"),
+        ("store", saved.get("store", "-")),
+        ("profile", row.profile),  # runs from before profiles: "paper" (pipelines/runs.py)
+        ("deviations from the paper", ", ".join(row.deviations) or "none"),
+        ("approximate", ", ".join(row.approximate) or "nothing"),
+    ]
+    rows += [
+        ("seed", saved["config"].get("seed", "-")),
+        ("epochs done", f"{row.epochs_done} of {row.epochs}"),
+        ("best", "-" if row.best_value is None else
+         f"{row.val_split} {row.metric} {row.best_value:.4g} (epoch {row.best_epoch})"),
+        ("test", "-" if row.test_value is None else f"{row.metric} {row.test_value:.4g}"),
+        ("wall time", duration_text(wall) if wall is not None else "-"),
+        ("command", environment.get("command") or "-"),
+        ("affect version", environment.get("affect_version") or "-"),
+        ("git commit", environment.get("git_commit") or "-"),
+        ("host", environment.get("host") or "-"),
+        ("device", saved.get("device", "-")), ("amp", saved.get("amp", "-")),
+        ("torch", saved.get("torch", "-")), ("updated", row.updated),
+    ]
+    return rows
+
+
+def headline(row: Any) -> str:
+    """The run's result in words, naming the metric: `test FRC 3.983 (best val FRC 3.5 at
+    epoch 4)`."""
+    parts = []
+    if row.test_value is not None:
+        parts.append(f"test {row.metric} {row.test_value:.4g}")
+    if row.best_value is not None:
+        best = f"{row.val_split} {row.metric} {row.best_value:.4g} at epoch {row.best_epoch}"
+        parts.append(f"(best {best})" if parts else f"best {best}")
+    return " ".join(parts) or "not evaluated yet"
 
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}
 table{border-collapse:collapse;margin:0.5em 0}th,td{border:1px solid #ccc;padding:2px 6px;
-text-align:left;font-size:0.85em;vertical-align:top}table.wide td{word-break:break-all}
-img{max-width:100%;border:1px solid #eee}.note{color:#a40}"""
+text-align:left;font-size:0.85em;vertical-align:top}code.key{white-space:nowrap}
+img{max-width:100%;border:1px solid #eee}.note{color:#a40}
+.banner{background:#c00;color:#fff;font-weight:bold;padding:0.6em 1em;margin:0 0 1em}"""
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, split: str | None = None,
@@ -269,17 +392,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, split: s
     row = read_run(root)
     records = read_metrics(root / "metrics.jsonl")
     out_path = Path(out) if out else root / "report.html"
-    parts = [f"<h1>Run {html.escape(root.name)}: {html.escape(saved['head'])}</h1>",
-             _table([("run folder", str(root)), ("head", saved["head"]),
-                     ("dataset", row.dataset or "-"), ("store", saved.get("store", "-")),
-                     ("profile", row.profile),
-                     ("deviations from the paper", ", ".join(row.deviations) or "none"),
-                     ("approximate", ", ".join(row.approximate) or "nothing"),
-                     ("epochs done", f"{row.epochs_done} of {row.epochs}"),
-                     ("best", f"{row.metric} = {_text(row.best_value)} (epoch {row.best_epoch})"),
-                     ("test", _text(row.test_value) if row.test_value is not None else "-"),
-                     ("device", saved.get("device", "-")), ("torch", saved.get("torch", "-")),
-                     ("updated", row.updated)])]
+    result = headline(row)
+    parts = [f"<h1>Run {html.escape(root.name)}: {html.escape(saved['head'])}, "
+             f"{html.escape(result)}</h1>",
+             _table(_run_rows(root, saved, row, records))]
 
     evals = sorted(root.glob("eval-*.json"))
     if evals:
@@ -288,6 +404,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, split: s
             payload = json.loads(path.read_text())
             scalars = [(k, v) for k, v in payload.get("metrics", {}).items()
                        if isinstance(v, int | float)]
+            used = payload.get("targets") or {}
+            scalars += [(f"{target} checkpoint", f"{source['checkpoint']} (epoch "
+                         f"{source['epoch']})") for target, source in used.items()]
             parts.append(f"<h3>split {html.escape(str(payload.get('split')))}</h3>"
                          + _table(scalars))
 
@@ -306,8 +425,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, split: s
         parts.append(f"<p class=note>model or store not available ({html.escape(str(error))}): "
                      "no provenance details or prediction plot</p>")
     if run is not None:
-        parts.append("<h2>Stream provenance</h2>"
-                     + _provenance(run.store, dict(saved.get("streams", {}))))
+        streams = dict(saved.get("streams", {}))
+        randoms = random_streams(run.store, streams)
+        if randoms:  # at the top: nothing below says anything about the encoders
+            parts.insert(0, "<div class=banner>RANDOM WEIGHTS: stream"
+                         f"{'s' if len(randoms) > 1 else ''} {html.escape(', '.join(randoms))} "
+                         "came from encoders with random weights (a smoke run); these numbers "
+                         "say nothing about the models.</div>")
+        parts.append("<h2>Stream provenance</h2>" + _provenance(run.store, streams))
         val = saved["config"].get("val_split", "val")
         # the test split when it is labelled, else validation
         candidates = [split] if split else list(dict.fromkeys(["test", val]))
@@ -328,11 +453,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, split: s
             parts.append(f"<p class=note>no prediction plot for split {html.escape(chosen)}: "
                          f"{html.escape(failure)}</p>")
 
-    parts.append("<h2>Config</h2>" + _table(sorted(saved["config"].items())))
+    parts.append("<h2>Config (as it ran)</h2>" + _table(_config_rows(saved)))
     page = ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-            f"<title>affect run {html.escape(root.name)} ({html.escape(saved['head'])})</title>"
+            f"<title>affect run {html.escape(root.name)} ({html.escape(saved['head'])}): "
+            f"{html.escape(result)}</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(page)
     return out_path
-

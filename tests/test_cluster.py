@@ -68,17 +68,16 @@ def _options() -> ExtractOptions:
 
 @pytest.fixture(scope="module")
 def local_store(clips_file, tmp_path_factory):
-    """The reference: the same clips extracted without any scheduler.
-
-    With the torch thread count each of two workers on this machine gets: CPU kernels may
-    round differently with another number of threads, and bitwise is what is asserted."""
+    """The reference: the same clips extracted without any scheduler, in this process with
+    all its torch threads: the stream key fixes the forward's threads and batch shape, so the
+    workers' rows are bitwise these (extract.numerics)."""
     import torch
 
     from extract.clips import read_clips_file
 
     store = open_store(str(tmp_path_factory.mktemp("local") / "local.zarr"))
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, usable_cores() // 2))
+    torch.set_num_threads(max(2, usable_cores()))
     try:
         run_extraction(read_clips_file(str(clips_file)), store, _options(), progress=False)
     finally:

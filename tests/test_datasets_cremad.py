@@ -16,7 +16,13 @@ import pytest
 
 from features_store import open_store, verify
 from pipelines.datasets import get_adapter
-from pipelines.datasets.cremad import CIRCUMPLEX, EMOTIONS, actor_splits, circumplex_target
+from pipelines.datasets.cremad import (
+    CIRCUMPLEX,
+    EMOTIONS,
+    actor_splits,
+    circumplex_target,
+    shuffled_actors,
+)
 from pipelines.ingest import ingest
 from pipelines.samples import generate_sample
 
@@ -38,6 +44,9 @@ def test_sample_ingests_with_a_speaker_independent_split(crema_root, tmp_path):
     assert [len(actors_of[s]) for s in ("train", "val", "test")] == [8, 1, 1]  # 10 actors
     assert not (actors_of["train"] & actors_of["val"] or actors_of["train"] & actors_of["test"]
                 or actors_of["val"] & actors_of["test"])
+    # the actor's place in the released shuffled list: how the released loaders order clips
+    order = shuffled_actors(sorted({c["actor"] for c in clips}))
+    assert all(c["actor_rank"] == order.index(c["actor"]) for c in clips)
     for clip in clips:
         actor, sentence, emotion, level = clip["clip_id"].split("_")
         assert (clip["speaker"], clip["emotion"], clip["intensity"]) == (actor, emotion, level)
@@ -91,3 +100,19 @@ def test_broken_files_are_skipped_and_listed(crema_root, tmp_path):
     assert any("1001_DFA_ANG_\ufffd.wav: file name is not valid UTF-8" in m for m in messages)
     assert report.clips == 19 and wavs[1].stem not in store.clip_ids()
     assert verify(store).ok
+
+
+def test_split_picks_the_released_codes_validation_and_test_actors():
+    """The released `create_dataloaders` shuffles the actor list (ascending, as its sorted file
+    names list them) with np.random.RandomState(42) and cuts 80/10/10: these 9 validation and
+    10 test actors (random.Random(42) picks others)."""
+    actors = [str(a) for a in range(1001, 1092)]
+    splits = actor_splits(actors)
+    val = sorted(int(a) for a, s in splits.items() if s == "val")
+    test = sorted(int(a) for a, s in splits.items() if s == "test")
+    assert val == [1002, 1022, 1030, 1038, 1053, 1060, 1064, 1079, 1087]
+    assert test == [1003, 1015, 1021, 1024, 1052, 1061, 1072, 1075, 1083, 1085]
+    released = list(range(1001, 1092))  # the released code, written out
+    np.random.RandomState(42).shuffle(released)
+    assert [int(a) for a in sorted(actors, key=lambda a: released.index(int(a)))] == released
+    assert [splits[str(a)] for a in released] == ["train"] * 72 + ["val"] * 9 + ["test"] * 10

@@ -256,7 +256,8 @@ def test_a_finished_rerun_is_answered_from_the_store_without_building_encoders(
     assert again.exit_code == 0, again.output
     assert "3 skipped" in again.output
     # A new clip, or a weights file that changed, means real work: the encoders get built.
-    options = _options(encoders=[VIDEO], weights=str(weights), dtype="float16")  # as the CLI
+    options = _options(encoders=[VIDEO], weights=str(weights), dtype="float16",
+                       batch_size=64)  # as the CLI (the batch size is part of the key)
     opened = open_store(store, "r")
     assert already_done(clips, opened, options) is not None
     more = [*clips, {"clip_id": "new", "video": str(media / "a25.mp4")}]

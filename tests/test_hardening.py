@@ -297,8 +297,11 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_committed(small_disk, tmp_pa
 def test_training_settings_out_of_range_are_one_line_before_anything_runs(tmp_path, capsys,
                                                                           setting, named):
     run = tmp_path / "run"
+    # a store folder that exists: `train` checks that before importing the heads, so the
+    # setting is what is left to refuse
+    (tmp_path / "store.zarr").mkdir()
     code, _, err = run_cli("train", "--head", "transformer-lstm", "--store",
-                           str(tmp_path / "none.zarr"), "--out", str(run), "--set", setting,
+                           str(tmp_path / "store.zarr"), "--out", str(run), "--set", setting,
                            capsys=capsys)
     assert code == 2 and err.startswith(f"error: {named}") and len(err.splitlines()) == 1
     assert not run.exists()

@@ -18,6 +18,7 @@ from typing import ClassVar
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_trainer import TinyConfig, TinyHead, build_tiny_store
 from torch import nn
 
 from features_store import UserError
@@ -26,7 +27,6 @@ from heads.official import OfficialState, read_official_file
 from heads.profile import corrections, deviations
 from heads.registry import get_head, list_heads, register_head
 from heads.trainer import _keeps, evaluate_run, import_run, read_run_config, train
-from tests.test_trainer import TinyConfig, TinyHead, build_tiny_store
 
 SHIPPED = ("regnn", "transformer", "transformer-lstm", "transformer-attention", "fclstm-xl",
            "temporal_attention", "tpn_awm", "trm")

@@ -491,3 +491,28 @@ def test_react_2024_layout_with_noxi_and_recola_scores_as_the_official_formulas(
     for name in ALL_METRIC_NAMES:
         assert got[name] == pytest.approx(want[name], rel=1e-5, abs=1e-9), name
     assert got["TLCC"] != got["TLCC_all"]  # the two definitions do differ on this data
+
+
+def test_short_clips_name_the_frames_option_that_would_score_them(tmp_path):
+    # Clips of 200 frames scored with the challenge's default 750: the one line says which
+    # option sets the frames scored and the value that fits these clips.
+    from click.testing import CliRunner
+
+    from pipelines.cli.metrics import metrics
+
+    rng = np.random.default_rng(10)
+    emotions = write_react_root(tmp_path / "react", rng, n_frames=200)
+    speakers = [s for s, _ in PAIRS] + [li for _, li in PAIRS]
+    listeners = [li for _, li in PAIRS] + [s for s, _ in PAIRS]
+    for s, li in zip(speakers, listeners):
+        d = tmp_path / "pred" / "test" / s
+        d.mkdir(parents=True)
+        for i in range(10):
+            torch.save(torch.from_numpy(emotions[li]), d / f"result-{i}.pth")
+    result = CliRunner().invoke(metrics, ["react", "--pred-dir", str(tmp_path / "pred"),
+                                          "--data-root", str(tmp_path / "react"),
+                                          "--no-baselines"])
+    assert result.exit_code != 0
+    message = str(result.exception)
+    assert "200 frames, expected at least 750" in message
+    assert "--frames 200" in message, message

@@ -7,6 +7,8 @@ a toy speaker -> listener mapping, and generation gives ten different reactions 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -465,3 +467,20 @@ def test_regnn_head_trains_evaluates_and_exports_through_the_shared_trainer(tmp_
     assert first in files and torch.load(first).shape == (60, 25)
     again = predict_model(run.head, run.model, run.data, "val")  # seeded: reproducible
     np.testing.assert_array_equal(again["NoXI/val-0/P1/1"], predictions["NoXI/val-0/P1/1"])
+
+
+def test_the_config_a_run_records_is_the_one_that_ran(tmp_path):
+    # REGNN takes its input and output dims from the store's streams and runs on clips as long
+    # as the store's; the report showed the requested video_dim 768 for an 8-d stream and
+    # clip_frames 750 for 60-frame clips. The run's config.json says what ran.
+    from heads.registry import get_head
+    from heads.trainer import train
+
+    store = toy_react_store(str(tmp_path / "react.zarr"), {"train": 3, "val": 2}, frames=60)
+    head = get_head("regnn")(tiny_config(video_dim=768, audio_dim=128, out_dim=25,
+                                         clip_frames=750, top_k=5, epochs=1, batch_size=8,
+                                         iterations_per_epoch=1, n_samples=2))
+    train(head, store, tmp_path / "run", device="cpu", progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["config"]["video_dim"] == 768  # what was asked, kept
+    assert saved["effective"] == {"video_dim": 8, "audio_dim": 4, "clip_frames": 60}

@@ -257,11 +257,11 @@ def test_cli_trains_and_resumes_a_run(tiny_store, tmp_path):
                                            "--out", run, "--epochs", "1", "--set", "hidden=8",
                                            "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["epochs_done"] == 1
+    assert "trained tiny-test-head: 1 of 1 epochs" in result.stdout  # readable by default
     result = runner.invoke(train_command, ["--out", run, "--resume", "--epochs", "2",
-                                           "--device", "cpu", "--quiet"])
+                                           "--device", "cpu", "--quiet", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["epochs_done"] == 2
+    assert json.loads(result.stdout)["epochs_done"] == 2  # stdout is one JSON document
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["config"]["hidden"] == 8 and saved["config"]["epochs"] == 2
     result = runner.invoke(train_command, ["--head", "tiny-test-head", "--store", tiny_store,
@@ -326,3 +326,112 @@ def test_counts_stay_counts_in_saved_metrics():
     assert saved["speakers"] == 2 and type(saved["speakers"]) is int
     assert type(saved["n"]) is int and type(saved["FRC"]) is float
     assert type(saved["ccc"]) is float and saved["confusion"] == [[1.0, 0.0], [0.0, 1.0]]
+
+
+# --- what training prints ----------------------------------------------------------------------
+
+EPOCH_LINE = (r"tiny-test-head epoch (\d+)/3 \| train_loss \d+\.\d{4} \| val mse \d+\.\d{4} \| "
+              r"best mse \d+\.\d{4} \(epoch \d\) \| \d+\.\d s/epoch \| ETA \d+s")
+
+
+def test_epoch_lines_in_a_log_are_lines_not_bar_redraws(tiny_store, tmp_path):
+    # stderr is not a terminal (CliRunner's, as a SLURM log or a pipe): one readable line per
+    # epoch, no carriage-return redraws; stdout ends with a readable summary, JSON only asked.
+    import re
+
+    from click.testing import CliRunner
+
+    from pipelines.cli.heads import train as train_command
+
+    run = str(tmp_path / "run")
+    runner = CliRunner()
+    args = ["--head", "tiny-test-head", "--store", tiny_store, "--out", run, "--epochs", "3",
+            "--set", "hidden=8", "--device", "cpu"]
+    result = runner.invoke(train_command, [*args, "--set", "patience=0"])
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "epoch" in line]
+    assert [int(re.fullmatch(EPOCH_LINE, line).group(1)) for line in lines] == [1, 2, 3], lines
+    assert lines[-1].endswith("ETA 0s")
+    summary = result.stdout
+    assert summary.startswith("trained tiny-test-head: 3 of 3 epochs in ")
+    assert re.search(r"best mse \d+\.\d{4} at epoch \d on val", summary), summary
+    assert "seed 0" in summary and not summary.lstrip().startswith("{")
+
+    # --resume says where it continues; --json prints only JSON on stdout
+    result = runner.invoke(train_command, ["--out", run, "--resume", "--epochs", "4",
+                                           "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    assert f"resuming after epoch 3 of 4 from {run}/checkpoints/last.pt" in result.stderr
+    assert re.search(r"tiny-test-head epoch 4/4 \| ", result.stderr)
+    assert json.loads(result.stdout)["epochs_done"] == 4
+
+
+def test_epoch_lines_on_a_terminal_come_above_the_bar(tiny_store, tmp_path):
+    # A real pseudo-terminal: the bar is drawn (carriage returns) and each epoch still gets its
+    # readable line.
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+    import threading
+
+    from heads.train_progress import TrainProgress
+
+    leader, follower = pty.openpty()
+    # a terminal 100 columns wide (a new pseudo-terminal has 0, where a bar has no room)
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    received = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    with open(follower, "w", closefd=True) as terminal:
+        assert terminal.isatty()
+        progress = TrainProgress("tiny-test-head", stream=terminal)
+        train(tiny(epochs=3, hidden=8, patience=0), tiny_store, tmp_path / "run", device="cpu",
+              progress=progress)
+        terminal.flush()
+    reader.join(timeout=10)
+    os.close(leader)
+    text = received.decode(errors="replace")
+    # tqdm drew (and redrew) its bar on the terminal
+    assert "\rtiny-test-head epoch 1/3: " in text and "it/s" in text
+    lines = [re.search(EPOCH_LINE, line) for line in text.replace("\r", "\n").splitlines()]
+    assert [int(m.group(1)) for m in lines if m] == [1, 2, 3], text[-2000:]
+
+
+def test_train_argument_errors_come_before_torch_is_imported(tiny_store, tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    train(tiny(epochs=1), tiny_store, run, device="cpu", progress=False)
+    cases = [
+        ([], "--head is required"),
+        (["--head", "tiny-test-head", "--store", str(tmp_path / "missing.zarr")],
+         "no such store"),
+        (["--head", "tiny-test-head", "--store", tiny_store, "--out", str(run)],
+         "already has checkpoints"),
+        (["--resume"], "--resume needs --out"),
+        (["--resume", "--out", str(tmp_path / "none")], "not a run folder"),
+    ]
+    for args, message in cases:
+        code = ("import sys\nfrom pipelines.cli import main\ntry:\n"
+                f"    main(['train', *{args!r}])\nexcept SystemExit as exit:\n"
+                "    print('exit', exit.code, 'torch' in sys.modules)")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=120)
+        assert done.stdout.strip().splitlines()[-1] == "exit 2 False", (args, done.stdout,
+                                                                        done.stderr[-1000:])
+        assert message in done.stderr, (args, done.stderr)

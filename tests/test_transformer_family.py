@@ -36,10 +36,11 @@ FPS = 30
 FACE_DIM, AUDIO_DIM = 12, 6
 FAMILY = ["transformer", "transformer-lstm", "transformer-attention", "fclstm-xl"]
 
-# Small models that train in seconds on a CPU core; everything else keeps the paper's defaults.
+# Small models that train in seconds on a CPU core; everything else keeps the paper's defaults
+# (the paper profile: raw features and N(0, 0.02) weights need a third epoch on this toy).
 SMALL = ["features=face,audio", "d_model=32", "n_layers=1", "n_heads=4", "ffn=64",
          "lstm_hidden=32", "regressor_hidden=32", "dropout=0.0", "input_dropout=0.0",
-         "regressor_dropout=0.0", "lr=3e-3", "epochs=2", "constant_epochs=2", "chunk=100",
+         "regressor_dropout=0.0", "lr=3e-3", "epochs=3", "constant_epochs=3", "chunk=100",
          "batch_size=4"]
 
 
@@ -408,3 +409,48 @@ def test_models_run_under_bf16_autocast_with_an_empty_slot(name):
         batch["reset"] = torch.zeros(3, dtype=torch.bool)
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_evaluate_names_the_checkpoint_each_target_came_from(trained_runs):
+    # valence from best-valence.pt (its own best epoch), arousal from best-arousal.pt: the
+    # printed epoch of best.pt alone attributed valence's number to the wrong epoch.
+    from pipelines.cli.heads import evaluate
+
+    run_dir = trained_runs["transformer-lstm"]
+    epochs = {t: torch.load(run_dir / "checkpoints" / f"best-{t}.pt", weights_only=True)["epoch"]
+              for t in ("valence", "arousal")}
+    result = CliRunner().invoke(evaluate, ["--run", str(run_dir), "--split", "val", "--device",
+                                           "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["targets"] == {
+        t: {"checkpoint": f"best-{t}.pt", "epoch": epochs[t]} for t in ("valence", "arousal")}
+    assert json.loads((run_dir / "eval-val.json").read_text())["targets"] == payload["targets"]
+    readable = CliRunner().invoke(evaluate, ["--run", str(run_dir), "--split", "val",
+                                             "--device", "cpu"])
+    assert (f"valence from best-valence.pt (epoch {epochs['valence']}), arousal from "
+            f"best-arousal.pt (epoch {epochs['arousal']})") in readable.stdout.splitlines()[0]
+
+
+def test_unlabelled_clips_are_predicted_to_the_end_of_their_longest_stream(tmp_path):
+    # A 6.0 s video: 180 video rows at 30 fps, and an audio stream whose last window did not
+    # fit (285 rows at 50 Hz = 5.70 s). Without labels the timeline ran to the shorter one's
+    # end (172 rows, the last 0.3 s unpredicted); it runs to the video's end.
+    from heads.data import load_frame_sequences
+
+    store = open_store(str(tmp_path / "s.zarr"), mode="a", dataset="affwild2")
+    video = store.create_stream(StreamInfo(name="v", dim=3, frame_shift_s=1 / 30))
+    audio = store.create_stream(StreamInfo(name="a", dim=2, frame_shift_s=0.02))
+    labels = store.create_stream(StreamInfo(name="va", kind="label", dim=2,
+                                            frame_shift_s=1 / 30))
+    with store.part_writer(video, "p0") as v, store.part_writer(audio, "p0") as a:
+        v.write_clip("new", np.ones((180, 3), np.float32))
+        a.write_clip("new", np.full((285, 2), 2.0, np.float32))
+    with store.part_writer(labels, "p0"):
+        pass
+    store.add_clips([{"clip_id": "new", "split": "predict"}])
+    store.finalize()
+    seqs = load_frame_sequences(open_store(str(tmp_path / "s.zarr")), ["new"], ["v", "a"], "va")
+    assert seqs.lengths.tolist() == [180]
+    assert (180 - 1) * seqs.frame_shift_s == pytest.approx(5.967, abs=1e-3)
+    np.testing.assert_allclose(seqs.features[-1], [1, 1, 1, 2, 2])  # audio's last row held

@@ -2,11 +2,12 @@
 
 Story: a researcher generates the CREMA-D sample (emotion -> colour and pitch), extracts the
 recipe's three streams (random weights, reduced size) and deletes the media. The TRM head then
-learns the clips' valence/arousal well above CCC 0 on the held-out actors, and the same store
-serves a second TRM configuration (the original per-frame-reset mode, audio+video only) without
-extracting again (slow: the extraction dominates). On a store written directly with the
-recipe's aliases (audio at 50 Hz, so it is mean-pooled onto the 25 Hz video clock) the same
-head learns in seconds; a run resumed from a checkpoint ends exactly where an uninterrupted one
+learns the clips' valence/arousal well above CCC 0 on the held-out actors with our corrections
+(`profile=fixed`), and the same store serves a second TRM configuration (the released
+per-frame-reset mode, the paper profile, audio+video only) without extracting again (slow: the
+extraction dominates). On a store written directly with the recipe's aliases (audio at 50 Hz, so
+it is mean-pooled onto the 25 Hz video clock in the fixed profile) the same head learns in
+seconds; a run resumed from a checkpoint ends exactly where an uninterrupted one
 does; and a store that lacks the text stream is refused with one line naming the stream and the
 `affect extract` command that makes it.
 """
@@ -78,7 +79,8 @@ def stream_keys(store_path: str) -> dict[str, str]:
 @pytest.mark.slow
 def test_trm_learns_the_planted_valence_arousal_of_the_cremad_sample(crema_store, tmp_path):
     keys_before = stream_keys(crema_store)
-    train(trm(*SAMPLE), crema_store, tmp_path / "run", device="cpu", progress=False)
+    train(trm(*SAMPLE, "profile=fixed"), crema_store, tmp_path / "run", device="cpu",
+          progress=False)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     # the run names the exact cached tensors it read: audio, video, text and the labels
     assert set(config["streams"]) == {"dasheng-base", "hsemotion-enet-b0", "embeddinggemma",
@@ -91,10 +93,14 @@ def test_trm_learns_the_planted_valence_arousal_of_the_cremad_sample(crema_store
         assert metrics["ccc_v"] > 0.2 and metrics["ccc_a"] > 0.2, (split, metrics)
     assert (tmp_path / "run" / "eval-test.json").exists()
 
-    # a second configuration on the same store: the original mode, audio + video only
-    second = train(trm(*SAMPLE, "per_frame=false", "text="), crema_store, tmp_path / "orig",
+    # a second configuration on the same store: the released mode, audio + video only
+    second = train(trm(*SAMPLE, "text="), crema_store, tmp_path / "orig",
                    device="cpu", progress=False)
-    assert second.best_metric is not None and second.best_metric > 0.2
+    # the released mode learns less here: one frame per clip (its last: audio only, since the
+    # recipe's MTCNN finds no face in the generated frames and the video rows are zeros)
+    assert second.best_metric is not None and second.best_metric > 0.1
+    store = open_store(crema_store, "r")
+    assert not store.read_clip("hsemotion-enet-b0", store.clip_ids("val")[0]).any()
     other = json.loads((tmp_path / "orig" / "config.json").read_text())
     assert set(other["streams"]) == {"dasheng-base", "hsemotion-enet-b0", "cremad-va"}
     for alias in other["streams"]:
@@ -103,14 +109,18 @@ def test_trm_learns_the_planted_valence_arousal_of_the_cremad_sample(crema_store
 
 
 def test_trm_learns_from_aligned_streams_of_different_rates(small_store, tmp_path):
-    result = train(trm("epochs=6"), small_store, tmp_path / "run", device="cpu", progress=False)
+    result = train(trm("epochs=6", "profile=fixed"), small_store, tmp_path / "run", device="cpu",
+                   progress=False)
     test = evaluate_run(tmp_path / "run", "test", device="cpu")["metrics"]
     # held-out actors (val picks the checkpoint, test is unseen): CCC 0 is a constant predictor
     assert result.best_metric > 0.5 and test["ccc_mean"] > 0.5, (result.best_metric, test)
     keys = stream_keys(small_store)
-    second = train(trm("epochs=6", "per_frame=false", "text="), small_store, tmp_path / "orig",
+    second = train(trm("epochs=6", "text="), small_store, tmp_path / "orig",
                    device="cpu", progress=False)
-    assert second.best_metric > 0.3  # the original mode on the same cached features
+    # the released mode (the paper profile) on the same cached features: it learns, though
+    # less (8-frame clips: 30 rows sampled from fewer frames repeat frame 0, and a clip shorter
+    # than its batch's longest is predicted from the padded zero step)
+    assert second.final_metrics["ccc_mean"] > 0.1
     streams = json.loads((tmp_path / "orig" / "config.json").read_text())["streams"]
     assert streams == {alias: keys[alias] for alias in
                        ("dasheng-base", "hsemotion-enet-b0", "cremad-va")}
@@ -154,7 +164,7 @@ def test_the_validation_loss_is_the_mean_of_the_public_codes_batches():
                          frame_shift_s=0.04, slices={})
     predictions = {c: rng.normal(size=(n, 2)).astype(np.float32)
                    for c, n in zip(clips.clip_ids, lengths)}
-    head = trm("batch_size=2")
+    head = trm("batch_size=2", "ccc_formula=standard")
     batches = [[0, 1], [2, 3], [4]]  # the clips in order, two at a time
     expected = []
     for batch in batches:

@@ -7,6 +7,11 @@ know the published file's sha256 offline, so we never unpickle: we build timm `e
 (8 classes) ourselves and accept only tensors (a state dict saved with torch.save, or
 safetensors). A pickled model is refused with the one command that converts it, to be run by a
 user who trusts the file.
+
+Option `face_crop`: "none" encodes the frame (or the dataset's crop) as it comes; "mtcnn" first
+crops the largest face with MTCNN as the released Affective-TRM encoder does
+(extract/encoders/face_crop.py; recorded in the stream key and the alias `@mtcnn`), and a frame
+without a face gets a row of zeros.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from extract.encoders.base import (
     alias_for,
     with_dim,
 )
+from extract.encoders.face_crop import FACE_CROPS, MtcnnFaceCrop, detector_identity
 from extract.encoders.specs import HSEMOTION_CHECKPOINT as CHECKPOINT
+from extract.encoders.specs import HSEMOTION_OPTIONS as OPTIONS
 from extract.encoders.specs import HSEMOTION_SPEC as SPEC
 from extract.encoders.specs import HSEMOTION_URL as URL
 from extract.encoders.specs import hsemotion_available as available
@@ -86,7 +93,20 @@ def _timm_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.replace("classifier.0.", "classifier.", 1): v for k, v in state.items()}
 
 
-def build(spec: EncoderSpec, weights: str, reduced: bool) -> TimmImageEncoder:
+class FaceCropTimmEncoder(TimmImageEncoder):
+    """The timm model on face crops: an input of NaN (no face in the frame) -> a row of zeros."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        no_face = torch.isnan(x).flatten(1).any(1)
+        features = super().forward(torch.nan_to_num(x))
+        return features.masked_fill(no_face[:, None], 0.0)
+
+
+def build(spec: EncoderSpec, weights: str, reduced: bool,
+          face_crop: str = "none") -> TimmImageEncoder:
+    if face_crop not in FACE_CROPS:
+        raise UserError(f"encoder {spec.name}: face_crop={face_crop!r}: use one of "
+                        f"{', '.join(FACE_CROPS)}")
     choice = resolve(spec.name, weights, _locate_default)
     import timm
 
@@ -112,6 +132,14 @@ def build(spec: EncoderSpec, weights: str, reduced: bool) -> TimmImageEncoder:
         )
     arch = {"model": MODEL, "num_classes": NUM_CLASSES, "reduced": reduced,
             **(REDUCED_MULTIPLIERS if reduced else {})}
+    if face_crop == "mtcnn":
+        crop = MtcnnFaceCrop(PREPROCESS)
+        return FaceCropTimmEncoder(
+            model, crop, spec=with_dim(spec, model.num_features),
+            alias=alias_for(spec.name, ["mtcnn"], choice.identity, reduced),
+            weights_source=choice.source, weights_identity=choice.identity,
+            arch={**arch, "detector": detector_identity()},
+            preprocessing=crop.describe(), options={"face_crop": face_crop})
     return TimmImageEncoder(
         model,
         PREPROCESS,
@@ -125,4 +153,4 @@ def build(spec: EncoderSpec, weights: str, reduced: bool) -> TimmImageEncoder:
     )
 
 
-REGISTRATIONS = [Registration(spec=SPEC, options={}, build=build, available=available)]
+REGISTRATIONS = [Registration(spec=SPEC, options=OPTIONS, build=build, available=available)]

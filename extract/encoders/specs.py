@@ -173,6 +173,10 @@ HSEMOTION_SPEC = EncoderSpec(
 )
 
 
+# "none": the frame as it comes; "mtcnn": the released Affective-TRM's MTCNN face crop first
+HSEMOTION_OPTIONS: dict[str, Any] = {"face_crop": "none"}
+
+
 def hsemotion_cache_dir() -> Path:
     """HSEmotion's own download folder (`hsemotion.facial_emotions.get_model_path`)."""
     return Path("~/.hsemotion").expanduser()
@@ -334,7 +338,7 @@ def gemma_available() -> bool:
 CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry(CLIP_SPEC, CLIP_OPTIONS, clip_available, "clip"),
     CatalogEntry(SWIN_SPEC, SWIN_OPTIONS, swin_available, "swin"),
-    CatalogEntry(HSEMOTION_SPEC, {}, hsemotion_available, "hsemotion"),
+    CatalogEntry(HSEMOTION_SPEC, HSEMOTION_OPTIONS, hsemotion_available, "hsemotion"),
     CatalogEntry(VGGISH_SPEC, VGGISH_OPTIONS, vggish_available, "vggish"),
     CatalogEntry(VGGISH_REACT_SPEC, VGGISH_OPTIONS, vggish_available, "vggish"),
     CatalogEntry(WAV2VEC2_SPEC, WAV2VEC2_OPTIONS, wav2vec2_available, "wav2vec2"),

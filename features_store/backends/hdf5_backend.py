@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import h5py
 import numpy as np
 
+from ..containment import check_inside
 from ..errors import UserError
 from ..fsutil import is_local, list_names, refuse_special_file, remove, url_to_fs
 from .base import DAMAGE_ERRORS, chunk_rows_for, damaged, register_backend
@@ -65,6 +66,33 @@ class _Hdf5PartWriter:
             os.unlink(self.local_path)
 
 
+def _own_rows(file: h5py.File, path: str) -> h5py.Dataset:
+    """The part's `rows` dataset, refused unless its bytes live in this very file.
+
+    HDF5 can point a dataset elsewhere: external raw storage (any file's bytes read as rows),
+    an external or soft link, a virtual dataset mapping other files. A part this backend wrote
+    holds one plain dataset and nothing else, so anything more is refused.
+    """
+    names = list(file.keys())
+    if names != [DATASET]:
+        raise UserError(f"{path}: holds {names[:5]!r}, not only the {DATASET!r} dataset a part "
+                        "has; refusing to read it")
+    link = file.get(DATASET, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        raise UserError(f"{path}: {DATASET!r} is a {type(link).__name__} to another place; "
+                        "refusing to read it")
+    dataset = file[DATASET]
+    if not isinstance(dataset, h5py.Dataset):
+        raise UserError(f"{path}: {DATASET!r} is not a dataset")
+    if dataset.is_virtual:
+        raise UserError(f"{path}: {DATASET!r} is a virtual dataset (its rows live in other "
+                        "files); refusing to read it")
+    if dataset.external:
+        raise UserError(f"{path}: {DATASET!r} keeps its rows in external file(s) "
+                        f"{dataset.external[0][0]!r}; refusing to read it")
+    return dataset
+
+
 class _Hdf5PartReader:
     def __init__(self, fs, path: str) -> None:
         self.location = path
@@ -83,9 +111,12 @@ class _Hdf5PartReader:
                 raise
         try:
             self.file = h5py.File(local, "r")
-            self.dataset = self.file[DATASET]
+            self.dataset = _own_rows(self.file, path)
         except (OSError, KeyError) as exc:
             raise UserError(f"{path}: cannot open array ({type(exc).__name__}: {exc})") from None
+        except UserError:
+            self.file.close()
+            raise
         finally:
             if local != path:
                 os.unlink(local)  # the open file stays readable; nothing is left behind
@@ -138,6 +169,8 @@ class Hdf5Backend:
     def part_reader(self, stream_key: str, part_id: str) -> _Hdf5PartReader:
         location = self.part_location(stream_key, part_id)
         refuse_special_file(self.fs, location)
+        if is_local(self.fs):
+            check_inside(self.path, location)
         return _Hdf5PartReader(self.fs, location)
 
     def list_parts(self, stream_key: str) -> list[str]:

@@ -18,6 +18,7 @@ from zarr.codecs import ZstdCodec
 from zarr.errors import ContainsGroupError
 from zarr.storage import FsspecStore, LocalStore
 
+from ..containment import check_inside
 from ..errors import UserError
 from ..fsutil import invalidate, is_local, list_names, refuse_special_file, remove, url_to_fs
 from .base import DAMAGE_ERRORS, chunk_rows_for, damaged, register_backend
@@ -221,6 +222,8 @@ class ZarrBackend:
     def part_reader(self, stream_key: str, part_id: str) -> _ZarrPartReader:
         path = self._array_path(stream_key, part_id)
         location = self.part_location(stream_key, part_id)
+        if is_local(self.fs):
+            check_inside(self.path, location)
         refuse_special_file(self.fs, f"{location}/zarr.json")
         try:
             array = zarr.open_array(self.root, path=path, mode="r")

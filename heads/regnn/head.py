@@ -348,6 +348,18 @@ class RegnnHead(Head):
         )
         return Regnn(config)
 
+    def effective_config(self, data: RegnnData) -> dict[str, Any]:
+        """The model's input and output dims are the streams' (build_model), and the clips
+        are as long as the store's longest, whatever `clip_frames` says."""
+        video_dim, audio_dim = data.feature_dims
+        longest = max((int(np.max(s.sequences.lengths)) for s in data.splits.values()
+                       if len(s.sequences.lengths)), default=None)
+        effective: dict[str, Any] = {"video_dim": video_dim, "audio_dim": audio_dim,
+                                     "out_dim": data.label_dim}
+        if longest is not None:
+            effective["clip_frames"] = min(longest, self.config.clip_frames)
+        return effective
+
     # training -----------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, data: Any) -> None:
         self.threshold.start_epoch()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from heads.base import (
     MAX_LAYERS,
@@ -23,7 +23,15 @@ class TransformerFamilyConfig(HeadConfig):
     """Shared by the four members; each member's subclass sets its own defaults.
 
     Defaults follow the ABAW 2022 code (Meng et al., situAI/ABAW2022_VA_Situ-RUCAIM3, branch
-    RUCAIM3, and its scripts/train_*.sh). Our variants, each selectable with `--set`:
+    RUCAIM3 @dfe41c2, and its scripts/train_*.sh), its quirks included (the `paper` profile).
+    `--set profile=fixed` applies our corrections (`FIXED`):
+      position_zero_row=false   row 0 of the sinusoid table is sin/cos of 0, not zeros
+      init=default              PyTorch's initialisation instead of N(0, 0.02) on every Linear
+      key_padding_mask=true     the encoder does not attend to padding frames
+      clip_per_subnetwork=false one gradient-norm clip over the whole model
+      normalize=true            z-normalise features with train-split statistics
+      batching=slots            a slot takes the next video as soon as its own ends
+    Our variants, each selectable with `--set` (alternatives, not corrections):
       input_relu=false                  transformer-lstm's FC without the ReLU (Linear-Dropout)
       regressor_hidden=256              one hidden layer instead of the scripts' (256, 256)
       memory_attention=normed-null-slot transformer-attention: LayerNorm(h + attn), a learned
@@ -68,8 +76,26 @@ class TransformerFamilyConfig(HeadConfig):
         "postprocess": (one_of("smooth-then-clip", "clip-then-smooth"),
                         "smooth-then-clip or clip-then-smooth"),
         "ensemble_of": (one_of("postprocessed", "raw"), "postprocessed or raw"),
+        "batching": (one_of("groups", "slots"), "groups or slots"),
+        "key_padding_mask": (a_flag, "true or false"),
+        "position_zero_row": (a_flag, "true or false"),
+        "init": (one_of("normal", "default"), "normal or default"),
+        "clip_per_subnetwork": (a_flag, "true or false"),
+        "memory_heads": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
     }
 
+    FIXED: ClassVar[dict[str, Any]] = {
+        "position_zero_row": False,
+        "init": "default",
+        "key_padding_mask": True,
+        "clip_per_subnetwork": False,
+        "normalize": True,
+        "batching": "slots",
+    }
+
+    # train.py seeds with 99 + run_idx, and the scripts' first run is run_idx 1 (the repeats of
+    # an ensemble: --set seed=101, 102, ...)
+    seed: int = 100
     epochs: int = 30
     constant_epochs: int = 10
     batch_size: int = 16
@@ -83,9 +109,27 @@ class TransformerFamilyConfig(HeadConfig):
     features: tuple[str, ...] = ("hsemotion-enet-b0", "vggish", "wav2vec2-base")
     labels: str = "affwild2-va"
     invalid_value: float = -5.0
-    normalize: bool = True  # z-normalise features with train-split statistics
+    # z-normalise features with train-split statistics; the released scripts' example passes
+    # norm_features=None (no normalisation)
+    normalize: bool = False
     # sequence handling
     chunk: int = 250
+    # "groups": `batch_size` videos at a time, padded to the longest, every chunk of the group
+    # before the next group (the released DataLoader); "slots": each of `batch_size` slots
+    # takes the next video as soon as its own ends (no step spent on a finished video)
+    batching: str = "groups"
+    # the encoder attends to padding frames past a video's end in the released code (no
+    # src_key_padding_mask); true masks them
+    key_padding_mask: bool = False
+    # row 0 of the released sinusoid table is zeros (padding_idx=0 in
+    # get_sinusoid_encoding_table), so a chunk's first frame gets no position
+    position_zero_row: bool = True
+    # "normal": every Linear (FFN and attention out-projection included) N(0, 0.02) with zero
+    # bias (tools.init_weights, applied to each sub-network); "default": PyTorch's
+    init: str = "normal"
+    # each sub-network's gradient clipped to norm `grad_clip` on its own (the released
+    # backward_step loops over model_names); false: one clip over all parameters
+    clip_per_subnetwork: bool = True
     # model
     d_model: int = 256
     n_layers: int = 4
@@ -98,6 +142,7 @@ class TransformerFamilyConfig(HeadConfig):
     lstm_hidden: int = 256
     memory_pool: int = 10  # transformer-attention: frames mean-pooled into one memory slot
     memory_slots: int = 100
+    memory_heads: int = 4  # the released net_attn has 4 heads whatever the encoder's nhead
     # "official": h + MultiheadAttention(h, memory) plainly, and a chunk without memory (the
     # first of a video) skips attention; "normed-null-slot": LayerNorm(h + attn) with a learned
     # null slot always present
@@ -115,6 +160,8 @@ class TransformerFamilyConfig(HeadConfig):
 
     def __post_init__(self) -> None:
         for name, allowed in (("memory_attention", ("official", "normed-null-slot")),
+                              ("batching", ("groups", "slots")),
+                              ("init", ("normal", "default")),
                               ("postprocess", ("smooth-then-clip", "clip-then-smooth")),
                               ("ensemble_of", ("postprocessed", "raw"))):
             if getattr(self, name) not in allowed:

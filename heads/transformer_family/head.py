@@ -1,10 +1,13 @@
 """The transformer-LSTM family as heads: data from the store, chunked batches, CCC loss/metric.
 
 Batching: `batch_size` slots run videos in parallel; each slot walks its video chunk by chunk
-(`chunk` frames), and when a video ends the slot takes the next video of the (shuffled) order and
-its state is reset. Every batch is one optimiser step. Unlike padding all 16 videos of a group to
-the longest one, no step is spent on padding except a video's last partial chunk, and the carried
-state never crosses from one video into another.
+(`chunk` frames), and every batch is one optimiser step; a slot's state is reset when a video
+starts in it, so it never crosses from one video into another. `batching="groups"` (the released
+code) takes `batch_size` videos at a time and runs the chunks of the longest before the next
+group starts; `"slots"` (ours) gives a slot the next video of the (shuffled) order as soon as its
+own ends, so no step is spent on a finished video. A batch is as wide as its longest remaining
+chunk, as the released code slices its padded batch: without the key-padding mask, what the
+encoder attends to past a video's end is then the same padding as there.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from heads.transformer_family.config import (
     TransformerLSTMConfig,
 )
 from heads.transformer_family.export import ensemble_mean, write_challenge_files
-from heads.transformer_family.models import MODELS
+from heads.transformer_family.models import MODELS, init_released, sub_network_parameters
+from heads.transformer_family.official import import_released, read_released
 from heads.transformer_family.smoothing import smooth_va
 
 TRAIN_SPLIT = "train"
@@ -116,6 +120,32 @@ def plan_chunks(lengths: np.ndarray, order: np.ndarray, n_slots: int,
     return np.stack(clips), np.stack(starts)
 
 
+def plan_groups(lengths: np.ndarray, order: np.ndarray, n_slots: int,
+                chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The released batching: videos in `order` taken `n_slots` at a time, each group cut into
+    the chunks of its longest video before the next group starts (same layout as
+    `plan_chunks`; a slot whose video has ended is empty, -1, for the rest of its group)."""
+    if chunk <= 0 or n_slots <= 0:
+        raise _user_error(f"chunk={chunk}, batch_size={n_slots}: both must be positive")
+    videos = np.asarray([int(i) for i in order if lengths[i] > 0], np.int64)
+    clips, starts = [], []
+    for first in range(0, len(videos), n_slots):
+        group = videos[first : first + n_slots]
+        group_lengths = np.asarray(lengths)[group]
+        for start in range(0, int(group_lengths.max()), chunk):
+            clip = np.full(n_slots, -1, np.int64)
+            running = group_lengths > start
+            clip[: len(group)] = np.where(running, group, -1)
+            clips.append(clip)
+            starts.append(np.where(clip >= 0, start, 0).astype(np.int64))
+    if not clips:
+        return np.zeros((0, n_slots), np.int64), np.zeros((0, n_slots), np.int64)
+    return np.stack(clips), np.stack(starts)
+
+
+PLANS = {"groups": plan_groups, "slots": plan_chunks}
+
+
 class ChunkBatches:
     """Iterable of chunk batches for one pass over a split (len() = number of steps)."""
 
@@ -128,12 +158,14 @@ class ChunkBatches:
 
     def __iter__(self):
         seqs, chunk = self.seqs, self.chunk
-        frame = np.arange(chunk)
         for clip, start in zip(self.clips, self.starts):
             active = clip >= 0
             safe = np.where(active, clip, 0)
             length = np.where(active, seqs.lengths[safe], 0)
-            t = start[:, None] + frame[None, :]
+            # as wide as the longest remaining chunk (the released code slices its batch, padded
+            # to the longest video, so a batch never runs past every video's end)
+            width = int(np.clip(length - start, 0, chunk).max()) if active.any() else chunk
+            t = start[:, None] + np.arange(max(width, 1))[None, :]
             present = t < length[:, None]
             rows = seqs.offsets[safe][:, None] + np.minimum(t, np.maximum(length - 1, 0)[:, None])
             rows = np.where(present, rows, 0)
@@ -174,6 +206,8 @@ class TransformerFamilyHead(Head):
         self._best_targets: dict[str, tuple[int, float]] = {}
         # per target: the state dict predict uses for that column (set when a run is loaded)
         self._target_states: dict[str, dict[str, torch.Tensor]] = {}
+        # per target: (checkpoint file name, epoch) of the state above
+        self._target_sources: dict[str, tuple[str, int]] = {}
 
     def recipe(self) -> Recipe:
         return Recipe(features=list(self.config.features), labels=[self.config.labels])
@@ -191,7 +225,19 @@ class TransformerFamilyHead(Head):
         return data
 
     def build_model(self, data: FamilyData) -> nn.Module:
-        return MODELS[self.name](data.dim, self.config)
+        model = MODELS[self.name](data.dim, self.config)
+        return init_released(model) if self.config.init == "normal" else model
+
+    def clip_groups(self, model: nn.Module) -> list[list[nn.Parameter]]:
+        """The released sub-networks, each clipped on its own (`clip_per_subnetwork`)."""
+        if self.config.clip_per_subnetwork:
+            return sub_network_parameters(model)
+        return super().clip_groups(model)
+
+    def plan(self, lengths: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk plan of `batching` for videos of `lengths` taken in `order`."""
+        return PLANS[self.config.batching](lengths, order, self.config.batch_size,
+                                           self.config.chunk)
 
     # training -------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, data: Any) -> None:
@@ -199,8 +245,7 @@ class TransformerFamilyHead(Head):
 
     def train_batches(self, data: FamilyData, epoch: int, rng: np.random.Generator) -> ChunkBatches:
         seqs = data.sequences(TRAIN_SPLIT)
-        order = rng.permutation(len(seqs))
-        clips, starts = plan_chunks(seqs.lengths, order, self.config.batch_size, self.config.chunk)
+        clips, starts = self.plan(seqs.lengths, rng.permutation(len(seqs)))
         return ChunkBatches(seqs, clips, starts, self.config.chunk)
 
     def _forward(self, model: nn.Module, batch: dict[str, Any], state: Any) -> tuple[Any, Any]:
@@ -240,9 +285,11 @@ class TransformerFamilyHead(Head):
                      split: str) -> dict[str, np.ndarray]:
         seqs = data.sequences(split)
         device = next(model.parameters()).device
-        order = np.argsort(-seqs.lengths, kind="stable")  # long videos first: fewer idle slots
-        clips, starts = plan_chunks(seqs.lengths, order, self.config.batch_size,
-                                    self.config.chunk)
+        if self.config.batching == "groups":  # test.py: serial batches, in the clips' order
+            order = np.arange(len(seqs))
+        else:  # long videos first: fewer idle slots
+            order = np.argsort(-seqs.lengths, kind="stable")
+        clips, starts = self.plan(seqs.lengths, order)
         outputs = [np.zeros((int(n), 2), np.float32) for n in seqs.lengths]
         state = None
         for batch in ChunkBatches(seqs, clips, starts, self.config.chunk):
@@ -320,6 +367,15 @@ class TransformerFamilyHead(Head):
         runs = [{k: self.postprocess(v) for k, v in run.items()} for run in predictions]
         return PostProcessed(ensemble_mean(runs))
 
+    # released checkpoints ---------------------------------------------------------------------
+    def read_official(self, path: Path) -> dict[str, torch.Tensor]:
+        """A released `<epoch>_net<name>.pth` with its sibling sub-network files, or one file
+        holding them all (heads/transformer_family/official.py)."""
+        return read_released(self.name, path)
+
+    def import_official(self, official: Any, model: nn.Module) -> None:
+        import_released(self.name, official, model, self.config.regressor_dropout)
+
     # per-target checkpoints -----------------------------------------------------------------
     @staticmethod
     def target_checkpoint(checkpoints: Path, target: str) -> Path:
@@ -348,6 +404,7 @@ class TransformerFamilyHead(Head):
         """Opening a run's best weights: each target's own best checkpoint, if the run has one
         (older runs and per_target_checkpoints=false fall back to best.pt for both)."""
         self._target_states = {}
+        self._target_sources = {}
         if checkpoint != "best" or not self.config.per_target_checkpoints:
             return
         device = next(model.parameters()).device
@@ -356,6 +413,12 @@ class TransformerFamilyHead(Head):
             if path.exists():
                 state = torch.load(path, map_location=device, weights_only=True)
                 self._target_states[target] = state["model"]
+                self._target_sources[target] = (path.name, int(state["epoch"]))
+
+    def checkpoints_used(self) -> dict[str, dict[str, Any]]:
+        """valence and arousal: each target's own best checkpoint and its epoch."""
+        return {target: {"checkpoint": name, "epoch": epoch}
+                for target, (name, epoch) in self._target_sources.items()}
 
     def extra_state(self) -> dict[str, Any]:
         return {"best_targets": {t: list(v) for t, v in self._best_targets.items()}}

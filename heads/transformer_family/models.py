@@ -21,21 +21,69 @@ State = Any
 
 
 class SinusoidalPositions(nn.Module):
-    """Fixed sine/cosine positions (Vaswani et al.) added to the input, restarting per chunk."""
+    """Fixed sine/cosine positions (Vaswani et al.) added to the input, restarting per chunk.
 
-    def __init__(self, dim: int, max_len: int = 4096) -> None:
+    `zero_row`: row 0 is zeros, as the released get_sinusoid_encoding_table(padding_idx=0)
+    makes it (a chunk's first frame gets no position); otherwise sin(0), cos(0) = 0, 1, ...
+    The table is computed in float64 and rounded once, as the released numpy code does (float32
+    angles would be off by up to 1e-5 at position 250).
+    """
+
+    def __init__(self, dim: int, max_len: int = 4096, zero_row: bool = False) -> None:
         super().__init__()
-        position = torch.arange(max_len, dtype=torch.float32)[:, None]
-        freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-        table = torch.zeros(max_len, dim)
-        table[:, 0::2] = torch.sin(position * freq)
-        table[:, 1::2] = torch.cos(position * freq[: dim // 2])
-        self.register_buffer("table", table, persistent=False)
+        position = torch.arange(max_len, dtype=torch.float64)[:, None]
+        pair = torch.arange(dim, dtype=torch.float64) // 2
+        angle = position / torch.pow(torch.tensor(10000.0, dtype=torch.float64), 2 * pair / dim)
+        table = torch.empty(max_len, dim, dtype=torch.float64)
+        table[:, 0::2] = torch.sin(angle[:, 0::2])
+        table[:, 1::2] = torch.cos(angle[:, 1::2])
+        if zero_row:
+            table[0] = 0.0
+        self.register_buffer("table", table.float(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] > self.table.shape[0]:
             raise ValueError(f"chunk of {x.shape[1]} frames exceeds {self.table.shape[0]}")
         return x + self.table[: x.shape[1]].to(x.dtype)
+
+
+def positions(config: TransformerFamilyConfig) -> SinusoidalPositions:
+    return SinusoidalPositions(config.d_model, max(config.chunk, 1) + 1,
+                               zero_row=config.position_zero_row)
+
+
+def init_released(model: nn.Module, std: float = 0.02) -> nn.Module:
+    """The released tools.init_weights(init_type="normal", init_gain=0.02), which setup() applies
+    to every sub-network: each Linear, the encoder's FFN and the attention out-projections
+    included, gets weights N(0, std) and zero bias; everything else (LayerNorm, LSTM, the
+    attention in-projection) keeps PyTorch's initialisation."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
+def sub_network_parameters(model: nn.Module) -> list[list[nn.Parameter]]:
+    """The model's parameters grouped as the released code's sub-networks (its model_names:
+    each is clipped to the gradient norm on its own); every parameter in exactly one group."""
+    groups: list[list[nn.Parameter]] = []
+    for names in getattr(model, "SUBNETWORKS", ()):
+        params: list[nn.Parameter] = []
+        for name in names:
+            part = getattr(model, name, None)
+            if isinstance(part, nn.Parameter):
+                params.append(part)
+            elif isinstance(part, nn.Module):
+                params.extend(part.parameters())
+        if params:
+            groups.append(params)
+    grouped = {id(p) for group in groups for p in group}
+    rest = [p for p in model.parameters() if id(p) not in grouped]
+    if rest:  # a module without a released counterpart: clipped as a group of its own
+        groups.append(rest)
+    return groups
 
 
 def regressor(in_dim: int, hidden: Sequence[int], dropout: float, out_dim: int = 2) -> nn.Module:
@@ -57,9 +105,12 @@ def encoder(config: TransformerFamilyConfig) -> nn.TransformerEncoder:
     return nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
 
 
-def _padding_mask(present: torch.Tensor) -> torch.Tensor:
+def _padding_mask(present: torch.Tensor, enabled: bool = True) -> torch.Tensor | None:
     """Key padding mask for attention; an all-padding row (an empty batch slot) is left
-    unmasked so softmax has something to normalise over (its outputs are never scored)."""
+    unmasked so softmax has something to normalise over (its outputs are never scored).
+    None when not `enabled` (the released encoder attends to padding)."""
+    if not enabled:
+        return None
     padding = ~present
     empty = padding.all(dim=1, keepdim=True)
     return padding & ~empty
@@ -87,11 +138,15 @@ def _reset_lstm(state: tuple[torch.Tensor, torch.Tensor] | None,
 class TransformerRegressor(nn.Module):
     """`transformer`: Linear D->d + positions, post-LN encoder, regressor. Stateless."""
 
+    # the released sub-networks (net_seq, net_reg), as our attributes
+    SUBNETWORKS = (("project", "encoder"), ("head",))
+
     def __init__(self, in_dim: int, config: TransformerFamilyConfig) -> None:
         super().__init__()
         self.project = nn.Linear(in_dim, config.d_model)
-        self.positions = SinusoidalPositions(config.d_model, max(config.chunk, 1) + 1)
+        self.positions = positions(config)
         self.encoder = encoder(config)
+        self.mask_padding = config.key_padding_mask
         self.head = regressor(config.d_model, config.regressor_hidden, config.regressor_dropout)
 
     def initial_state(self, batch: int, device: torch.device) -> State:
@@ -106,7 +161,7 @@ class TransformerRegressor(nn.Module):
     def forward(self, x: torch.Tensor, present: torch.Tensor,
                 state: State = None) -> tuple[torch.Tensor, State]:
         h = self.encoder(self.positions(self.project(x)),
-                         src_key_padding_mask=_padding_mask(present))
+                         src_key_padding_mask=_padding_mask(present, self.mask_padding))
         return self.head(h), state
 
 
@@ -124,11 +179,15 @@ class TransformerLSTMRegressor(nn.Module):
     """`transformer-lstm`: FcEncoder D->d (Linear-ReLU-Dropout), encoder, optional residual
     (FcEncoder output + encoder output), carried LSTM, regressor."""
 
+    # the released sub-networks (net_fc, net_te, net_lstm, net_reg)
+    SUBNETWORKS = (("project",), ("encoder",), ("lstm",), ("head",))
+
     def __init__(self, in_dim: int, config: TransformerFamilyConfig) -> None:
         super().__init__()
         self.project = fc_encoder(in_dim, config)
-        self.positions = SinusoidalPositions(config.d_model, max(config.chunk, 1) + 1)
+        self.positions = positions(config)
         self.encoder = encoder(config)
+        self.mask_padding = config.key_padding_mask
         self.residual = config.residual
         self.lstm = nn.LSTM(config.d_model, config.lstm_hidden, batch_first=True)
         self.head = regressor(config.lstm_hidden, config.regressor_hidden, config.regressor_dropout)
@@ -145,7 +204,8 @@ class TransformerLSTMRegressor(nn.Module):
     def forward(self, x: torch.Tensor, present: torch.Tensor,
                 state: State = None) -> tuple[torch.Tensor, State]:
         projected = self.project(x)
-        h = self.encoder(self.positions(projected), src_key_padding_mask=_padding_mask(present))
+        h = self.encoder(self.positions(projected),
+                         src_key_padding_mask=_padding_mask(present, self.mask_padding))
         if self.residual:
             h = h + projected
         out, state = run_lstm(self.lstm, h, state)
@@ -165,12 +225,16 @@ class TransformerAttentionRegressor(nn.Module):
                         the keys, so the first chunk attends to it.
     """
 
+    # the released sub-networks (net_seq, net_reg, net_attn)
+    SUBNETWORKS = (("project", "encoder"), ("head",), ("attention", "norm", "null_slot"))
+
     def __init__(self, in_dim: int, config: TransformerFamilyConfig) -> None:
         super().__init__()
         self.project = nn.Linear(in_dim, config.d_model)
-        self.positions = SinusoidalPositions(config.d_model, max(config.chunk, 1) + 1)
+        self.positions = positions(config)
         self.encoder = encoder(config)
-        self.attention = nn.MultiheadAttention(config.d_model, config.n_heads,
+        self.mask_padding = config.key_padding_mask
+        self.attention = nn.MultiheadAttention(config.d_model, config.memory_heads,
                                                dropout=config.attention_dropout,
                                                batch_first=True)
         self.official = config.memory_attention == "official"
@@ -215,7 +279,7 @@ class TransformerAttentionRegressor(nn.Module):
             state = self.initial_state(x.shape[0], x.device)
         memory, valid = state
         h = self.encoder(self.positions(self.project(x)),
-                         src_key_padding_mask=_padding_mask(present))
+                         src_key_padding_mask=_padding_mask(present, self.mask_padding))
         if self.official:
             has_memory = valid.any(dim=1)
             # a slot without memory gets every key unmasked (so softmax stays finite) and its
@@ -239,6 +303,9 @@ class TransformerAttentionRegressor(nn.Module):
 
 class FCLSTMRegressor(nn.Module):
     """`fclstm-xl`: FC D->d (ReLU, dropout), LSTM carried across chunks, regressor."""
+
+    # the released sub-networks (net_fc, net_seq, net_reg)
+    SUBNETWORKS = (("project",), ("lstm",), ("head",))
 
     def __init__(self, in_dim: int, config: TransformerFamilyConfig) -> None:
         super().__init__()

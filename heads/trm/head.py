@@ -5,29 +5,30 @@ Inputs: the audio (Dasheng-base, 768-d), video (HSEmotion EfficientNet-B0, 1280-
 concatenated -> [T, 2816]. Target: the clip's circumplex valence/arousal (`cremad-va`, written
 at ingest); the split is the store's (speaker independent, as ingested).
 
-Where this differs from the public code, and how to get the original back:
-- Time: the state (z_H, z_L) is carried from frame to frame over the whole clip and every frame
-  is supervised with the clip's target (the public code sets halt_max_steps=1, which resets the
-  state at every frame, so only the last frame's input reaches the supervised output).
-  `--set per_frame=false` gives that behaviour: state reset per frame, last frame supervised.
-  The last frame is each clip's own last frame; the original pads a batch with zeros and reads
-  the padded position, so shorter clips are predicted from zero input (not reproduced).
-- Length and alignment: the whole clip on the video clock with audio aligned by time (the
-  original truncates to 30 frames and pairs audio and video rows by index without aligning);
-  `--set max_frames=30` truncates as it does.
-- Loss: (1 - CCC_V + 1 - CCC_A) / 2 + 0.25 MSE with the standard CCC; the public formula has an
-  extra sigma_x * sigma_y factor in the numerator: `--set ccc_formula=original`.
-- The input LayerNorm is trained (the public code builds it outside the optimiser, so it stays
-  at its initial identity): `--set input_norm_trainable=false` freezes it as the original does.
-- Plateau schedule: stepped on the validation loss as the public code does (the mean of its
-  batches' losses, clips in order); `--set plateau_metric=ccc_mean` steps on the validation
-  CCC instead.
-- Halting exploration (the public code's 5% chance of not halting, which repeats the previous
-  frame's input) is not reproduced: with one step per frame it only injects input noise.
+The defaults are the released code (the `paper` profile); `--set profile=fixed` applies our
+corrections at once (`TRMConfig.FIXED`; docs/profiles/trm.md has the table):
+- Input rows (`sampling`): released, `max_frames` (30) video rows spread over the whole clip
+  paired by index with the audio's first rows; fixed, every stream on the video clock by time,
+  the whole clip (`max_frames=0`).
+- Time (`per_frame`): released, the state is reset at every frame (halt_max_steps=1), so only
+  the last step's input reaches the supervised output; fixed, the state is carried from frame
+  to frame and every frame is supervised.
+- The supervised step (`last_step`): released, the batch's last padded step (a clip shorter
+  than the longest of its batch is predicted from zero input); fixed, each clip's last frame.
+- Halting exploration (`halt_exploration`, released 0.05): in training, a step that is not
+  halted goes on from its carried state on the same, earlier frame (drawn per batch from the
+  epoch's generator); fixed, 0.
+- Loss (`ccc_formula`): released, an extra sigma_x * sigma_y factor in the CCC's numerator and
+  the MSE for a batch of one clip; fixed, Lin's CCC.
+- The input LayerNorm (`input_norm_trainable`): released, built outside the optimiser, so it
+  stays at its initial identity; fixed, trained.
+- The kept weights (`keep_checkpoint`): released, the final epoch; fixed, the best validation
+  CCC.
 
 Metrics: CCC_V, CCC_A and their mean over the clips of a split, each clip predicted by its last
-frame's output (the state has then seen the whole clip; in the original mode, its last frame);
-`frame_ccc_*` score every frame against the clip's target.
+output; `frame_ccc_*` score every frame against the clip's target (per_frame); `val_ccc` is the
+released code's "Val CCC" on the split: 1 - the mean over its batches (clips in order,
+`batch_size` at a time) of the released formula's CCC loss.
 """
 
 from __future__ import annotations
@@ -46,11 +47,18 @@ from heads.metrics import ccc, ccc_loss
 from heads.prediction_table import PredictionTable, series_tables
 from heads.registry import register_head
 from heads.trm.config import TRMConfig
-from heads.trm.data import AlignedClips, load_aligned_clips
+from heads.trm.data import AlignedClips, load_aligned_clips, load_released_clips
 from heads.trm.model import TinyRecursiveModel
 
 TRAIN_SPLIT = "train"
-CCC_FORMULAS = ("standard", "original")
+RELEASED_FRAMES = 30  # the released Config.NUM_FRAMES, used when max_frames=0
+
+
+def face_cropped(info: Any) -> bool:
+    """Whether a video stream was encoded from the released code's MTCNN face crops (the
+    encoder option extract/encoders/hsemotion.py records in the stream's provenance)."""
+    encoder = (info.preprocessing or {}).get("encoder") or {}
+    return (encoder.get("options") or {}).get("face_crop") == "mtcnn"
 
 
 def _user_error(message: str) -> Exception:
@@ -70,6 +78,15 @@ def original_ccc_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-
     return 1.0 - value
 
 
+def original_ccc_part(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The released loss's CCC part of a batch [N, 2]: the mean of both channels' 1 - CCC in
+    its formula, or the MSE when the batch has fewer than two clips."""
+    if len(pred) < 2:
+        return ((pred - target) ** 2).mean()
+    return (original_ccc_loss(pred[:, 0], target[:, 0])
+            + original_ccc_loss(pred[:, 1], target[:, 1])) / 2
+
+
 def trm_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
              mse_weight: float, formula: str = "standard") -> torch.Tensor:
     """(1 - CCC_V + 1 - CCC_A) / 2 + mse_weight * MSE over the valid frames; pred and target
@@ -78,8 +95,7 @@ def trm_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     if formula == "standard":
         ccc_part = ccc_loss(pred, target, mask)
     else:
-        p, t = pred[mask], target[mask]
-        ccc_part = (original_ccc_loss(p[:, 0], t[:, 0]) + original_ccc_loss(p[:, 1], t[:, 1])) / 2
+        ccc_part = original_ccc_part(pred[mask], target[mask])
     weight = mask.unsqueeze(-1).to(pred.dtype)
     mse = ((pred - target) ** 2 * weight).sum() / (2 * weight.sum()).clamp_min(1.0)
     return ccc_part + mse_weight * mse
@@ -101,9 +117,15 @@ class TRMData:
 
     def clips(self, split: str) -> AlignedClips:
         if split not in self.splits:
-            self.splits[split] = load_aligned_clips(self.store, split, self.streams,
-                                                    self.config.video, self.config.labels,
-                                                    require_labels=self.labelled_only)
+            c = self.config
+            if c.sampling == "released":
+                self.splits[split] = load_released_clips(
+                    self.store, split, self.streams, c.video, c.labels,
+                    c.max_frames or RELEASED_FRAMES, require_labels=self.labelled_only)
+            else:
+                self.splits[split] = load_aligned_clips(self.store, split, self.streams,
+                                                        c.video, c.labels,
+                                                        require_labels=self.labelled_only)
         return self.splits[split]
 
     @property
@@ -112,19 +134,32 @@ class TRMData:
 
 
 class ClipBatches:
-    """The batches of one pass over a split in a given order (len() = number of batches)."""
+    """The batches of one pass over a split in a given order (len() = number of batches).
+
+    With `halt_rng`, each batch also carries "halt_repeats" [B]: how many times in a row each
+    clip's released training draw left it not halted before its supervised step (a geometric
+    count with success probability `halt_exploration`, drawn here from the epoch's generator
+    so a resumed run draws the same)."""
 
     def __init__(self, clips: AlignedClips, order: np.ndarray, batch_size: int,
-                 max_frames: int) -> None:
+                 max_frames: int, halt_rng: np.random.Generator | None = None,
+                 halt_exploration: float = 0.0) -> None:
         self.clips, self.order = clips, order
         self.batch_size, self.max_frames = batch_size, max_frames
+        self.halt_rng, self.halt_exploration = halt_rng, halt_exploration
 
     def __len__(self) -> int:
         return -(-len(self.order) // self.batch_size)
 
     def __iter__(self):
         for start in range(0, len(self.order), self.batch_size):
-            yield self.clips.batch(self.order[start : start + self.batch_size], self.max_frames)
+            batch = self.clips.batch(self.order[start : start + self.batch_size],
+                                     self.max_frames)
+            if self.halt_rng is not None and self.halt_exploration > 0:
+                size = len(batch["lengths"])
+                batch["halt_repeats"] = torch.from_numpy(
+                    self.halt_rng.geometric(1.0 - self.halt_exploration, size) - 1)
+            yield batch
 
 
 @register_head
@@ -147,8 +182,9 @@ class TRMHead(Head):
         c = self.config
         if not c.video:
             raise _user_error("trm: video= is empty; the video stream is the clock, name one")
-        if c.ccc_formula not in CCC_FORMULAS:
-            raise _user_error(f"ccc_formula={c.ccc_formula!r}: use {' or '.join(CCC_FORMULAS)}")
+        if c.per_frame and c.last_step == "batch":
+            raise _user_error("last_step=batch is the released per-frame-reset mode's; with "
+                              "per_frame=true set last_step=clip")
         if c.hidden % c.heads:
             raise _user_error(f"hidden={c.hidden} is not divisible by heads={c.heads}")
         data = TRMData(store=store, config=c)
@@ -159,10 +195,49 @@ class TRMHead(Head):
     def build_model(self, data: TRMData) -> nn.Module:
         return TinyRecursiveModel(data.dim, self.config)
 
+    def approximations(self, data: TRMData) -> list[str]:
+        """What the released code did on the media that the cached streams only approximate."""
+        c = self.config
+        out = []
+        video = data.store.resolve(c.video)
+        if c.sampling == "released":
+            out.append(f"{c.max_frames or RELEASED_FRAMES} video rows spread over the cached "
+                       f"{1 / video.frame_shift_s:g} fps stream, not over the file's own frames")
+        if c.profile == "paper" and not data.clips(c.val_split).in_released_order:
+            out.append("validation batches in clip-id order: the store's clip table has no "
+                       "actor_rank (re-ingest CREMA-D for the released actor order)")
+        if c.profile == "paper" and not face_cropped(video):
+            out.append(f"video stream {c.video!r} encodes whole frames, not the released "
+                       "code's MTCNN face crops (extract it with the face_crop=mtcnn option)")
+        return out
+
+    def import_official(self, official: Any, model: nn.Module) -> None:
+        """The released `emotion_model_sequential_av.pth` (TinyRecursiveReasoningModel_ACTV1's
+        state dict, keys under "inner.") onto our model."""
+        official.copy("input_proj.weight", "inner.input_proj.weight")
+        official.copy("output_head.weight", "inner.output_head.weight")
+        official.copy("shortcut.weight", "inner.shortcut_head.weight")
+        official.copy("shortcut.bias", "inner.shortcut_head.bias")
+        official.copy("z_h_init", "inner.H_init")
+        official.copy("z_l_init", "inner.L_init")
+        for i in range(self.config.layers):
+            theirs, ours = f"inner.L_level.layers.{i}.", f"blocks.{i}."
+            official.copy(ours + "attention.qkv.weight", theirs + "self_attn.qkv_proj.weight")
+            official.copy(ours + "attention.out.weight", theirs + "self_attn.o_proj.weight")
+            official.copy(ours + "mlp.gate_up.weight", theirs + "mlp.gate_up_proj.weight")
+            official.copy(ours + "mlp.down.weight", theirs + "mlp.down_proj.weight")
+        official.ignore("inner.q_head.", "the halting head: with halt_max_steps=1 every step "
+                        "halts whatever it says, and no loss trains it")
+        official.keep_ours("input_norm.", "the released input LayerNorm lives in the training "
+                           "loop, outside the saved model, and is never trained: identity")
+
     def train_batches(self, data: TRMData, epoch: int, rng: np.random.Generator) -> ClipBatches:
+        c = self.config
         clips = data.clips(TRAIN_SPLIT)
-        return ClipBatches(clips, rng.permutation(len(clips)), self.config.batch_size,
-                           self.config.max_frames)
+        order = rng.permutation(len(clips))
+        halting = rng if not c.per_frame and c.halt_exploration > 0 else None
+        return ClipBatches(clips, order, c.batch_size, c.max_frames, halting,
+                           c.halt_exploration)
 
     def _forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """(outputs [B, T', 2], their targets [B, T', 2], mask [B, T'], last outputs [B, 2])."""
@@ -172,10 +247,21 @@ class TRMHead(Head):
             out = model(x, carry_state=True)
             last = out[torch.arange(len(x), device=x.device), lengths - 1]
             return out, y[:, None, :].expand_as(out), mask, last
-        # The original: a fresh state per frame and only the last frame supervised, so only the
-        # last frame needs computing.
-        final = x[torch.arange(len(x), device=x.device), lengths - 1][:, None, :]
-        out = model(final, carry_state=False)
+        # The released mode: a fresh state per frame and only the last step supervised, so only
+        # that step needs computing: the batch's last padded step (zeros for a shorter clip) or
+        # each clip's own last frame.
+        if self.config.last_step == "batch":
+            final = torch.full_like(lengths, x.shape[1] - 1)
+        else:
+            final = lengths - 1
+        steps = None
+        if "halt_repeats" in batch:
+            # a run of k steps left unhalted before the last: the last step goes on from the
+            # state of step T-1-k, on that step's frame, for k + 1 recursions in all
+            repeats = torch.minimum(batch["halt_repeats"].to(final), final)
+            final, steps = final - repeats, repeats + 1
+        frame = x[torch.arange(len(x), device=x.device), final]
+        out = model.last_frame(frame, steps)[:, None, :]
         return out, y[:, None, :], torch.ones(out.shape[:2], dtype=torch.bool,
                                                device=x.device), out[:, 0]
 
@@ -188,7 +274,10 @@ class TRMHead(Head):
         clip's prediction is the last row."""
         clips = data.clips(split)
         device = next(model.parameters()).device
-        order = np.argsort(-clips.lengths, kind="stable")  # similar lengths: little padding
+        if self.config.last_step == "batch" and not self.config.per_frame:
+            order = np.arange(len(clips))  # the released loader's batches: outputs depend on them
+        else:
+            order = np.argsort(-clips.lengths, kind="stable")  # similar lengths: little padding
         out: dict[str, np.ndarray] = {}
         for batch in ClipBatches(clips, order, self.config.batch_size, self.config.max_frames):
             batch = self.to_device(batch, device)
@@ -219,7 +308,18 @@ class TRMHead(Head):
             metrics[f"{prefix}ccc_mean"] = (ccc_v + ccc_a) / 2
         metrics["mse"] = float(np.mean((last - clips.targets) ** 2))
         metrics["loss"] = self.split_loss(predictions, clips)
+        metrics["val_ccc"] = self.released_val_ccc(last, clips.targets)
         return metrics
+
+    def released_val_ccc(self, last: np.ndarray, targets: np.ndarray) -> float:
+        """The released code's "Val CCC": 1 - the mean over the split's batches (clips in
+        order, `batch_size` at a time) of its loss's CCC part (released formula, MSE for a
+        batch of one clip), whatever `ccc_formula` trains with."""
+        size = self.config.batch_size
+        parts = [float(original_ccc_part(torch.from_numpy(last[i:i + size]).float(),
+                                         torch.from_numpy(targets[i:i + size]).float()))
+                 for i in range(0, len(last), size)]
+        return 1.0 - float(np.mean(parts))
 
     def split_loss(self, predictions: dict[str, np.ndarray], clips: AlignedClips) -> float:
         """The training loss on a split as the public code's validation loop takes it (what its

@@ -4,14 +4,15 @@ One shared block stack (`layers` post-norm blocks: self-attention + SwiGLU, each
 weightless RMSNorm) refines two states, z_H (the answer) and z_L (the latent). One frame step:
 
     repeat h_cycles:
-        repeat l_cycles:  z_L <- net(z_L + z_H + x_t)
+        repeat l_cycles:  z_L <- net(z_L + (z_H + x_t))
         z_H <- net(z_H + z_L)
     y_t = head(z_H) + shortcut(x_t)
 
-with x_t the projected, layer-normalised input frame. The states are one token each, as in the
-public code, so attention over them is exact but trivially short (its rotary position at index
-0 is the identity, so no rotary embedding is applied). `head` starts at zero so the model starts
-as the linear shortcut.
+with x_t the projected, layer-normalised input frame (sums in the released code's order, so an
+imported released checkpoint gives its outputs to float rounding). The states are one token
+each, as in the public code, so attention over them is exact but trivially short (its rotary
+position at index 0 is the identity, so no rotary embedding is applied). `head` starts at zero
+so the model starts as the linear shortcut.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class TinyRecursiveModel(nn.Module):
 
     `carry_state=True` carries (z_H, z_L) from frame t-1 to frame t; False starts every frame
     from the learned initial states (the public code's behaviour with halt_max_steps=1).
+    `last_frame` is the released code's supervised step on its own.
     """
 
     def __init__(self, input_dim: int, config: TRMConfig) -> None:
@@ -128,9 +130,27 @@ class TinyRecursiveModel(nn.Module):
         """One frame: x [B, 1, hidden] (projected input), states [B, 1, hidden]."""
         for _ in range(self.config.h_cycles):
             for _ in range(self.config.l_cycles):
-                z_l = self.net(z_l + z_h + x)
+                z_l = self.net(z_l + (z_h + x))
             z_h = self.net(z_h + z_l)
         return z_h, z_l
+
+    def last_frame(self, x: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, D] (one frame per sample) -> [B, 2], from the initial state.
+
+        `steps` [B] (default 1 each): how many recursion steps each sample runs on its frame
+        with the state carried between them, as a released training step that was not halted
+        goes on from its carried state on the same input."""
+        x = self.input_norm(x)
+        projected = self.input_proj(x)[:, None]
+        z_h, z_l = self.initial_state(len(x))
+        for step in range(1 if steps is None else int(steps.max())):
+            new_h, new_l = self.step(projected, z_h, z_l)
+            if steps is None:
+                z_h, z_l = new_h, new_l
+            else:
+                going_on = (steps > step).view(-1, 1, 1)
+                z_h, z_l = torch.where(going_on, new_h, z_h), torch.where(going_on, new_l, z_l)
+        return self.output_head(z_h[:, 0]) + self.shortcut(x)
 
     def forward(self, x: torch.Tensor, carry_state: bool = True) -> torch.Tensor:
         x = self.input_norm(x)

@@ -14,6 +14,7 @@ import sys
 import click
 
 from features_store.errors import UserError
+from features_store.printable import printable
 from pipelines.console import verbose_option
 
 # Sub-command modules, each defining one click command or group named like the attribute, and
@@ -41,8 +42,8 @@ COMMANDS = [
     ("pipelines.cli.heads", "import-run",
      "Make a run folder from a paper's released checkpoint (tensors only, strictly mapped)."),
     ("pipelines.cli.metrics", "metrics", "Score predictions with benchmark metrics."),
-    ("pipelines.cli.demo", "demo", "Sample -> extract -> train REGNN -> evaluate -> export, "
-     "printing each command."),
+    ("pipelines.cli.demo", "demo", "Sample -> extract -> train REGNN -> evaluate -> export -> "
+     "report, printing each command."),
     ("pipelines.cli.runs", "runs", "Run folders: the experiment table."),
     ("pipelines.cli.runs", "report",
      "Write one self-contained HTML page of a run: config, streams, curves, the head's plot."),
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(printable(f"error: {exc}"), err=True)  # may quote a store's or a file's text
         sys.exit(2)
     except OSError as exc:
         known = os_error_line(exc)

@@ -55,7 +55,7 @@ def _published_weights_here() -> bool:
                    "an HTML report (regnn: the REACT demo with export and REACT metrics).")
 def demo(out_dir: str, clips: int, seconds: int, epochs: int, device: str,
          head_name: str) -> None:
-    """Sample -> extract -> train REGNN -> evaluate -> export, printing each command."""
+    """Sample -> extract -> train REGNN -> evaluate -> export -> report, printing each command."""
     if head_name != "regnn":
         _demo_head(head_name, out_dir, epochs, device)
         return
@@ -95,6 +95,7 @@ def demo(out_dir: str, clips: int, seconds: int, epochs: int, device: str,
     _run(["predict", "--run", run, "--split", "test", "--export", export], log)
     _run(["metrics", "react", "--pred-dir", export, "--data-root", data, "--split", "test",
           "--frames", str(seconds * 25)], log)
+    _run(["report", run, "--device", device if device != "auto" else "cpu"], log)
     log("")
     log(click.style(f"demo finished in {time.perf_counter() - started:.0f} s", bold=True))
     log(f"  sample dataset : {data}")
@@ -102,6 +103,7 @@ def demo(out_dir: str, clips: int, seconds: int, epochs: int, device: str,
     log(f"  run            : {run}   (metrics.jsonl, config.json, checkpoints/)")
     log(f"  profile        : {_profile_of(run)}")
     log(f"  plots          : {os.path.join(run, 'curves.png')}")
+    log(f"  report         : {os.path.join(run, 'report.html')}")
     log(f"  predictions    : {export}   (<split>/<site>/<group>/<pid>/<clip>/result-*.pth)")
 
 

@@ -32,7 +32,12 @@ def _split_list(value: str | None) -> list[str]:
               help="default (published weights from the library cache), random, or a path.")
 @click.option("--device", default="auto", show_default=True, envvar="AFFECT_DEVICE",
               show_envvar=True, help="auto, cpu, cuda, cuda:1...")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+              help="Frames per video forward; every forward has exactly this many (part of "
+                   "the stream key: values depend on it).")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Intra-op threads of each CPU forward, fixed whatever the machine or "
+                   "scheduler (part of a CPU stream's key: values depend on it).")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N clips.")
 @click.option("--fps", type=FiniteFloatRange(min=MIN_FPS, max=MAX_FPS), default=None,
               help="Video frame rate for encoders without one of their own "
@@ -68,7 +73,7 @@ def _split_list(value: str | None) -> list[str]:
               help="Seconds between progress lines when stderr is not a terminal (logs, CI).")
 @verbose_option
 def extract(clips_file, dataset, data_root, store_url, encoders, weights, device, batch_size,
-            limit, fps, decode_size, resize_with, dtype, reduced, clips_per_part,
+            threads, limit, fps, decode_size, resize_with, dtype, reduced, clips_per_part,
             decode_workers, decode_in, decoder, scheduler, scheduler_file, strict,
             progress_every) -> None:
     """Decode each clip once and write every requested encoder's features to the store."""
@@ -104,6 +109,7 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
     elif clips_file:
         clips = read_clips_file(clips_file)
         store = open_store(store_url)
+        encoder_options = _dataset_encoder_options(store)
     else:
         raise UserError("give --clips FILE or --dataset NAME --data-root DIR")
     if not requests:
@@ -112,7 +118,8 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         click.echo("WARNING: random weights: features are for tests and smoke runs only; "
                    "the streams are marked as such.", err=True)
     options = ExtractOptions(
-        encoders=requests, weights=weights, device=device, batch_size=batch_size, limit=limit,
+        encoders=requests, weights=weights, device=device, batch_size=batch_size,
+        threads=threads, limit=limit,
         reduced=reduced, dtype=dtype, fps=fps or 25.0, decode_size=decode_size,
         clips_per_part=clips_per_part,
         decode_workers=decode_workers, decode_in=decode_in, decoder=decoder,
@@ -148,3 +155,18 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
     # Non-zero only when nothing could be extracted at all, or with --strict.
     if report.failed and (strict or report.done + report.skipped + report.partial == 0):
         sys.exit(1)
+
+
+def _dataset_encoder_options(store) -> dict:
+    """The encoder options of the recipe of the store's dataset (none for a store of no known
+    dataset): new clips added to a dataset's store by name get the streams the recipe made
+    (CREMA-D's HSEmotion on face crops), not a second stream of the same encoder."""
+    from pipelines.datasets import get_adapter
+
+    dataset = store.attrs.get("dataset")
+    if not dataset:
+        return {}
+    try:
+        return dict(get_adapter(dataset).recipe.encoder_options)
+    except UserError:  # a dataset name no adapter knows: plain encoders
+        return {}

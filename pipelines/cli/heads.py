@@ -6,7 +6,9 @@ Thin click layer over heads.trainer; errors a user can cause are `UserError` (on
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -33,6 +35,11 @@ def _print_metrics(payload: dict, as_json: bool, title: str | None = None) -> No
     if as_json:
         click.echo(json.dumps(payload, indent=2))
         return
+    targets = payload.get("targets") or {}
+    if title is None and targets:  # each output from its own checkpoint: name each
+        used = ", ".join(f"{target} from {source['checkpoint']} (epoch {source['epoch']})"
+                         for target, source in targets.items())
+        title = f"split {payload['split']}: {used}"
     click.echo(title or f"split {payload['split']} ({payload.get('checkpoint', '')} checkpoint, "
                f"epoch {payload.get('epoch', '?')})")
     if "profile" in payload:
@@ -56,49 +63,117 @@ def _print_metrics(payload: dict, as_json: bool, title: str | None = None) -> No
               help="Override a config field (repeatable), e.g. --set lr=1e-4.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no per-epoch lines (the final "
+              "summary and notes such as where a resumed run continues are still printed).")
 @click.option("--seeds", default=None, metavar="S1,S2,...",
               help="Train the same config once per seed into RUN/seed-<s>/ (same cached "
                    "features) and write RUN/seeds-summary.json (mean ± std of each metric).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the final summary as one JSON document instead of readable lines.")
 def train(head_name: str | None, store: str | None, out: str | None, epochs: int | None,
           overrides: tuple[str, ...], device: str, resume: bool, quiet: bool,
-          seeds: str | None) -> None:
-    """Train a head on cached features; writes config, checkpoints, metrics and curves to RUN."""
-    if seeds is not None:
-        _train_seeds(head_name, store, out, epochs, overrides, device, resume, quiet, seeds)
-        return
-    from heads.base import apply_overrides, config_to_dict
-    from heads.registry import get_head
-    from heads.trainer import RunPaths, head_from_run, read_run_config
-    from heads.trainer import train as run_training
+          seeds: str | None, as_json: bool) -> None:
+    """Train a head on cached features; writes config, checkpoints, metrics and curves to RUN.
 
-    sets = list(overrides) + ([f"epochs={epochs}"] if epochs is not None else [])
+    One line per epoch on stderr (train loss, validation metrics, best so far, s/epoch, ETA);
+    a readable summary at the end on stdout (`--json`: one JSON document instead).
+    """
+    if seeds is not None:
+        _train_seeds(head_name, store, out, epochs, overrides, device, resume, quiet, seeds,
+                     as_json)
+        return
+    summary = _train_one(head_name, store, out, epochs, overrides, device, resume, quiet)
+    click.echo(json.dumps(summary) if as_json else format_train_summary(summary))
+
+
+def _check_train_arguments(head_name: str | None, store: str | None, out: str | None,
+                           resume: bool) -> tuple[str | None, str | None]:
+    """Every check that needs no torch, before torch is imported (seconds under load): returns
+    the run folder and store to use (None: the head's default, known once it is imported)."""
+    from heads.run_folder import check_run_folder, check_store_location, read_run_config
+
     if resume:
         if out is None:
             raise UserError("--resume needs --out RUN (the run folder to continue)")
         saved = read_run_config(out)
         if head_name is not None and head_name != saved["head"]:
-            raise UserError(f"{RunPaths(Path(out)).config}: run is of head {saved['head']!r}, "
+            raise UserError(f"{Path(out) / 'config.json'}: run is of head {saved['head']!r}, "
                             f"not {head_name!r}")
+        store = store or saved["store"]
+    elif head_name is None:
+        raise UserError("--head is required (e.g. --head transformer-lstm)")
+    else:
+        out = out or f"runs/{head_name}"
+    check_run_folder(out, resume)
+    if store is not None:
+        check_store_location(store)
+    return out, store
+
+
+def _train_one(head_name: str | None, store: str | None, out: str | None, epochs: int | None,
+               overrides: tuple[str, ...], device: str, resume: bool, quiet: bool
+               ) -> dict[str, Any]:
+    """Train one run; returns its summary (what `--json` prints)."""
+    out, store = _check_train_arguments(head_name, store, out, resume)
+    started = time.perf_counter()
+    from heads.base import apply_overrides, config_to_dict
+    from heads.registry import get_head
+    from heads.run_folder import read_run_config
+    from heads.trainer import head_from_run
+    from heads.trainer import train as run_training
+
+    sets = list(overrides) + ([f"epochs={epochs}"] if epochs is not None else [])
+    if resume:
         head = head_from_run(out)
         head.config = apply_overrides(head.config, sets)
-        store = store or saved["store"]
     else:
-        if head_name is None:
-            raise UserError("--head is required (e.g. --head transformer-lstm)")
         cls = get_head(head_name)
         head = cls(apply_overrides(cls.config_cls(), sets))
         store = store or _default_store(cls.default_dataset)
-        out = out or f"runs/{head_name}"
     result = run_training(head, store, out, device=device, resume=resume, progress=not quiet)
-    click.echo(json.dumps({
+    saved = read_run_config(out)  # the profile and deviations the trainer recorded
+    config = config_to_dict(head.config)
+    return {
         "run": str(result.run_dir), "head": head.name, "epochs_done": result.epochs_done,
-        "best_epoch": result.best_epoch, head.metric_name: result.best_metric,
+        "epochs": config["epochs"], "best_epoch": result.best_epoch,
+        head.metric_name: result.best_metric, "metric": head.metric_name,
+        "val_split": config.get("val_split", "val"),
+        "final_metrics": {k: v for k, v in result.final_metrics.items()
+                          if isinstance(v, int | float)},
         "stopped_early": result.stopped_early,
         "data_wait_share": round(result.data_wait_share, 4),
-        "config": {k: v for k, v in config_to_dict(head.config).items() if k in
+        "seconds": round(time.perf_counter() - started, 2), "seed": config.get("seed"),
+        "profile": saved.get("profile", "paper"), "deviations": saved.get("deviations", []),
+        "approximate": saved.get("approximate", []),
+        "config": {k: v for k, v in config.items() if k in
                    ("epochs", "lr", "batch_size", "schedule")},
-    }))
+    }
+
+
+def format_train_summary(summary: dict[str, Any]) -> str:
+    """The readable end of `affect train`: what ran, the best epoch and its metrics, what next."""
+    from features_store.progress import duration_text
+    from features_store.tables import format_table
+
+    metric, best = summary["metric"], summary.get(summary["metric"])
+    done = f"{summary['epochs_done']} of {summary['epochs']} epochs"
+    if summary["stopped_early"]:
+        done += " (stopped early: no improvement)"
+    lines = [f"trained {summary['head']}: {done} in {duration_text(summary['seconds'])}, "
+             f"seed {summary['seed']}"]
+    lines.append(f"profile {fidelity_line(summary)}")
+    if best is None:
+        lines.append(f"no validation yet on {summary['val_split']}")
+    else:
+        lines.append(f"best {metric} {best:.4f} at epoch {summary['best_epoch']} on "
+                     f"{summary['val_split']} (checkpoints/best.pt):")
+        rows = [{"metric": k, "value": v} for k, v in summary["final_metrics"].items()]
+        lines += [f"  {line}" for line in format_table(rows, ["metric", "value"]).splitlines()[1:]]
+    lines.append(f"data wait {summary['data_wait_share']:.0%} of step time")
+    run = summary["run"]
+    lines.append(f"run folder {run}; next: affect evaluate --run {run} --split test, "
+                 f"affect report {run}")
+    return "\n".join(lines)
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -113,7 +188,7 @@ def _parse_seeds(text: str) -> list[int]:
 
 def _train_seeds(head_name: str | None, store: str | None, out: str | None,
                  epochs: int | None, overrides: tuple[str, ...], device: str, resume: bool,
-                 quiet: bool, seeds: str) -> None:
+                 quiet: bool, seeds: str, as_json: bool) -> None:
     """One run per seed under RUN/seed-<s>, then the summary beside them."""
     from pipelines.runs import SUMMARY_FILE, format_summary, summarise_seeds
 
@@ -123,19 +198,22 @@ def _train_seeds(head_name: str | None, store: str | None, out: str | None,
     if head_name is None and not resume:
         raise UserError("--head is required (e.g. --head trm)")
     root = Path(out or f"runs/{head_name}")
-    run_dirs = []
+    for seed in values:  # every seed's folder is checked before the first one trains
+        _check_train_arguments(head_name, store, str(root / f"seed-{seed}"), resume)
+    run_dirs, runs = [], []
     for seed in values:
         run_dir = root / f"seed-{seed}"
-        args = [*(["--head", head_name] if head_name else []),
-                *(["--store", store] if store else []), "--out", str(run_dir),
-                *(["--epochs", str(epochs)] if epochs is not None else []),
-                *(a for o in overrides for a in ("--set", o)), "--set", f"seed={seed}",
-                "--device", device, *(["--resume"] if resume else []),
-                *(["--quiet"] if quiet else [])]
-        train.main(args=args, standalone_mode=False)
+        summary = _train_one(head_name, store, str(run_dir), epochs,
+                             (*overrides, f"seed={seed}"), device, resume, quiet)
+        if not as_json:
+            click.echo(format_train_summary(summary))
         run_dirs.append(run_dir)
-    summary = summarise_seeds(run_dirs, root / SUMMARY_FILE)
-    click.echo(format_summary(summary))
+        runs.append(summary)
+    seeds_summary = summarise_seeds(run_dirs, root / SUMMARY_FILE)
+    if as_json:
+        click.echo(json.dumps({"runs": runs, "seeds": seeds_summary}))
+        return
+    click.echo(format_summary(seeds_summary))
     click.echo(f"wrote {root / SUMMARY_FILE}")
 
 
@@ -232,6 +310,13 @@ def ensemble(runs: str, split: str, export_dir: str, store: str | None, device: 
     from heads.trainer import _json_ready  # a confusion matrix is an array: JSON lists
 
     metrics = None if metrics is None else _json_ready(metrics)
+    from pipelines.runs import ENSEMBLE_FILE
+
+    # The record `affect runs ls` lists the ensemble by, beside the files it wrote.
+    Path(export_dir).mkdir(parents=True, exist_ok=True)
+    (Path(export_dir) / ENSEMBLE_FILE).write_text(json.dumps({
+        "kind": "ensemble", "head": head.name, "runs": [str(Path(r).resolve()) for r in run_dirs],
+        "split": split, "metrics": metrics, "files": len(files)}, indent=2) + "\n")
     if as_json:  # stdout is one JSON document, nothing else
         click.echo(json.dumps({"split": split, "runs": run_dirs, "export": str(export_dir),
                                "files": len(files), "metrics": metrics}, indent=2))

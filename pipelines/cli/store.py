@@ -10,6 +10,8 @@ from tqdm import tqdm
 
 from features_store import open_store, verify
 from features_store.exchange import FORMATS, export_stream, import_folder
+from features_store.numerics_check import mixed_numerics
+from features_store.printable import printable
 from features_store.tables import format_table, plural
 from pipelines.storage_options import storage_option
 
@@ -85,32 +87,37 @@ def info(store_url: str, stream: str, as_json: bool) -> None:
         }, indent=1))
         return
     for key, value in stream_info.to_dict().items():
-        click.echo(f"{key:>15}: {value}")
+        click.echo(printable(f"{key:>15}: {value}"))
     click.echo(plural(len(shapes), "clip"))
     for c in shapes:
         span = "" if c.t_end is None else f" .. {c.t_end:g}s"
-        click.echo(f"  {c.clip_id}  {list(c.shape)}  t0={c.t0:g}s{span}")
+        click.echo(printable(f"  {c.clip_id}  {list(c.shape)}  t0={c.t0:g}s{span}"))
 
 
 @store.command("verify")
 @storage_option
 @click.argument("store_url")
 @click.option("--no-values", is_flag=True, help="Skip the NaN/Inf and chunk-decoding scan.")
-def verify_cmd(store_url: str, no_values: bool) -> None:
+@click.option("--numerics", is_flag=True,
+              help="Also list streams whose parts were computed by different numerics "
+                   "(library versions, threads, device): their last bits may differ.")
+def verify_cmd(store_url: str, no_values: bool, numerics: bool) -> None:
     """Exit 0 when the store is sound, else 1 with every problem listed."""
     s = open_store(store_url, mode="r")
     report = verify(s, check_values=not no_values)
+    if numerics:
+        report.problems.extend(m.describe() for m in mixed_numerics(s))
     summary = ", ".join(plural(n, w) for n, w in ((report.streams, "stream"),
                         (report.parts, "part"), (report.clips, "clip"), (report.rows, "row")))
     if report.ok:
         click.echo(f"ok: {summary}")
         for note in report.notes:
-            click.echo(f"note: {note}")
+            click.echo(printable(f"note: {note}"))
         return
     for problem in report.problems:
-        click.echo(problem)
+        click.echo(printable(problem))
     for note in report.notes:
-        click.echo(f"note: {note}")
+        click.echo(printable(f"note: {note}"))
     click.echo(f"{len(report.problems)} problem(s) in {summary}", err=True)
     sys.exit(1)
 
@@ -147,7 +154,8 @@ def ledger(store_url: str, as_json: bool, history: bool) -> None:
         click.echo(json.dumps(failures, indent=1))
         return
     for f in failures:
-        click.echo(f"{f.get('clip_id')}\t{f.get('stage')}\t{f.get('message')}")
+        # Each field escaped: clip ids and messages are others' text (tabs too: the separator).
+        click.echo("\t".join(printable(f.get(k)) for k in ("clip_id", "stage", "message")))
     click.echo(plural(len(failures), "failure"))
 
 

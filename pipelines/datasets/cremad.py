@@ -5,8 +5,10 @@ Layout as distributed::
     <root>/AudioWAV/<Actor>_<Sentence>_<Emotion>_<Intensity>.wav
     <root>/VideoFlash/<same stem>.flv
 
-Clip id = the stem (`1001_DFA_ANG_XX`). The split is speaker independent: actors sorted by
-number, shuffled with `random.Random(42)`, then 80/10/10 (floor for train and val, the rest test).
+Clip id = the stem (`1001_DFA_ANG_XX`). The split is speaker independent, as the released
+Affective-TRM code makes it (`src/data/dataset.py`): actors in the order of their sorted file
+names, shuffled with `np.random.RandomState(42)`, then 80/10/10 (floor for train and val, the
+rest test).
 
 Valence/arousal targets (the Affective-TRM recipe): the emotion's circumplex centre times the
 intensity scale, plus Gaussian noise, clipped to [-1, 1]. The noise and the XX intensity draw come
@@ -16,7 +18,6 @@ not depend on which other files are present or in what order they were listed.
 
 from __future__ import annotations
 
-import random
 import zlib
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,17 @@ def circumplex_target(clip_id: str, emotion: str, intensity: str, seed: int = LA
     return np.clip(centre + rng.normal(0.0, sigma, size=2), -1.0, 1.0).astype(np.float32)
 
 
-def actor_splits(actors: list[str], seed: int = SPLIT_SEED) -> dict[str, str]:
-    """Actor -> split: sorted, shuffled with `seed`, 80/10/10 by actor."""
+def shuffled_actors(actors: list[str], seed: int = SPLIT_SEED) -> list[str]:
+    """The actors sorted, then shuffled with `np.random.RandomState(seed)` (the released code's
+    generator: another one gives another order)."""
     order = sorted(actors, key=lambda a: (len(a), a))
-    random.Random(seed).shuffle(order)
+    np.random.RandomState(seed).shuffle(order)
+    return order
+
+
+def actor_splits(actors: list[str], seed: int = SPLIT_SEED) -> dict[str, str]:
+    """Actor -> split: the shuffled actors (`shuffled_actors`) cut 80/10/10."""
+    order = shuffled_actors(actors, seed)
     n_train = int(len(order) * SPLIT_FRACTIONS[0])
     n_val = int(len(order) * SPLIT_FRACTIONS[1])
     splits = {}
@@ -111,11 +119,15 @@ class CremaDAdapter(Adapter):
     )
     recipe = Recipe(
         encoders=["dasheng-base", "hsemotion-enet-b0", "embeddinggemma"],
+        # the released Affective-TRM encodes MTCNN face crops, not whole frames (the trm head's
+        # paper profile; `--encoder-option`-free runs get it by default)
+        encoder_options={"hsemotion-enet-b0": {"face_crop": "mtcnn"}},
         default_head="trm",
         labels=["cremad-va", "cremad-emotion"],
         fps=25.0,
-        notes="Speaker-independent split (actors shuffled with seed 42, 80/10/10). Targets: "
-              "circumplex centre x intensity + seeded noise.",
+        notes="Speaker-independent split (actors shuffled with np.random.RandomState(42), "
+              "80/10/10, as the released code). Targets: circumplex centre x intensity + seeded "
+              "noise. HSEmotion on MTCNN face crops (face_crop=mtcnn), as the released code.",
     )
 
     def scan(self, data_root: str | Path) -> ScanResult:
@@ -151,10 +163,15 @@ class CremaDAdapter(Adapter):
             except SkipClip as exc:
                 parsed.pop(stem, None)
                 out.problem(str(exc), clip_id=stem)
-        splits = actor_splits(sorted({p[0] for p in parsed.values()}))
+        actors = sorted({p[0] for p in parsed.values()})
+        splits = actor_splits(actors)
+        # the released loaders list a split's clips actor by actor in the shuffled order (file
+        # order within an actor): the TRM head batches its evaluation that way
+        rank = {actor: i for i, actor in enumerate(shuffled_actors(actors))}
         for stem, (actor, sentence, emotion, intensity) in parsed.items():
             clip = self._record(stem, actor, sentence, emotion, intensity, splits[actor],
                                 wavs[stem], flvs[stem])
+            clip["actor_rank"] = rank[actor]
             out.add(clip, {"cremad-emotion": [EMOTIONS.index(emotion)],
                            "cremad-va": circumplex_target(stem, emotion, intensity)})
         counts = result.clips_per_split()

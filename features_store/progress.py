@@ -4,7 +4,9 @@ tqdm draws a bar on a terminal and, rightly, nothing when stderr is a file or a 
 log, CI, `nohup`), which leaves a long extraction silent for its whole run. `ProgressLines`
 prints ``extract: 120/900 clips, 30012 frames (41.3 frames/s), 12m05s elapsed, ~1h18m left``
 every ``every_s`` seconds from a timer thread, so a line comes even while one long clip is
-being encoded.
+being encoded. Training prints the same lines per epoch, counting batches
+(``trm epoch 3/10: 120/400 batches, 1m05s elapsed, ~2m10s left``). It lives beside the store
+because extraction and the heads both use it and neither may import the other.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import time
 from typing import TextIO
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``12s``, ``3m05s``, ``1h18m``: how long, as a person reads it in a log."""
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
@@ -28,10 +31,13 @@ class ProgressLines:
     """A timer thread that prints how far a run is; `update` is called as clips finish."""
 
     def __init__(self, total: int, every_s: float, desc: str = "extract",
-                 stream: TextIO | None = None) -> None:
+                 stream: TextIO | None = None, unit: str = "clips",
+                 count_frames: bool = True, closing_line: bool = True) -> None:
         if not every_s > 0:
             raise ValueError(f"progress interval must be positive, got {every_s}")
         self.total, self.every_s, self.desc = total, every_s, desc
+        self.unit, self.count_frames = unit, count_frames
+        self.closing_line = closing_line  # off where the caller prints its own summary line
         self.stream = stream if stream is not None else sys.stderr
         self.clips = 0
         self.frames = 0
@@ -39,16 +45,18 @@ class ProgressLines:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress-lines", daemon=True)
 
-    def update(self, clips: int, frames: int) -> None:
+    def update(self, clips: int, frames: int = 0) -> None:
         self.clips += clips
         self.frames += frames
 
     def line(self) -> str:
         elapsed = time.perf_counter() - self.started
-        text = (f"{self.desc}: {self.clips}/{self.total} clips, {self.frames} frames "
-                f"({self.frames / max(elapsed, 1e-9):.1f} frames/s), {_duration(elapsed)} elapsed")
+        text = f"{self.desc}: {self.clips}/{self.total} {self.unit}, "
+        if self.count_frames:
+            text += f"{self.frames} frames ({self.frames / max(elapsed, 1e-9):.1f} frames/s), "
+        text += f"{duration_text(elapsed)} elapsed"
         if 0 < self.clips < self.total:
-            text += f", ~{_duration(elapsed / self.clips * (self.total - self.clips))} left"
+            text += f", ~{duration_text(elapsed / self.clips * (self.total - self.clips))} left"
         return text
 
     def _run(self) -> None:
@@ -62,7 +70,8 @@ class ProgressLines:
     def __exit__(self, exc_type, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        if exc_type is None:  # a log ends with where the run ended, not with the last tick
+        # a log ends with where the run ended, not with the last tick
+        if exc_type is None and self.closing_line:
             print(self.line(), file=self.stream, flush=True)
 
 
@@ -75,4 +84,4 @@ def wants_progress_lines(stream: TextIO | None = None) -> bool:
         return True
 
 
-__all__ = ["ProgressLines", "wants_progress_lines"]
+__all__ = ["ProgressLines", "duration_text", "wants_progress_lines"]
