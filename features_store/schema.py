@@ -104,7 +104,7 @@ def check_stream_info(data: Any) -> dict[str, Any]:
     expect_dtype(data.get("dtype", "float32"), "dtype")
     expect_float(data.get("frame_shift_s"), "frame_shift_s", optional=True, positive=True)
     expect_float(data.get("t0", 0.0), "t0")
-    expect_name(data.get("key"), "key")
+    expect_name(data.get("key"), "stream key")
     for name in ("alias", "created", "code_version"):
         expect_str(data.get(name, ""), name)
     for name in ("weights", "weights_sha256"):
@@ -134,8 +134,8 @@ def check_clip_entry(data: Any, what: str) -> dict[str, Any]:
 
 def check_manifest(data: Any) -> dict[str, Any]:
     data = expect_dict(data, "manifest")
-    expect_name(data.get("part_id"), "part_id")
-    expect_name(data.get("stream_key"), "stream_key")
+    expect_name(data.get("part_id"), "part id")
+    expect_name(data.get("stream_key"), "stream key")
     expect_int(data.get("dim"), "dim", low=1)
     expect_dtype(data.get("dtype"), "dtype")
     expect_int(data.get("n_rows"), "n_rows")

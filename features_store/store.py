@@ -331,9 +331,9 @@ class FeatureStore:
             expect_name(info.key, "stream key")
         except MetadataError:
             raise UserError(f"stream name {info.name[:80]!r}"
-                            f"{'...' if len(info.name) > 80 else ''}: use up to 180 letters, "
-                            "digits, '_', '-', '.', '@', '+' (it names the stream's folder)"
-                            ) from None
+                            f"{'...' if len(info.name) > 80 else ''}: its stream key names the "
+                            "stream's folder; use up to 180 letters, digits, '_', '-', '.', "
+                            "'@', '+'") from None
         path = f"{self._stream_dir(info.key)}/stream.json"
         if exists(self.fs, path):
             # Another process (or an earlier run) created it: this handle now knows it too,
@@ -502,7 +502,12 @@ class FeatureStore:
         self._writable()
         self.refresh()
         pruned: dict[str, dict[str, str]] = {}
-        for info in self.streams():
+        infos = self.streams()
+        if self.damaged_streams:  # a whole-store step never passes over a damaged stream
+            key, why = sorted(self.damaged_streams.items())[0]
+            raise UserError(f"{why}; nothing was finalized (`affect store verify` lists every "
+                            "problem)")
+        for info in infos:
             if prune_orphans:
                 deleted = commit.prune_dead_parts(self, info.key, own_run_id=self.run_id)
                 if deleted:
