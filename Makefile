@@ -16,7 +16,7 @@ HEAD ?= regnn
 RUN ?= runs/$(HEAD)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all lint demo extract ingest train eval bench clean
+.PHONY: setup test test-quick test-all lint demo extract ingest train eval bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,15 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Under 3 minutes on 2 cores: the store, one encoder through extraction, the shared trainer
+# with one head, and the CLI, less their multi-process tests. `make test` before you push.
+QUICK_TESTS := tests/test_store.py tests/test_store_cli.py tests/test_extract.py \
+	tests/test_trainer.py
+QUICK_LEAVES_OUT := killed_run or spawned_dataloader or four_processes or installed_affect
+
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" -k "not ($(QUICK_LEAVES_OUT))" $(QUICK_TESTS) $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -79,8 +79,11 @@ def spec_for(plan) -> DecodeSpec:
     """The decode side of a `StreamPlan`."""
     encoder = plan.encoder
     if plan.modality == "video":
+        from .views import parse_view
+
+        view = parse_view(plan.view) if getattr(plan, "view", None) else None
         return DecodeSpec(plan.info.key, "video", fps=plan.fps, crop=plan.crop,
-                          preprocess=encoder.preprocessor)
+                          preprocess=encoder.preprocessor_for(plan.crop, view))
     return DecodeSpec(plan.info.key, plan.modality, sample_rate=encoder.spec.sample_rate,
                       chunk_s=encoder.spec.chunk_s)
 

@@ -1,8 +1,10 @@
 """What a run extracts: one `StreamPlan` per requested stream.
 
-Streams are asked for as `name[@crop]`, e.g. `clip-vit-b16@face`: the same encoder on the face or
-body boxes a dataset ships. Each plan carries its encoder, its StreamInfo (so its key) and how its
-input is decoded.
+Streams are asked for as `name[@marker...][@crop]`, e.g. `clip-vit-b16@face`: the same encoder on
+the face or body boxes a dataset ships; a marker sets encoder options (`clip-vit-b16@rapt@face`:
+preprocess=rapt; specs.REQUEST_MARKERS). With `--views`, each video request also makes one
+stream per augmented view (`clip-vit-b16@face~hflip`, extract/views.py). Each plan carries its
+encoder, its StreamInfo (so its key) and how its input is decoded.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from features_store import StreamInfo
 from features_store.errors import UserError
 
 from . import versions
+from .views import VIEW_SEPARATOR, split_view
 
 EXTRACTOR_VERSION = versions.PLAN_VERSION  # kept for importers; bump it in extract.versions
 CROPS = ("face", "body")
@@ -27,6 +30,7 @@ class StreamPlan:
     crop: str | None
     fps: float | None     # video decode rate
     info: StreamInfo
+    view: str | None = None  # an augmented view of the frames (extract/views.py)
 
     @property
     def modality(self) -> str:
@@ -44,10 +48,47 @@ def compute_identity(device: str) -> dict[str, str]:
 
 
 def parse_request(request: str) -> tuple[str, str | None]:
-    name, _, crop = request.strip().partition("@")
-    if crop and crop not in CROPS:
-        raise UserError(f"encoder {request!r}: unknown crop {crop!r} (use one of {CROPS})")
-    return name, crop or None
+    """(encoder name, crop) of `name[@marker...][@crop][~view]`."""
+    name, crop, _ = _parts(request)
+    return name, crop
+
+
+def request_options(request: str) -> dict:
+    """The encoder options the request's markers set (`clip-vit-b16@rapt@face`: preprocess=rapt)."""
+    from .encoders.specs import REQUEST_MARKERS
+
+    name, _, markers = _parts(request)
+    options: dict = {}
+    for marker in markers:
+        options.update(REQUEST_MARKERS[name][marker])
+    return options
+
+
+def _parts(request: str) -> tuple[str, str | None, list[str]]:
+    from .encoders.specs import REQUEST_MARKERS
+
+    base, _ = split_view(request.strip())
+    name, *rest = base.split("@")
+    crop = rest.pop() if rest and rest[-1] in CROPS else None
+    known = REQUEST_MARKERS.get(name, {})
+    for marker in rest:
+        if marker not in known:
+            what = f"option marker or crop (markers: {', '.join(known)})" if known else "crop"
+            raise UserError(f"encoder {request!r}: unknown {what} {marker!r} (crops: "
+                            f"{', '.join(CROPS)})")
+    return name, crop, rest
+
+
+def view_info(plain: StreamInfo, view: str) -> StreamInfo:
+    """The StreamInfo of view `view` of stream `plain`: the view is in its preprocessing (so
+    its key), its provenance names the plain stream, its alias is the plain one + "~view"."""
+    import copy
+
+    info = copy.deepcopy(plain)
+    info.preprocessing["view"] = view
+    info.alias = f"{plain.alias}{VIEW_SEPARATOR}{view}"
+    info.extra["view_of"] = plain.with_key().key
+    return info
 
 
 def stream_info(encoder, crop: str | None, fps: float | None, dtype: str) -> StreamInfo:

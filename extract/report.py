@@ -40,6 +40,8 @@ class ExtractOptions:
     resize_with: str = "pil"
     strict: bool = False
     encoder_options: dict[str, dict] = field(default_factory=dict)
+    # augmented views of every video stream, each its own stream (extract/views.py)
+    views: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -89,11 +91,12 @@ def failure_line(record: dict) -> str:
 
 
 def format_report(report: ExtractReport) -> str:
-    lines = [
-        f"clips: {report.clips_total} total, {report.done} done, {report.skipped} skipped "
-        f"(already in the store), {report.failed} failed; {plural(report.frames, 'frame')} in "
-        f"{report.seconds:.1f} s",
-    ]
+    whole = report.failed - report.partial  # clips that lost every stream
+    counts = (f"clips: {report.clips_total} total, {report.done} done, {report.skipped} skipped "
+              f"(already in the store), {whole} failed")
+    if report.partial:
+        counts += f", {report.partial} partly extracted"
+    lines = [f"{counts}; {plural(report.frames, 'frame')} in {report.seconds:.1f} s"]
     rows = [{"stream": s.alias, "clips": s.clips, "rows": s.rows, "model s": s.model_s,
              "rows/s": s.rows / s.model_s if s.model_s > 0 else 0.0}
             for s in report.streams.values()]
@@ -101,14 +104,34 @@ def format_report(report: ExtractReport) -> str:
                               decimals=2))
     lines += [f"note: {note}" for note in report.notes]
     if report.failed:
-        kept = (f" ({report.partial} of them kept their other streams)" if report.partial
-                else "")
-        lines.append(f"{plural(report.failed, 'clip')} failed{kept}; the failure ledger is at "
-                     f"{report.ledger} (`affect store ledger STORE`)")
+        lines += failed_streams_lines(report)
+        lines.append(f"the failure ledger is at {report.ledger} (`affect store ledger STORE`)")
         lines += [failure_line(f) for f in report.failures[:SUMMARY_FAILURES]]
         if len(report.failures) > SUMMARY_FAILURES:
             lines.append(f"  ... and {len(report.failures) - SUMMARY_FAILURES} more in the ledger")
     return "\n".join(lines)
+
+
+def failed_streams_lines(report: ExtractReport) -> list[str]:
+    """A failed stream is not a failed clip: one line per kind of loss ("1 clip: 1 of 2 streams
+    failed (its other stream is kept)", "2 clips: every stream failed")."""
+    streams = len(report.streams)
+    lost: dict[str, set] = {}
+    for record in report.failures:
+        lost.setdefault(record.get("clip_id"), set()).add(record.get("stream"))
+    groups: dict[int | None, int] = {}  # streams lost -> clips; None: every stream
+    for keys in lost.values():
+        every = None in keys or len(keys) >= streams
+        groups[None if every else len(keys)] = groups.get(None if every else len(keys), 0) + 1
+    lines = []
+    for n_lost, clips in sorted(groups.items(), key=lambda item: item[0] or streams + 1):
+        if n_lost is None:
+            lines.append(f"{plural(clips, 'clip')}: every stream failed")
+            continue
+        kept = streams - n_lost
+        lines.append(f"{plural(clips, 'clip')}: {n_lost} of {streams} streams failed (its other "
+                     f"{'stream is' if kept == 1 else f'{kept} streams are'} kept)")
+    return lines
 
 
 def interrupted_message(store_url: str, clips_this_run: int | None = None) -> str:

@@ -18,8 +18,9 @@ from features_store.fingerprint import fingerprint
 
 from . import versions
 from .definition import needs_new_record
-from .plan import compute_identity, parse_request
+from .plan import compute_identity, parse_request, request_options
 from .report import ExtractOptions, ExtractReport, StreamStats
+from .views import split_view
 
 NOTE_PREFIX = "plans/"
 
@@ -44,7 +45,8 @@ def request_fingerprint(request: str, options: ExtractOptions) -> str | None:
     name, crop = parse_request(request)
     fields = {
         "name": name, "crop": crop, "weights": weights, "reduced": options.reduced,
-        "options": options.encoder_options.get(name, {}), "fps": options.fps,
+        "options": {**options.encoder_options.get(name, {}), **request_options(request)},
+        "fps": options.fps,
         "dtype": options.dtype, "decode_size": options.decode_size,
         "compute": compute_identity(options.device),
         "numerics": {"threads": options.threads, "batch_size": options.batch_size},
@@ -54,6 +56,9 @@ def request_fingerprint(request: str, options: ExtractOptions) -> str | None:
         fields["decoder"] = options.decoder
     if options.resize_with != "pil":
         fields["resize_with"] = options.resize_with
+    view = split_view(request)[1]
+    if view:
+        fields["view"] = view
     return fingerprint(fields)
 
 
@@ -89,6 +94,8 @@ def has_input(clip: dict, modality: str) -> bool:
 def already_done(clips: list[dict], store: FeatureStore,
                  options: ExtractOptions) -> ExtractReport | None:
     """A report of an all-skipped run if every requested stream is complete, else None."""
+    if options.views:  # which requests are video (and get views) is known once encoders exist
+        return None
     notes = []
     for request in options.encoders:
         request_fp = request_fingerprint(request, options)

@@ -41,7 +41,14 @@ from .decode_ahead import (
 )
 from .definition import needs_new_record, refuse_changed_clips
 from .numerics import fixed_threads, numerics_identity, numerics_record, padded_to
-from .plan import StreamPlan, compute_identity, parse_request, stream_info
+from .plan import (
+    StreamPlan,
+    compute_identity,
+    parse_request,
+    request_options,
+    stream_info,
+    view_info,
+)
 from .report import (
     ExtractOptions,
     ExtractReport,
@@ -51,6 +58,7 @@ from .report import (
     interrupted_message,
 )
 from .resume import has_input, record_plans
+from .views import VIEW_SEPARATOR, parse_view
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +86,11 @@ _ENCODERS: dict[tuple, object] = {}
 _BUILD_LOCK = threading.Lock()
 
 
-def get_encoder(name: str, options: ExtractOptions, device: str):
+def get_encoder(name: str, options: ExtractOptions, device: str, marked: dict | None = None):
+    """Encoder `name` with the run's options for it, and the options a request's markers set."""
     from .encoders import create_encoder
 
-    extra = options.encoder_options.get(name, {})
+    extra = {**options.encoder_options.get(name, {}), **(marked or {})}
     key = (name, options.weights, device, options.reduced, repr(sorted(extra.items())))
     if options.weights not in ("default", "random") and os.path.exists(options.weights):
         key += (os.path.getmtime(options.weights),)  # a replaced weights file is a new encoder
@@ -95,9 +104,11 @@ def get_encoder(name: str, options: ExtractOptions, device: str):
 
 def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
     plans: list[StreamPlan] = []
+    views = [parse_view(v) for v in options.views]
     for request in options.encoders:
         name, crop_kind = parse_request(request)
-        encoder = get_encoder(name, options, device)
+        marked = request_options(request)
+        encoder = get_encoder(name, options, device, marked)
         if encoder.spec.modality != "video" and crop_kind:
             raise UserError(f"encoder {request!r}: crops apply to video encoders only")
         fps = (encoder.spec.fps or options.fps) if encoder.spec.modality == "video" else None
@@ -107,7 +118,7 @@ def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
         info = stream_info(encoder, crop_kind, fps, options.dtype)
         # The arguments as given, beside the resolved options in the key: what rebuilds this
         # encoder for new media (`affect predict --media`); not part of the key.
-        info.extra["arguments"] = dict(options.encoder_options.get(name, {}))
+        info.extra["arguments"] = {**options.encoder_options.get(name, {}), **marked}
         if encoder.spec.modality == "video" and options.decode_size:
             info.preprocessing["decode_shorter_side"] = options.decode_size
         info.preprocessing["compute"] = compute_identity(device)
@@ -118,6 +129,10 @@ def build_plans(options: ExtractOptions, device: str) -> list[StreamPlan]:
         if encoder.spec.modality == "video" and options.decoder != "pyav":
             info.preprocessing["decoder"] = options.decoder  # equal frames are tested, not assumed
         plans.append(StreamPlan(request, encoder, crop_kind, fps, info))
+        if encoder.spec.modality == "video":
+            plans.extend(StreamPlan(f"{request}{VIEW_SEPARATOR}{view.name}", encoder, crop_kind,
+                                    fps, view_info(info, view.name), view.name)
+                         for view in views)
     return plans
 
 

@@ -155,6 +155,10 @@ def import_folder(
         preprocessing={"imported_from": os.path.abspath(folder)}, code_version="import-1",
     )
     info = store.create_stream(info)
+    # The clips are the store's clips too (`store ls`, splits, verify): add the new ones to the
+    # clip table, keeping what it already says about clips it has.
+    known = set(store.clip_ids())
+    store.add_clips({"clip_id": c, "source": p} for c, p in clip_of.items() if c not in known)
     done = store.committed_clip_ids(info)
     part, part_rows, rows_total, clips = None, 0, 0, 0
     part_no = len(store.committed_parts(info))

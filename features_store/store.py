@@ -779,6 +779,20 @@ class FeatureStore:
         info = self.resolve(stream)
         return StreamArray.from_store(self, info, self.index(info), clip_ids, cache_dir)
 
+    # The same data in other tools (optional libraries: features_store.interop) -----------
+    def clips_frame(self, split: str | None = None) -> Any:
+        """The clip table as a pandas DataFrame, one row per clip, indexed by clip_id."""
+        from .interop import clips_frame
+
+        return clips_frame(self, split)
+
+    def to_xarray(self, stream: StreamRef, clip_ids: Sequence[str] | None = None) -> Any:
+        """A stream as an xarray Dataset: every clip's rows end to end along `row`, with
+        `clip_id` and `time_s` coordinates (and split, speaker) on that dimension."""
+        from .interop import stream_to_xarray
+
+        return stream_to_xarray(self, self.resolve(stream).key, clip_ids)
+
     # Aux arrays and the failure ledger ----------------------------------------------------
     def put_aux(self, name: str, array: np.ndarray, attrs: dict[str, Any] | None = None) -> None:
         self._writable()

@@ -36,8 +36,10 @@ class VerifyReport:
     missing: dict[str, list[str]] = field(default_factory=dict)  # alias -> intended, absent
     streams: int = 0
     parts: int = 0
-    clips: int = 0
+    clips: int = 0  # clip-streams: a clip in five streams counts five times
     rows: int = 0
+    clip_ids: set[str] = field(default_factory=set)  # distinct clips across the streams
+    failed: int = 0  # clip-streams in the failure ledger (excused, so not problems)
 
     @property
     def ok(self) -> bool:
@@ -187,6 +189,7 @@ def _verify_stream(
             if start_b < end_a:
                 report.problems.append(f"{mpath}: clips {clip_a!r} and {clip_b!r} overlap")
         report.clips += len(manifest.clips)
+        report.clip_ids.update(entry.clip_id for entry in manifest.clips)
         report.rows += rows
         if not array_matches:
             continue
@@ -207,6 +210,9 @@ def _verify_stream(
         report.problems.append(
             f"{base}: stream {info.alias} holds {len(seen)} committed clip(s) but the clip table "
             f"({store.path}/clips) is empty: it was deleted or damaged")
+    report.failed += sum(1 for clip_id, stream in failed
+                         if stream == key and clip_id not in seen)
+
     def excused(clip_id: str) -> bool:
         return clip_id in seen or (clip_id, key) in failed or (clip_id, None) in failed
 

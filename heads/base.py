@@ -128,6 +128,7 @@ class Head(ABC):
     config_cls: ClassVar[type[HeadConfig]] = HeadConfig
     default_dataset: ClassVar[str] = ""
     metric_name: ClassVar[str] = ""  # key of `evaluate`'s dict used for the best checkpoint
+    paper: ClassVar[str] = ""  # the paper whose public code the defaults follow (`heads ls`)
     metric_mode: ClassVar[str] = "max"  # "max" or "min"
     plot_metrics: ClassVar[tuple[str, ...]] = ()  # drawn in curves.png beside metric_name
 

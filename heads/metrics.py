@@ -131,6 +131,18 @@ def uar(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None) 
     return float(np.mean(np.diag(cm)[present] / support[present]))
 
 
+def uar_union(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """RAPT-CLIP's UAR (its trainer): mean of diag / (row sum + 1e-6) of the confusion matrix
+    over the union of the true and predicted classes, so a predicted class absent from the truth
+    counts as a recall of 0 (`uar` leaves it out)."""
+    t, p = _labels(y_true), _labels(y_pred)
+    if t.size == 0 or t.shape != p.shape:
+        raise ValueError(f"UAR needs two equal-length non-empty label arrays ({t.size}, {p.size})")
+    classes = np.union1d(t, p)
+    cm = confusion_matrix(np.searchsorted(classes, t), np.searchsorted(classes, p), len(classes))
+    return float(np.nanmean(np.diag(cm) / (cm.sum(axis=1) + 1e-6)))
+
+
 def war(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Weighted average recall, i.e. plain accuracy."""
     t, p = _labels(y_true), _labels(y_pred)

@@ -28,47 +28,22 @@ from typing import Any
 
 import numpy as np
 
-from extract.media_base import FRAME_SUFFIXES
 from features_store import StreamInfo, open_store
 from features_store.errors import UserError
 from features_store.paths import safe_join
 from heads.prediction_table import PredictionTable
-from pipelines.datasets.files import VIDEO_SUFFIXES
 
 PREDICT_SPLIT = "predict"
-AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg")
-MEDIA_SUFFIXES = VIDEO_SUFFIXES + AUDIO_SUFFIXES
 
 
 # --- what to predict on -----------------------------------------------------------------------
 
 def media_clips(media: str) -> list[dict]:
-    """Clips for a media file, a frame folder, a folder of media files, or a clips.jsonl."""
-    from extract.clips import read_clips_file
+    """Clips for a media file, a frame folder, a folder of media files, or a clips.jsonl, in the
+    split predictions are made for."""
+    from pipelines.media_clips import media_clips as clips_of
 
-    path = Path(media)
-    if not path.exists():
-        raise UserError(f"{media}: no such file or folder")
-    if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
-        clips = read_clips_file(str(path))
-    elif path.is_file():
-        clips = [_clip_for(path)]
-    else:
-        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        if any(p.suffix.lower() in FRAME_SUFFIXES for p in entries if p.is_file()):
-            clips = [{"clip_id": path.name, "frames": str(path.resolve())}]
-        else:
-            clips = [_clip_for(p) for p in entries
-                     if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES]
-        if not clips:
-            raise UserError(f"{media}: no media files ({', '.join(MEDIA_SUFFIXES)}) or frame "
-                            "images in this folder")
-    return [{**clip, "split": PREDICT_SPLIT} for clip in clips]
-
-
-def _clip_for(path: Path) -> dict:
-    field = "audio" if path.suffix.lower() in AUDIO_SUFFIXES else "video"
-    return {"clip_id": path.stem, field: str(path.resolve())}
+    return [{**clip, "split": PREDICT_SPLIT} for clip in clips_of(media)]
 
 
 # --- the run's streams and how they were made -------------------------------------------------

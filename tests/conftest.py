@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+# No process outlives the test run, whether it ends or is interrupted (tests/child_processes.py).
+pytest_plugins = ["child_processes"]
+
 
 @pytest.fixture
 def one_torch_thread():

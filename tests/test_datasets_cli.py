@@ -27,7 +27,7 @@ def test_datasets_ls_lists_every_layout_with_its_recipe():
     encoders = {d["name"]: d["recipe"]["encoders"] for d in described.values()}
     assert encoders["react"] == ["swin-t", "vggish-react", "wav2vec2-base"]
     assert encoders["affwild2"] == ["hsemotion-enet-b0", "vggish", "wav2vec2-base"]
-    assert encoders["raer"] == ["clip-vit-b16@face", "clip-vit-b16@body"]
+    assert encoders["raer"] == ["clip-vit-b16@rapt@face", "clip-vit-b16@rapt@body"]
     assert described["raer"]["recipe"]["segments"] == 16
     assert encoders["cremad"] == ["dasheng-base", "hsemotion-enet-b0", "embeddinggemma"]
     for name in ("meld", "iemocap", "mosei"):

@@ -161,6 +161,37 @@ def test_cli_summary_exit_codes_and_resume(media, tmp_path):
     assert "bad.jsonl:2" in str(result.exception)
 
 
+def test_extract_media_makes_clips_from_a_folder_without_a_clips_file(media, tmp_path):
+    from click.testing import CliRunner
+
+    tree = tmp_path / "my-videos"
+    write_video(tree / "s01" / "take1.mp4", _frames(25, 5), fps=25)   # its audio is apart:
+    write_audio(tree / "s01" / "take1.wav", _tone(1.0, 220), 16000)    # one clip, two files
+    write_frame_folder(tree / "s02" / "faces", _frames(8, 6))
+    write_video(tree / "intro.mp4", _frames(25, 7), fps=25, audio=_tone(1.0, 330))
+    (tree / "notes.txt").write_text("not media")
+    out = str(tmp_path / "feats.zarr")
+    common = ["--encoders", f"{VIDEO},{AUDIO}", "--weights", "random", "--reduced",
+              "--device", "cpu"]
+    result = CliRunner().invoke(cli, ["extract", "--media", str(tree), "--out", out, *common])
+    assert result.exit_code == 0, result.output
+    assert "3 total, 3 done" in result.output and " 0 failed" in result.output, result.output
+    store = open_store(out, "r")
+    assert store.committed_clip_ids(VIDEO) == {"s01/take1", "s02/faces", "intro"}
+    # The video's audio came from the .wav beside it; a frame folder has no audio to encode.
+    assert store.committed_clip_ids(AUDIO) == {"s01/take1", "intro"}
+    table = {c["clip_id"]: c for c in store.clips()}
+    assert table["s01/take1"]["audio"] == str((tree / "s01" / "take1.wav").resolve())
+    # A single file is a clip named after it.
+    one = CliRunner().invoke(cli, ["extract", "--media", str(media / "a25.mp4"), "--out",
+                                   str(tmp_path / "one.zarr"), *common])
+    assert one.exit_code == 0, one.output
+    assert open_store(str(tmp_path / "one.zarr"), "r").committed_clip_ids(AUDIO) == {"a25"}
+    both = CliRunner().invoke(cli, ["extract", "--media", str(tree), "--clips", "x.jsonl",
+                                    "--out", out, *common], standalone_mode=False)
+    assert "give one of --clips, --media and --dataset" in str(both.exception)
+
+
 def test_killed_run_resumes_to_the_same_store(media, tmp_path):
     clips = [{"clip_id": f"c{i}", "video": str(media / ("a25.mp4" if i % 2 else "b2997.mp4"))}
              for i in range(12)]

@@ -408,11 +408,15 @@ def test_every_json_option_prints_only_json(two_runs, tmp_path, capsys):
         "store info": ["store", "info", store, "tiny-x", "--json"],
         "store ledger": ["store", "ledger", store, "--json"],
         "encoders ls": ["encoders", "ls", "--json"],
+        "heads ls": ["heads", "ls", "--json"],
         "datasets ls": ["datasets", "ls", "--json"],
         "runs ls": ["runs", "ls", str(root), "--json"],
         "evaluate": ["evaluate", "--run", runs[0], "--json", "--device", "cpu"],
         "ensemble": ["ensemble", "--runs", ",".join(runs), "--split", "val", "--export",
                      str(tmp_path / "ens"), "--json", "--device", "cpu"],
+        "runs diff": ["runs", "diff", runs[0], runs[1], "--json"],
+        "train": ["train", "--head", "tiny-ensemble-head", "--store", store, "--out",
+                  str(tmp_path / "json-run"), "--epochs", "1", "--device", "cpu", "--json"],
     }
     # `metrics react` needs a REACT tree; its --json path is covered in test_react_metrics.
     assert _json_commands() - {"metrics react"} == set(invocations)
@@ -490,9 +494,9 @@ def test_store_ls_gives_every_stream_a_unique_name_to_use(tmp_path, capsys):
     store.finalize()
     code, out, _ = run_cli("store", "ls", store.url, "--json", capsys=capsys)
     rows = json.loads(out)
-    assert len({r["use"] for r in rows}) == 2
+    assert len({r["stream"] for r in rows}) == 2
     newest = store.resolve("swin-t@random@reduced")
-    assert {r["use"] for r in rows} == {"swin-t@random@reduced",
+    assert {r["stream"] for r in rows} == {"swin-t@random@reduced",
                                         next(i.key for i in infos if i.key != newest.key)}
     code, out, _ = run_cli("store", "ls", store.url, capsys=capsys)
     assert "3 clips in the clip table" in out

@@ -20,7 +20,7 @@ import pytest
 
 import extract.decode_ahead as decode_module
 import extract.runner as runner_module
-from extract.runner import ExtractOptions, run_extraction
+from extract.runner import ExtractOptions, format_report, run_extraction
 from features_store import open_store, verify
 from features_store.errors import UserError
 from pipelines.synthetic.av_writer import write_video
@@ -117,6 +117,29 @@ def test_a_video_without_audio_keeps_its_video_features(media, tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_the_summary_tells_a_failed_stream_from_a_failed_clip(media, tmp_path):
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+
+    clips = [{"clip_id": "talk", "video": str(media / "talk.mp4")},
+             {"clip_id": "silent", "video": str(media / "silent.mp4")},
+             {"clip_id": "gone", "video": str(media / "gone.mp4")}]
+    store = open_store(str(tmp_path / "s.zarr"))
+    summary = format_report(run_extraction(clips, store, _options(), progress=False))
+    first = summary.splitlines()[0]
+    # One clip lost every stream, one lost its audio stream only and kept its video rows.
+    assert first.startswith("clips: 3 total, 1 done, 0 skipped (already in the store), "
+                            "1 failed, 1 partly extracted;"), summary
+    assert "1 clip: 1 of 2 streams failed (its other stream is kept)" in summary, summary
+    assert "1 clip: every stream failed" in summary, summary
+    verified = CliRunner().invoke(cli, ["store", "verify", store.url])
+    assert verified.exit_code == 0, verified.output
+    # "ok", since the ledger accounts for them, but not silent about the failed clip-streams.
+    assert "3 clip-streams failed (`affect store ledger" in verified.output, verified.output
+
+
+@pytest.mark.timeout(120)
 def test_ctrl_c_in_the_cli_says_what_is_kept(media, tmp_path, monkeypatch, capsys):
     from pipelines.cli import main
 
@@ -142,6 +165,43 @@ def test_ctrl_c_in_the_cli_says_what_is_kept(media, tmp_path, monkeypatch, capsy
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("interrupted: the 2 clip(s) finished in this run"), last
     assert store in last and "rerun the same command to resume" in last
+    assert open_store(store, "r").committed_clip_ids(VIDEO) == {"c0", "c1"}
+
+
+# The CLI in a process of its own that receives SIGTERM (what SLURM and Kubernetes send) while
+# its third task runs: the signal must end it as Ctrl-C does, not silently.
+SIGTERMED_CLI = """
+import os, signal, sys
+import extract.runner as runner_module
+from pipelines.cli import main
+real_run = runner_module.TaskRunner.run
+calls = []
+def terminated_on_the_third_task(self, task):
+    calls.append(task)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_run(self, task)
+runner_module.TaskRunner.run = terminated_on_the_third_task
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_in_the_cli_is_handled_like_ctrl_c(media, tmp_path):
+    clips = [{"clip_id": f"c{i}", "video": str(media / "talk.mp4")} for i in range(4)]
+    clips_file = tmp_path / "clips.jsonl"
+    clips_file.write_text("\n".join(json.dumps(c) for c in clips) + "\n")
+    store = str(tmp_path / "s.zarr")
+    ended = subprocess.run(
+        [sys.executable, "-c", SIGTERMED_CLI, "extract", "--clips", str(clips_file), "--store",
+         store, "--encoders", VIDEO, "--weights", "random", "--reduced", "--device", "cpu",
+         "--dtype", "float32", "--clips-per-part", "1", "--fps", "5"],
+        capture_output=True, text=True, timeout=110)
+    assert ended.returncode == 128 + signal.SIGTERM, (ended.returncode, ended.stderr[-2000:])
+    last = ended.stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted: the 2 clip(s) finished in this run"), ended.stderr
+    assert store in last and "rerun the same command to resume" in last
+    assert "Traceback" not in ended.stderr
     assert open_store(store, "r").committed_clip_ids(VIDEO) == {"c0", "c1"}
 
 

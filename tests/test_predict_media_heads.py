@@ -43,7 +43,7 @@ CASES = [
     Case("regnn", "react", "swin-t,vggish-react", {"clips": 8, "seconds": 4},
          ("iterations_per_epoch=2", "batch_size=4", "cross_layers=1", "self_layers=1",
           "n_samples=2")),
-    Case("temporal_attention", "raer", "clip-vit-b16@face,clip-vit-b16@body",
+    Case("temporal_attention", "raer", "clip-vit-b16@rapt@face,clip-vit-b16@rapt@body",
          {"clips": 10, "seconds": 1}, ("batch_size=4",)),
     Case("tpn_awm", "iemocap", "wav2vec2-base,clip-vit-b16", {"clips": 12, "seconds": 1},
          ("shared_dim=16", "batch_size=4")),

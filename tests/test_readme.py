@@ -7,6 +7,7 @@ How this reads the README (so that whoever edits it knows the rules):
   order, all in one scratch folder, as a user typing them into one terminal would (the
   quick-start's store is what the store commands read). A line ending in ``\\`` continues on
   the next; comments and blank lines are bash's business.
+- ``python`` in a fence is the interpreter running the tests (where affect is installed).
 - ```text fences (and ```json, ```python, bare fences) are never run: they are for commands
   that cannot run here (a GPU, a cluster, SLURM, the published weights) and for placeholders
   like ``STORE``.
@@ -134,11 +135,14 @@ def prepared(command: str, smaller: bool = False) -> str:
 
 
 def _affect_on_path(bin_dir: Path) -> None:
-    """`affect` as this checkout's CLI (not whatever the venv's entry point was installed from)."""
+    """`affect` as this checkout's CLI (not whatever the venv's entry point was installed from),
+    and `python` as this environment's interpreter (where affect is installed)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    shim = bin_dir / "affect"
-    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m pipelines "$@"\n')
-    shim.chmod(0o755)
+    for name, command in (("affect", f'{shlex.quote(sys.executable)} -m pipelines'),
+                          ("python", shlex.quote(sys.executable))):
+        shim = bin_dir / name
+        shim.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+        shim.chmod(0o755)
 
 
 MARK = "@@readme-line "
@@ -208,3 +212,116 @@ def readme_workdir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.name for b in BLOCKS])
 def test_readme_block(block: Block, readme_workdir: Path):
     run_block(block, readme_workdir)
+
+
+def _section(title: str) -> str:
+    """The README text under a `## ` heading, up to the next `## ` heading."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+FEATURES_SECTION = "Features in two lines"
+
+
+@pytest.mark.timeout(900)
+def test_features_in_two_lines_run_as_written(tmp_path):
+    """extract --media, affect.open_store, clips_frame, to_xarray, export --format hf, the torch
+    Dataset, heads ls and encoders fetch: the section's fences run on their own."""
+    pytest.importorskip("xarray")
+    pytest.importorskip("datasets")
+    blocks = bash_blocks(_section(FEATURES_SECTION))
+    assert len(blocks) == 2 and sum(len(b.commands) for b in blocks) >= 9
+    for block in blocks:
+        run_block(block, tmp_path)
+    assert (tmp_path / "out" / "media.zarr" / "store.json").is_file()
+    assert (tmp_path / "out" / "media-hf").is_dir()
+
+
+def _fenced_lines(text: str) -> set[int]:
+    fenced, inside = set(), False
+    for number, line in enumerate(text.splitlines()):
+        if line.strip().startswith("```"):
+            inside = not inside
+            fenced.add(number)
+        elif inside:
+            fenced.add(number)
+    return fenced
+
+
+def test_the_readme_speaks_of_the_product_every_head_in_its_opening_no_issue_numbers():
+    from heads.registry import get_head, list_heads
+
+    text = README.read_text(encoding="utf-8")
+    opening = text[:text.index("\n## ")]
+    shipped = [name for name in list_heads() if get_head(name).paper]  # test heads have none
+    assert len(shipped) >= 8
+    missing = [name for name in shipped if f"`{name}`" not in opening]
+    assert not missing, f"README's opening does not name the heads {missing}"
+    fenced = _fenced_lines(text)
+    headings = [line for number, line in enumerate(text.splitlines())
+                if line.startswith("#") and number not in fenced]
+    numbered = [h for h in headings if re.search(r"\bissues?\s*#?\d+|#\d+", h, re.I)]
+    assert not numbered, f"headings that name issue numbers: {numbered}"
+
+
+# Options whose value is a path the command writes (a store is written by extract and import).
+WRITTEN_BY = ("--out", "--store", "--export")
+
+
+def _written_paths(command: str) -> list[str]:
+    words = shlex.split(command, comments=True)
+    paths = [words[i + 1] for i, w in enumerate(words[:-1]) if w in WRITTEN_BY]
+    paths += [words[i + 1] for i, w in enumerate(words[:-1]) if w in (">", ">>")]
+    return [p for p in paths if "$" not in p and "://" not in p]
+
+
+def test_readme_commands_write_only_under_git_ignored_folders():
+    """Running the README leaves the checkout clean: all it writes is git-ignored."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = sorted({p for block in BLOCKS for c in block.commands
+                      for p in _written_paths(c.text)})
+    assert any(p.endswith("clips.jsonl") for p in written), written  # the parser finds them
+    checked = subprocess.run(["git", "check-ignore", "--no-index", "--verbose",
+                              "--non-matching", *written], cwd=REPO, capture_output=True,
+                             text=True)
+    tracked = [line.split("\t")[-1] for line in checked.stdout.splitlines()
+               if line.startswith("::")]
+    assert not tracked, f"README commands write where git does not ignore: {tracked}"
+
+
+def _gigabytes(pattern: str, text: str) -> float:
+    found = re.search(pattern, text)
+    assert found, f"README's setup section does not say {pattern!r}"
+    return float(found.group(1))
+
+
+def _disk_gb(paths: list[Path]) -> float:
+    if not paths:
+        return 0.0
+    out = subprocess.run(["du", "-sk", "-c", *map(str, paths)], capture_output=True, text=True,
+                         check=True).stdout.splitlines()[-1]
+    return int(out.split()[0]) * 1024 / 1e9
+
+
+def test_the_readme_states_the_install_size_and_the_cpu_only_torch_install():
+    setup = _section("Setup: size and time")
+    assert "--index-url https://download.pytorch.org/whl/cpu" in setup
+    pins = dict(re.findall(r"^(torch|torchaudio|torchvision)==(\S+)$",
+                           (REPO / "constraints.txt").read_text(), re.M))
+    assert all(f"{name}=={version}" in setup for name, version in pins.items()), pins
+    stated_total = _gigabytes(r"about (\d+(?:\.\d+)?) GB", setup)
+    stated_cuda = _gigabytes(r"about (\d+(?:\.\d+)?) GB are the CUDA libraries", setup)
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("not running in a virtual environment: nothing to measure")
+    site = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    cuda = sorted((site / "site-packages").glob("nvidia*"))
+    measured_cuda = _disk_gb([p for p in cuda if p.is_dir()])
+    if measured_cuda < 0.1:
+        pytest.skip("this environment has torch's CPU wheels: the CUDA figure cannot be checked")
+    measured_total = _disk_gb([Path(sys.prefix)])
+    # What the README says stays true as dependencies move: within a quarter either way.
+    assert 0.75 < stated_total / measured_total < 1.33, (stated_total, measured_total)
+    assert 0.75 < stated_cuda / measured_cuda < 1.33, (stated_cuda, measured_cuda)

@@ -364,6 +364,67 @@ def test_demo_runs_any_head_on_its_own_sample(tmp_path):
     assert json.loads((tmp_path / "runs" / "trm" / "eval-test.json").read_text())["metrics"]
 
 
+def test_the_demo_continues_a_run_an_interrupted_demo_left(tmp_path):
+    """An earlier demo stopped during training leaves RUN/checkpoints/last.pt: the rerun's train
+    step resumes that run (it used to be refused: `use --resume or a new --out`)."""
+    from heads.base import apply_overrides
+    from heads.registry import get_head
+    from pipelines.cli.demo import _continue_run
+
+    store = cremad_like_store(tmp_path / "cremad.zarr", 20, frames=6, actors=10,
+                              dims={"dasheng-base": 8, "hsemotion-enet-b0": 12,
+                                    "embeddinggemma": 4})
+    run = tmp_path / "runs" / "trm"
+    said: list[str] = []
+    assert _continue_run(str(run), said.append) == []  # a first demo starts the run
+    args = ["train", "--head", "trm", "--store", store, "--out", str(run), "--epochs", "2",
+            "--quiet", *TRM_SMALL]
+    head_cls = get_head("trm")
+    head = head_cls(apply_overrides(head_cls.config_cls(), [
+        "hidden=32", "heads=4", "batch_size=8", "lr=1e-2", "epochs=2"]))
+    train(head, store, run, device="cpu", progress=False, stop_after=1)  # interrupted
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code != 0 and "use --resume" in str(refused.exception)
+    extra = _continue_run(str(run), said.append)
+    assert extra == ["--resume"] and str(run) in said[-1]
+    rerun = CliRunner().invoke(cli, [*args, *extra])
+    assert rerun.exit_code == 0, rerun.output
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text()
+              .splitlines() if json.loads(line)["kind"] == "epoch"]
+    assert epochs == [1, 2]
+    # A finished run resumed again does nothing more and still ends well (a third demo).
+    again = CliRunner().invoke(cli, [*args, *_continue_run(str(run), said.append)])
+    assert again.exit_code == 0, again.output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_rerunning_an_interrupted_demo_resumes_and_ends_well(tmp_path):
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "pipelines", "demo", "--head", "trm", "--out",
+               str(tmp_path), "--epochs", "3", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    last = tmp_path / "runs" / "trm" / "checkpoints" / "last.pt"
+    # Its own process group, as a terminal's foreground job: Ctrl-C reaches every step (and
+    # SIGINT is handled there even when these tests run as a background job, which ignores it).
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 1200
+    while time.time() < deadline and first.poll() is None and not last.exists():
+        time.sleep(0.2)
+    assert first.poll() is None, first.communicate()[0][-3000:]
+    os.killpg(first.pid, signal.SIGINT)
+    first.communicate(timeout=120)
+    assert first.returncode != 0
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "its training resumes from the last finished epoch" in second.stdout
+    check_page(tmp_path / "runs" / "trm" / "report.html")
+
+
 # --- the run table: aliases, seed groups, sorting, filters, ensembles, diffs -------------------
 
 

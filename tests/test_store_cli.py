@@ -81,13 +81,13 @@ def test_ls_lists_every_stream_with_its_shape_and_size(react_store):
     assert set(streams) == {"clip-vit-b16", "va"}
     video = streams["clip-vit-b16"]
     assert set(video) == {
-        "use", "alias", "key", "kind", "dim", "dtype", "frame_shift_s", "clips", "rows", "bytes",
-        "created",
+        "stream", "alias", "key", "kind", "dim", "dtype", "frame_shift_s", "clips", "rows",
+        "bytes", "created",
     }
     total_rows = sum(len(rows_of(i)) for i in range(len(REACT_CLIPS)))
     assert video.pop("created")
     assert video == {
-        "use": "clip-vit-b16", "alias": "clip-vit-b16",
+        "stream": "clip-vit-b16", "alias": "clip-vit-b16",
         "key": react_store.resolve("clip-vit-b16").key,
         "kind": "feature", "dim": 16, "dtype": "float16", "frame_shift_s": 0.04,
         "clips": 4, "rows": total_rows, "bytes": total_rows * 16 * 2,
@@ -111,9 +111,34 @@ def test_info_shows_provenance_and_per_clip_shapes(react_store):
     assert "2 clips" in text and "t0=0s .. 1.2s" in text
 
 
+def test_ls_json_calls_the_stream_column_as_the_table_does(react_store):
+    table = invoke("store", "ls", react_store.url).output.splitlines()
+    assert table[0].split()[0] == "stream"
+    rows = json.loads(invoke("store", "ls", react_store.url, "--json").output)
+    assert [r["stream"] for r in rows] == [line.split()[0] for line in table[1:1 + len(rows)]]
+    assert all("use" not in r for r in rows)
+
+
+def test_info_prints_provenance_as_readable_lines_not_python_dicts(tmp_path):
+    store = open_store(str(tmp_path / "p.zarr"))
+    store.create_stream(StreamInfo(
+        name="swin", dim=4, frame_shift_s=0.04,
+        preprocessing={"fps": 25.0, "resize": [256, 256], "crop": {"size": 224, "at": "centre"}},
+        extra={"reduced": True}))
+    lines = invoke("store", "info", store.url, "swin").output.splitlines()
+    assert not [line for line in lines if "{" in line or "}" in line], lines
+    at = next(i for i, line in enumerate(lines) if line.strip() == "preprocessing:")
+    block = {line.strip() for line in lines[at + 1:at + 5]}
+    assert block == {"fps: 25", "resize: 256, 256", "crop.size: 224", "crop.at: centre"}, lines
+    assert "reduced: true" in [line.strip() for line in lines]
+
+
 def test_verify_exits_0_when_sound_and_1_listing_problems(react_store):
     result = invoke("store", "verify", react_store.url)
-    assert result.exit_code == 0 and result.output.startswith("ok: 2 streams, 2 parts, 6 clips")
+    # 4 clips, held 6 times: 4 in the video stream and 2 in the label stream.
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: 2 streams, 2 parts, 4 clips (6 clip-streams), "), \
+        result.output
     # A writer that died mid-part leaves an orphan behind.
     leave_dead_orphan(react_store, "clip-vit-b16", "p1", "late", 93, 16)
     result = CliRunner().invoke(cli, ["store", "verify", react_store.url])
@@ -151,6 +176,10 @@ def test_export_pth_tree_and_import_it_back(react_store, tmp_path):
                     "--frame-shift", "0.04")
     assert result.exit_code == 0, result.output
     assert "imported 4 clips" in result.output
+    # The imported clips are the store's clips: the clip table lists them.
+    assert "4 clips in the clip table" in invoke("store", "ls", target).output
+    assert invoke("store", "verify", target).output.startswith(
+        "ok: 1 stream, 1 part, 4 clips (4 clip-streams)")
     imported = open_store(target, mode="r")
     info = imported.resolve("react-video")
     assert (info.dim, info.dtype, info.frame_shift_s) == (16, "float16", 0.04)

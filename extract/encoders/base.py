@@ -169,6 +169,15 @@ class VideoEncoder(Encoder):
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         return self.preprocessor(frames)
 
+    def preprocessor_for(self, crop: str | None, view: Any = None) -> Any:
+        """The frames -> tensor transform of a stream on `crop` ("face", "body" or None), with
+        an augmented `view` (extract.views.View) applied to the frames first."""
+        if view is None:
+            return self.preprocessor
+        from extract.views import ViewedFrames
+
+        return ViewedFrames(view, self.preprocessor)
+
     def encode_batch(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             x = batch.to(self.device, non_blocking=True)

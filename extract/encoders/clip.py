@@ -9,6 +9,11 @@ file found in a tag's hub cache folder is that tag; any other local file is take
 `pretrained_tag` (say so for a LAION file: `pretrained_tag=laion2b_s34b_b88k`), or set the
 activation directly with `quick_gelu=True|False`. The fingerprint records the activation and
 where it came from.
+
+Option `preprocess`: "open_clip" (its eval transform, above) or "rapt", the input RAPT-CLIP's
+released loader feeds CLIP ([0,1] pixels without mean/std, faces squashed, bodies letterboxed:
+extract/encoders/rapt_input.py). The stream key and the alias (`clip-vit-b16@rapt@face`) say
+which.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from extract.encoders.base import (
     alias_for,
     with_dim,
 )
-from extract.encoders.specs import CLIP_DEFAULT_TAG, CLIP_OPTIONS
+from extract.encoders.rapt_input import RaptInput
+from extract.encoders.specs import CLIP_DEFAULT_TAG, CLIP_OPTIONS, CLIP_PREPROCESS
 from extract.encoders.specs import CLIP_HF_FILES as HF_FILES
 from extract.encoders.specs import CLIP_HF_REPO as HF_REPO
 from extract.encoders.specs import CLIP_SPEC as SPEC
@@ -126,14 +132,23 @@ def activation_for(choice: Weights, weights: str, tag: str,
 
 
 class ClipEncoder(VideoEncoder):
-    def __init__(self, model: torch.nn.Module, projected: bool, **kwargs: Any) -> None:
+    def __init__(self, model: torch.nn.Module, projected: bool, input_transform: str = "open_clip",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # The whole CLIP model is kept so save_weights writes a checkpoint open_clip itself
         # loads; only the visual tower is ever moved to the device.
         self.clip = model.eval()
         self.visual = model.visual
         self.projected = projected
-        self.preprocessor = PREPROCESS
+        self.input_transform = input_transform
+        self.preprocessor = PREPROCESS if input_transform == "open_clip" else \
+            RaptInput("letterbox")
+
+    def preprocessor_for(self, crop: str | None, view: Any = None) -> Any:
+        if self.input_transform == "open_clip":
+            return super().preprocessor_for(crop, view)
+        # the released loader squashes face crops and letterboxes bodies (or whole frames)
+        return RaptInput("squash" if crop == "face" else "letterbox", view=view)
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.visual]
@@ -154,8 +169,11 @@ class ClipEncoder(VideoEncoder):
 
 def build(
     spec: EncoderSpec, weights: str, reduced: bool, projected: bool, pretrained_tag: str,
-    quick_gelu: bool | None,
+    quick_gelu: bool | None, preprocess: str = "open_clip",
 ) -> ClipEncoder:
+    if preprocess not in CLIP_PREPROCESS:
+        raise UserError(f"clip-vit-b16: preprocess={preprocess!r}: use one of "
+                        f"{', '.join(CLIP_PREPROCESS)}")
     if pretrained_tag != DEFAULT_TAG:
         tag_config(pretrained_tag)  # an unknown tag is a user error before anything else
     choice: Weights = resolve(spec.name, weights, _locator(pretrained_tag))
@@ -197,16 +215,26 @@ def build(
         "patch_size": visual.patch_size[0] if isinstance(visual.patch_size, tuple) else None,
         "output": "projected" if projected else "pre-projection",
     }
+    markers = ([] if projected else ["preproj"]) + (["rapt"] if preprocess == "rapt" else [])
+    options: dict[str, Any] = {"projected": projected, "quick_gelu": quick_gelu}
+    if preprocess == "open_clip":
+        preprocessing = PREPROCESS.describe()
+    else:  # only then in the key: streams made before the option keep theirs
+        options["preprocess"] = preprocess
+        preprocessing = {"rapt": {crop: RaptInput(fit).describe() for crop, fit in
+                                  (("face", "squash"), ("body", "letterbox"),
+                                   ("whole", "letterbox"))}}
     return ClipEncoder(
         model,
         projected,
+        preprocess,
         spec=with_dim(spec, dim),
-        alias=alias_for(spec.name, [] if projected else ["preproj"], choice.identity, reduced),
+        alias=alias_for(spec.name, markers, choice.identity, reduced),
         weights_source=choice.source,
         weights_identity=choice.identity,
         arch=arch,
-        preprocessing=PREPROCESS.describe(),
-        options={"projected": projected, "quick_gelu": quick_gelu},
+        preprocessing=preprocessing,
+        options=options,
     )
 
 

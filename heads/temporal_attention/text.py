@@ -73,6 +73,9 @@ def describe_source(info: Any) -> dict[str, Any]:
         "model": arch.get("model", "ViT-B-16"),
         "reduced": bool(arch.get("reduced", False)),
         "quick_gelu": bool(arch.get("quick_gelu", True)),
+        # a projection width other than the architecture's (a stream made by other tools, or
+        # the narrow test stores of the released-model fixture); the extractor records none
+        "embed_dim": int(arch["embed_dim"]) if arch.get("embed_dim") else None,
         "random": random_build,
         "seed": seed,
         "weights": info.weights,
@@ -85,7 +88,9 @@ def build_clip(source: dict[str, Any], text_weights: str = "") -> nn.Module:
     """The open_clip model the image stream came from (see the module docstring)."""
     import open_clip
 
-    overrides = dict(REDUCED_CFG) if source["reduced"] else {}
+    overrides: dict[str, Any] = dict(REDUCED_CFG) if source["reduced"] else {}
+    if source.get("embed_dim"):
+        overrides["embed_dim"] = source["embed_dim"]
     if source["random"] and not text_weights:
         root = logging.getLogger()
         level = root.level

@@ -188,6 +188,7 @@ class TpnAwmHead(Head):
     name: ClassVar[str] = "tpn_awm"
     config_cls: ClassVar[type] = TpnAwmConfig
     default_dataset: ClassVar[str] = "iemocap"
+    paper: ClassVar[str] = "AWTPN (temporal prototypes, adaptive weights)"
     metric_name: ClassVar[str] = "w-F1"
     metric_mode: ClassVar[str] = "max"
     plot_metrics: ClassVar[tuple[str, ...]] = ("w-ACC",)

@@ -194,6 +194,7 @@ class TransformerFamilyHead(Head):
     """Shared code of the family; the registered subclasses pick the model and defaults."""
 
     default_dataset: ClassVar[str] = "affwild2"
+    paper: ClassVar[str] = "Meng et al., ABAW 2022 valence/arousal"
     metric_name: ClassVar[str] = "ccc_mean"
     metric_mode: ClassVar[str] = "max"
     plot_metrics: ClassVar[tuple[str, ...]] = ("ccc_v", "ccc_a", "ccc_mean_smoothed")

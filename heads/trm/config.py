@@ -13,7 +13,6 @@ from heads.base import (
     a_flag,
     any_text,
     number_in,
-    one_of,
     whole_in,
 )
 
@@ -34,25 +33,6 @@ class TRMConfig(HeadConfig):
     a stream out (`--set text=` trains on audio and video only); any stream of the store can be
     named instead (`--set text=my-sentence-encoder`).
     """
-    # Each field's valid range (heads.base.check_config); one entry per field.
-    RANGE_RULES: ClassVar[dict] = {
-        "audio": (any_text, "a stream alias, or empty to leave it out"),
-        "video": (lambda v: isinstance(v, str) and v != "", "a video stream alias (the clock)"),
-        "text": (any_text, "a stream alias, or empty to leave it out"),
-        "labels": (any_text, "a stream alias"),
-        "max_frames": (whole_in(0, 1 << 24), ">= 0 (0: the whole clip)"),
-        "per_frame": (a_flag, "true or false"),
-        "hidden": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE} (divisible by heads)"),
-        "heads": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
-        "expansion": (number_in(0, 64, low_open=True), "in (0, 64]"),
-        "layers": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
-        "h_cycles": (whole_in(1, 1000), "in 1..1000"),
-        "l_cycles": (whole_in(1, 1000), "in 1..1000"),
-        "rms_eps": (number_in(0, 1, low_open=True), "in (0, 1]"),
-        "input_norm_trainable": (a_flag, "true or false"),
-        "mse_weight": (number_in(0), ">= 0"),
-        "ccc_formula": (one_of("standard", "original"), "standard or original"),
-    }
 
     # our corrections of the released code, all at once with `--set profile=fixed`
     FIXED: ClassVar[dict[str, Any]] = {

@@ -169,6 +169,7 @@ class TRMHead(Head):
     name = "trm"
     config_cls = TRMConfig
     default_dataset: ClassVar[str] = "cremad"
+    paper: ClassVar[str] = "Affective-TRM (Tiny Recursive Model), CREMA-D valence/arousal"
     metric_name: ClassVar[str] = "ccc_mean"
     metric_mode: ClassVar[str] = "max"
     plot_metrics: ClassVar[tuple[str, ...]] = ("ccc_v", "ccc_a", "frame_ccc_mean")

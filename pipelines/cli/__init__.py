@@ -6,10 +6,14 @@ click usage errors) print one line and exit with code 2; a traceback means a bug
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import click
 
@@ -22,7 +26,8 @@ from pipelines.console import verbose_option
 # that it is the command's own first docstring line).
 COMMANDS = [
     ("pipelines.cli.store", "store", "Inspect, verify, export and import feature stores."),
-    ("pipelines.cli.encoders", "encoders", "List the registered encoders."),
+    ("pipelines.cli.encoders", "encoders",
+     "The registered encoders, and fetching their published weights."),
     ("pipelines.cli.extract", "extract",
      "Decode each clip once and write every requested encoder's features to the store."),
     ("pipelines.cli.datasets", "datasets",
@@ -41,6 +46,8 @@ COMMANDS = [
      "Average several runs' predictions on a split and export them (scored if labelled)."),
     ("pipelines.cli.heads", "import-run",
      "Make a run folder from a paper's released checkpoint (tensors only, strictly mapped)."),
+    ("pipelines.cli.heads", "heads",
+     "The heads: what each trains on, the metric it is judged by, and its paper."),
     ("pipelines.cli.metrics", "metrics", "Score predictions with benchmark metrics."),
     ("pipelines.cli.demo", "demo", "Sample -> extract -> train REGNN -> evaluate -> export -> "
      "report, printing each command."),
@@ -110,10 +117,47 @@ def os_error_line(exc: OSError) -> str | None:
     return f"{where}: {exc.strerror or type(exc).__name__}: {hint}"
 
 
+# The signal that interrupted this command, when it was not Ctrl-C (SIGINT): its exit status is
+# 128 + its number, as a shell reports a process that signal ended.
+_interrupted_by: list[int] = []
+
+
+def _interrupt_like_ctrl_c(signum: int, frame: object) -> None:
+    # A second one ends the process at once, as a scheduler that escalates expects.
+    signal.signal(signum, signal.SIG_DFL)
+    _interrupted_by.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SLURM, Kubernetes and `kill` stop a job with SIGTERM: handle it as Ctrl-C, so committed
+    work is kept and the user is told so, instead of the process vanishing silently."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous != signal.SIG_DFL:
+        yield  # signals reach only the main thread; a handler someone installed stays theirs
+        return
+    _interrupted_by.clear()
+    signal.signal(signal.SIGTERM, _interrupt_like_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted_status() -> int:
+    return 128 + (_interrupted_by[-1] if _interrupted_by else signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> None:
     from pipelines import console
 
     console.configure()  # before any model library is imported: they read it when imported
+    with _sigterm_as_ctrl_c():
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="affect", standalone_mode=False)
     except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:
@@ -130,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(f"interrupted: {cause}" if str(cause) else "interrupted", err=True)
         else:
             click.echo("aborted", err=True)
-        sys.exit(130)
+        sys.exit(_interrupted_status())
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except UserError as exc:
@@ -144,4 +188,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted: committed parts are kept; rerun to resume", err=True)
-        sys.exit(130)
+        sys.exit(_interrupted_status())

@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -35,6 +36,17 @@ def _run(args: list[str], log) -> None:
     if result.returncode != 0:
         raise UserError(f"demo step failed (exit {result.returncode}): {shlex.join(command)}")
     log(click.style(f"  ({time.perf_counter() - started:.0f} s)", dim=True))
+
+
+def _continue_run(run: str, log) -> list[str]:
+    """`--resume` when an earlier demo left this run folder with a checkpoint (interrupted during
+    training, or finished): rerunning the demo continues that run instead of being refused."""
+    from heads.trainer import RunPaths
+
+    if not RunPaths(Path(run)).last.exists():
+        return []
+    log(f"(an earlier demo left {run}: its training resumes from the last finished epoch)")
+    return ["--resume"]
 
 
 def _published_weights_here() -> bool:
@@ -90,7 +102,7 @@ def demo(out_dir: str, clips: int, seconds: int, epochs: int, device: str,
     _run(["train", "--head", "regnn", "--store", store, "--out", run, "--epochs", str(epochs),
           "--device", device, "--set", "iterations_per_epoch=30", "--set", "batch_size=16",
           "--set", "threshold_at_iteration=10", "--set", "cross_layers=2",
-          "--set", "self_layers=2"], log)
+          "--set", "self_layers=2", *_continue_run(run, log)], log)
     _run(["evaluate", "--run", run, "--split", "test"], log)
     _run(["predict", "--run", run, "--split", "test", "--export", export], log)
     _run(["metrics", "react", "--pred-dir", export, "--data-root", data, "--split", "test",
@@ -146,7 +158,7 @@ def _demo_head(head_name: str, out_dir: str, epochs: int, device: str) -> None:
     _run(["store", "ls", store], log)
     sets = [a for item in HEAD_DEMO_SETTINGS.get(head_name, []) for a in ("--set", item)]
     _run(["train", "--head", head_name, "--store", store, "--out", run, "--epochs", str(epochs),
-          "--device", device, *sets], log)
+          "--device", device, *sets, *_continue_run(run, log)], log)
     _run(["evaluate", "--run", run, "--split", "test"], log)
     _run(["report", run, "--device", device if device != "auto" else "cpu"], log)
     log("")

@@ -21,7 +21,7 @@ HEADERS = {"frame_shift_s": "frame shift", "default_weights": "default weights"}
 
 @click.group()
 def encoders() -> None:
-    """List the registered encoders."""
+    """The registered encoders, and fetching their published weights."""
 
 
 @encoders.command("ls")
@@ -60,3 +60,27 @@ def ls(as_json: bool) -> None:
             f"{len(missing)} without local weights: building one says what to download and "
             "where; --weights PATH or --weights random work without them"
         )
+
+
+@encoders.command("fetch")
+@click.argument("names", nargs=-1, required=True)
+def fetch(names: tuple[str, ...]) -> None:
+    """Download the published default weights of encoder NAME(S) into the caches the loaders
+    read (the only command that downloads); offline, say what it would fetch and exit 2."""
+    from extract.encoders import create_encoder
+    from extract.encoders.fetch import downloads
+    from extract.encoders.fetch import fetch as fetch_weights
+
+    for name in names:
+        if not downloads(name):
+            click.echo(f"{name}: its weights ship with the installed packages; nothing to fetch")
+            continue
+        if weights_available(name):
+            click.echo(f"{name}: default weights already here; nothing to fetch")
+            continue
+        fetch_weights(name, report=click.echo)
+        if not weights_available(name):
+            # What still stands between the file and the loader (HSEmotion publishes a pickled
+            # model, which affect never unpickles): the loader's own one-line error says it.
+            create_encoder(name, weights="default")
+        click.echo(f"{name}: default weights ready (`--weights default`)")

@@ -23,9 +23,13 @@ def _split_list(value: str | None) -> list[str]:
 @storage_option
 @click.option("--clips", "clips_file", type=click.Path(dir_okay=False),
               help="Clips file (JSON lines: clip_id, video|frames|audio|text, ...).")
+@click.option("--media", type=click.Path(exists=False),
+              help="A media file, a frame folder or a folder of them (subfolders included): one "
+                   "clip per file, named by its path; no clips file needed.")
 @click.option("--dataset", help="Dataset layout (see `affect datasets ls`) instead of --clips.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Dataset folder.")
-@click.option("--store", "store_url", required=True, help="Store path or fsspec URL.")
+@click.option("--store", "--out", "store_url", required=True,
+              help="Store path or fsspec URL (created if new).")
 @click.option("--encoders", help="Comma-separated, name[@face|@body]; default: the recipe's.")
 @click.option("--weights", default="default", show_default=True, envvar="AFFECT_WEIGHTS",
               show_envvar=True,
@@ -67,20 +71,24 @@ def _split_list(value: str | None) -> list[str]:
 @click.option("--scheduler-file", type=click.Path(dir_okay=False),
               help="Run on the dask scheduler described by this file (`dask scheduler "
                    "--scheduler-file`, SLURM deployments).")
+@click.option("--views", default="",
+              help="Augmented views of every video stream, each its own stream, e.g. "
+                   "hflip,rot-4,rot+4 (heads that train on them draw one per clip and epoch).")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any clip fails.")
 @click.option("--progress-every", type=FiniteFloatRange(min=0, min_open=True, max=86400),
               envvar="AFFECT_PROGRESS_EVERY", show_envvar=True, default=30.0, show_default=True,
               help="Seconds between progress lines when stderr is not a terminal (logs, CI).")
 @verbose_option
-def extract(clips_file, dataset, data_root, store_url, encoders, weights, device, batch_size,
-            threads, limit, fps, decode_size, resize_with, dtype, reduced, clips_per_part,
-            decode_workers, decode_in, decoder, scheduler, scheduler_file, strict,
-            progress_every) -> None:
+def extract(clips_file, media, dataset, data_root, store_url, encoders, weights, device,
+            batch_size, threads, limit, fps, decode_size, resize_with, dtype, reduced,
+            clips_per_part, decode_workers, decode_in, decoder, scheduler, scheduler_file,
+            views, strict, progress_every) -> None:
     """Decode each clip once and write every requested encoder's features to the store."""
     from extract.clips import read_clips_file
     from extract.cluster import ClusterRequest
     from extract.report import ExtractOptions, format_report
     from extract.resume import already_done
+    from extract.views import parse_views
 
     cluster = ClusterRequest.parse(scheduler, scheduler_file)
     if cluster is not None and data_root:
@@ -88,9 +96,11 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
 
     requests = _split_list(encoders)
     encoder_options: dict = {}
+    sources = [f"--{name}" for name, given in (("clips", clips_file), ("media", media),
+                                               ("dataset", dataset)) if given]
+    if len(sources) > 1:
+        raise UserError(f"give one of --clips, --media and --dataset, not {' and '.join(sources)}")
     if dataset:
-        if clips_file:
-            raise UserError("give either --clips or --dataset, not both")
         if not data_root:
             raise UserError("--dataset needs --data-root (the dataset folder)")
         from pipelines.datasets import get_adapter
@@ -110,8 +120,15 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         clips = read_clips_file(clips_file)
         store = open_store(store_url)
         encoder_options = _dataset_encoder_options(store)
+    elif media:
+        from pipelines.media_clips import media_clips
+
+        clips = media_clips(media)
+        store = open_store(store_url)
+        encoder_options = _dataset_encoder_options(store)
     else:
-        raise UserError("give --clips FILE or --dataset NAME --data-root DIR")
+        raise UserError("give --clips FILE, --media FILE_OR_FOLDER or --dataset NAME "
+                        "--data-root DIR")
     if not requests:
         raise UserError("no encoders: pass --encoders a,b,c (see `affect encoders ls`)")
     if weights == "random":
@@ -124,7 +141,7 @@ def extract(clips_file, dataset, data_root, store_url, encoders, weights, device
         clips_per_part=clips_per_part,
         decode_workers=decode_workers, decode_in=decode_in, decoder=decoder,
         resize_with=resize_with, strict=strict,
-        encoder_options=encoder_options,
+        encoder_options=encoder_options, views=parse_views(views),
     )
     # A rerun with nothing left to do is answered from the store's metadata alone (with
     # device auto, the runner decides the device first: that needs torch, or the cluster).

@@ -355,3 +355,31 @@ def import_run(head_name: str, official: str, out: str, store: str | None,
                f"(profile {fidelity_line(saved)})")
     for key, reason in ignored.items():
         click.echo(f"  ignored {key}: {reason}")
+
+
+@click.group("heads")
+def heads() -> None:
+    """The heads: what each trains on, the metric it is judged by, and its paper."""
+
+
+@heads.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
+def heads_ls(as_json: bool) -> None:
+    """Name, dataset, inputs (streams it reads, labels), metric and paper of every head."""
+    from features_store.tables import format_table
+    from heads.registry import get_head, list_heads
+
+    rows = []
+    for name in list_heads():
+        cls = get_head(name)
+        recipe = cls().recipe()  # the paper's default config: the streams it reads by default
+        # a head that settles its labels from the store (tpn_awm: the dataset's preset) says so
+        labels = recipe.labels or ["the store dataset's labels"]
+        rows.append({"name": name, "dataset": cls.default_dataset,
+                     "inputs": [*recipe.features, *labels],
+                     "metric": cls.metric_name, "paper": cls.paper})
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    shown = [{**row, "inputs": ", ".join(row["inputs"])} for row in rows]
+    click.echo(format_table(shown, ["name", "dataset", "inputs", "metric", "paper"]))

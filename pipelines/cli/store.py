@@ -16,6 +16,8 @@ from features_store.printable import printable
 from features_store.tables import format_table, plural
 from pipelines.storage_options import storage_option
 
+HF_FORMAT = "hf"  # a Hugging Face `datasets` dataset on disk (features_store.interop)
+
 
 def _fmt_shift(value: float | None) -> str:
     return "per-clip" if value is None else f"{value:g}"
@@ -30,6 +32,31 @@ def _names_to_use(s, infos) -> dict[str, str]:
         names[info.key] = (info.alias if len(shared) == 1 or s.resolve(info.alias).key == info.key
                            else info.key)
     return names
+
+
+def _flat_items(mapping: dict, prefix: str = ""):
+    """(dotted name, value) for every leaf of a nested dict, in its order."""
+    for name, value in mapping.items():
+        if isinstance(value, dict) and value:
+            yield from _flat_items(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+def _readable(value) -> str:
+    """A provenance value as a person reads it: no Python reprs (None, True, brackets)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_readable(v) for v in value) or "(none)"
+    if isinstance(value, dict):
+        return "(none)" if not value else ", ".join(f"{k}={_readable(v)}"
+                                                     for k, v in value.items())
+    return str(value)
 
 
 @click.group()
@@ -51,7 +78,7 @@ def ls(store_url: str, as_json: bool) -> None:
     for info in infos:
         index = s.index(info)
         rows.append({
-            "use": use[info.key], "alias": info.alias, "key": info.key, "kind": info.kind,
+            "stream": use[info.key], "alias": info.alias, "key": info.key, "kind": info.kind,
             "dim": info.dim, "dtype": info.dtype, "frame_shift_s": info.frame_shift_s,
             "clips": len(index), "rows": int(index.n_rows.sum()), "bytes": s.nbytes(info),
             "created": info.created,
@@ -62,12 +89,11 @@ def ls(store_url: str, as_json: bool) -> None:
         if not rows:
             click.echo("(no streams)")
         else:
-            # `use` is unique per row: the alias where it selects the stream, else the key.
+            # `stream` is unique per row: the alias where it selects the stream, else the key.
             shown = [{**r, "frame_shift_s": _fmt_shift(r["frame_shift_s"])} for r in rows]
-            columns = ["use", "key", "kind", "dim", "dtype", "frame_shift_s", "clips", "rows",
-                       "bytes", "created"]
-            click.echo(format_table(shown, columns,
-                                    {"use": "stream", "frame_shift_s": "shift s"}))
+            columns = ["stream", "key", "kind", "dim", "dtype", "frame_shift_s", "clips",
+                       "rows", "bytes", "created"]
+            click.echo(format_table(shown, columns, {"frame_shift_s": "shift s"}))
         click.echo(f"{plural(table_clips, 'clip')} in the clip table")
     if s.damaged_streams:  # listed streams are usable; the damaged ones fail the command
         _, why = sorted(s.damaged_streams.items())[0]
@@ -94,7 +120,12 @@ def info(store_url: str, stream: str, as_json: bool) -> None:
         }, indent=1))
         return
     for key, value in stream_info.to_dict().items():
-        click.echo(printable(f"{key:>15}: {value}"))
+        if isinstance(value, dict):  # preprocessing, claims, extra: one line per setting
+            click.echo(printable(f"{key:>15}:"))
+            for name, item in _flat_items(value):
+                click.echo(printable(f"{'':>17}{name}: {_readable(item)}"))
+        else:
+            click.echo(printable(f"{key:>15}: {_readable(value)}"))
     click.echo(plural(len(shapes), "clip"))
     for c in shapes:
         span = "" if c.t_end is None else f" .. {c.t_end:g}s"
@@ -114,8 +145,13 @@ def verify_cmd(store_url: str, no_values: bool, numerics: bool) -> None:
     report = verify(s, check_values=not no_values)
     if numerics:
         report.problems.extend(m.describe() for m in mixed_numerics(s))
-    summary = ", ".join(plural(n, w) for n, w in ((report.streams, "stream"),
-                        (report.parts, "part"), (report.clips, "clip"), (report.rows, "row")))
+    # A clip held by five streams is one clip: count clips and clip-streams apart.
+    summary = (f"{plural(report.streams, 'stream')}, {plural(report.parts, 'part')}, "
+               f"{plural(len(report.clip_ids), 'clip')} ({plural(report.clips, 'clip-stream')}), "
+               f"{plural(report.rows, 'row')}")
+    if report.failed:
+        summary += (f"; {plural(report.failed, 'clip-stream')} failed "
+                    f"(`affect store ledger {store_url}`)")
     if report.ok:
         click.echo(f"ok: {summary}")
         for note in report.notes:
@@ -170,15 +206,23 @@ def ledger(store_url: str, as_json: bool, history: bool) -> None:
 @storage_option
 @click.argument("store_url")
 @click.argument("stream")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="npy", show_default=True)
+@click.option("--format", "fmt", type=click.Choice([*FORMATS, HF_FORMAT]), default="npy",
+              show_default=True, help="npy, pth: one file per clip; hf: a Hugging Face dataset "
+              "(datasets.load_from_disk(OUT)), needs the `interop` extra.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--dtype", default=None, help="Cast on export, e.g. float32.")
 def export(store_url: str, stream: str, fmt: str, out_dir: str, dtype: str | None) -> None:
-    """One file per clip at OUT/<clip_id>.<format> (clip ids with '/' become folders)."""
+    """One file per clip at OUT/<clip_id>.<format> (clip ids with '/' become folders), or with
+    --format hf one Hugging Face dataset at OUT (one record per clip)."""
     s = open_store(store_url, mode="r")
     total = len(s.index(stream))
     with tqdm(total=total, desc="export", unit="clip", disable=None) as bar:
-        n = export_stream(s, stream, out_dir, fmt, dtype, progress=bar.update)
+        if fmt == HF_FORMAT:
+            from features_store.interop import export_hf
+
+            n = export_hf(s, stream, out_dir, dtype, progress=bar.update)
+        else:
+            n = export_stream(s, stream, out_dir, fmt, dtype, progress=bar.update)
     click.echo(f"exported {plural(n, 'clip')} to {out_dir}")
 
 

@@ -86,14 +86,19 @@ class RaerAdapter(Adapter):
         "bounding_box/face.json: per-frame face boxes; bounding_box/body.json: one body box",
         "<frame_dir>/: the clip's frames",
     )
+    # The released loader's CLIP input (`@rapt`: [0,1] pixels, faces squashed, bodies
+    # letterboxed), which the temporal_attention head's paper profile reads; `profile=fixed`
+    # reads clip-vit-b16@face / @body (open_clip's transform): extract those by name.
     recipe = Recipe(
-        encoders=["clip-vit-b16@face", "clip-vit-b16@body"],
+        encoders=["clip-vit-b16@rapt@face", "clip-vit-b16@rapt@body"],
         default_head="temporal_attention",
         labels=["raer-class"],
         segments=SEGMENTS,
-        notes="CLIP ViT-B/16 embeddings of the face crop (20 px margin) and the body crop, 16 "
-              "segments per clip (centre frame in evaluation); caching freezes the image encoder "
-              "(the paper fine-tunes it at lr 1e-6).",
+        notes="CLIP ViT-B/16 embeddings of the face crop (20 px margin) and the body crop on "
+              "the released loader's input (rapt: [0,1] pixels, faces squashed, bodies "
+              "letterboxed), 16 segments per clip (centre frame in evaluation); caching freezes "
+              "the image encoder (the paper fine-tunes it at lr 1e-6); --views "
+              "hflip,rot-4,rot+4 caches augmented views.",
     )
 
     def scan(self, data_root: str | Path) -> ScanResult:

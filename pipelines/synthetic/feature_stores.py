@@ -74,8 +74,10 @@ def _clip_provenance(dim: int, reduced: bool = False) -> dict:
     """Stream provenance of a random-weight CLIP ViT-B/16 (as `--weights random` writes it), so a
     head that rebuilds the CLIP text tower from it builds the real one (`reduced`: the
     extractor's reduced build, for smoke runs)."""
-    return {"encoder": {"name": "clip-vit-b16", "dim": dim, "weights": "random:0",
-                        "arch": {"model": "ViT-B-16", "reduced": reduced, "quick_gelu": True}}}
+    arch = {"model": "ViT-B-16", "reduced": reduced, "quick_gelu": True}
+    if dim != 512:  # a narrower projection: the head's text tower is built to match it
+        arch["embed_dim"] = dim
+    return {"encoder": {"name": "clip-vit-b16", "dim": dim, "weights": "random:0", "arch": arch}}
 
 
 def _labelled_class_streams(store, name: str, classes: list[str]):
@@ -85,19 +87,23 @@ def _labelled_class_streams(store, name: str, classes: list[str]):
 
 def raer_like_store(path: str | Path, clips: int = 2700, *, frames: int = 48, dim: int = 512,
                     seed: int = 0, clips_per_part: int = 512, dtype: str = "float16",
-                    reduced: bool = False) -> str:
+                    reduced: bool = False, rapt: bool = True) -> str:
     """A RAER-shaped store: per-frame CLIP face and body embeddings (25 fps) and one class of
     five per clip; 70/10/20 train/val/test. Each class shifts the features along its own
     random direction, plus unit noise. `reduced` records the reduced CLIP build, whose text
-    tower the head then builds (small and fast)."""
+    tower the head then builds (small and fast). `rapt`: the streams are named as the RAER
+    recipe's (`clip-vit-b16@rapt@face`, the paper profile's), else `clip-vit-b16@face`."""
     from pipelines.datasets.raer import CLASSES
 
     rng = np.random.default_rng(seed)
     store = open_store(str(path), mode="a", dataset="raer")
+    # the aliases of the RAER recipe (CLIP on RAPT-CLIP's input), which the head reads
     streams = {view: store.create_stream(StreamInfo(
-        name="clip-vit-b16", alias=f"clip-vit-b16@{view}", dim=dim, dtype=dtype,
-        frame_shift_s=0.04, weights="random", preprocessing={**_clip_provenance(dim, reduced),
-                                                             "crop": view},
+        name="clip-vit-b16", alias=f"clip-vit-b16{'@rapt' if rapt else ''}@{view}", dim=dim,
+        dtype=dtype,
+        frame_shift_s=0.04, weights="random", preprocessing={
+            **_clip_provenance(dim, reduced), "crop": view,
+            "input": "rapt" if rapt else "open_clip"},
         extra={"random_weights": True, "modality": "video"})) for view in ("face", "body")}
     labels = _labelled_class_streams(store, "raer-class", CLASSES)
     directions = rng.normal(size=(len(CLASSES), dim)).astype(np.float32)
