@@ -15,6 +15,7 @@ import math
 import os
 from collections.abc import Iterable
 
+from extract.media_base import MAX_FPS, MIN_FPS
 from features_store.errors import UserError
 from features_store.paths import check_clip_id
 
@@ -37,6 +38,8 @@ def read_clips_file(path: str) -> list[dict]:
             record = json.loads(line)
         except ValueError as exc:
             raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise UserError(f"{path}:{number}: JSON nested too deeply to be a clip") from None
         check_clip(record, f"{path}:{number}")
         if record["clip_id"] in seen:
             raise UserError(f"{path}:{number}: clip_id {record['clip_id']!r} repeats line "
@@ -81,9 +84,16 @@ def _number(record: dict, key: str, where: str, clip_id: str) -> float | None:
     value = record.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UserError(f"{where}: clip {clip_id!r}: {key!r} must be a number, got {value!r}")
-    return float(value)
+    try:
+        # float() of a JSON integer like 10**400 overflows: not a time or a rate either.
+        number = float(value) if isinstance(value, int | float) else math.nan
+    except OverflowError:
+        number = math.inf
+    if isinstance(value, bool) or not math.isfinite(number):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise UserError(f"{where}: clip {clip_id!r}: {key!r} must be a number, got {shown} "
+                        "(a finite one)")
+    return number
 
 
 def check_clips(clips: Iterable[dict]) -> None:
@@ -113,8 +123,49 @@ def check_clip(record: object, where: str) -> None:
     if end is not None and end <= (start or 0.0):
         raise UserError(f"{where}: clip {clip_id!r}: 'end' ({end:g} s) must be after 'start' "
                         f"({start or 0.0:g} s)")
-    if fps is not None and fps <= 0:
-        raise UserError(f"{where}: clip {clip_id!r}: 'fps' is {fps:g}; it must be > 0")
+    if fps is not None and not MIN_FPS <= fps <= MAX_FPS:
+        raise UserError(f"{where}: clip {clip_id!r}: 'fps' is {fps:g}; it must be in "
+                        f"{MIN_FPS:g}..{MAX_FPS:g}")
+    for key in ("split",):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise UserError(f"{where}: clip {clip_id!r}: {key!r} must be a string, got "
+                            f"{type(record[key]).__name__}")
+    speaker = record.get("speaker")
+    if speaker is not None and (isinstance(speaker, bool) or not isinstance(speaker, str | int)):
+        raise UserError(f"{where}: clip {clip_id!r}: 'speaker' must be a string, got "
+                        f"{type(speaker).__name__}")
+    if record.get("boxes") is not None:
+        check_boxes(record["boxes"], f"{where}: clip {clip_id!r}")
+
+
+def check_boxes(boxes: object, where: str) -> None:
+    """`boxes` is {kind: one [l, t, r, b] box, or {frame: box}}: anything else would be
+    dropped or misread when the crop is made (a list puts no box on any frame)."""
+    if not isinstance(boxes, dict):
+        raise UserError(f"{where}: 'boxes' must be an object like {{\"face\": [l, t, r, b]}}, "
+                        f"got {type(boxes).__name__}")
+    for kind, value in boxes.items():
+        if hasattr(value, "tolist"):  # numpy boxes from the Python API
+            value = value.tolist()
+        if isinstance(value, dict):
+            for frame, box in value.items():
+                _check_box_value(box, f"{where}: boxes.{kind}[{frame!r}]")
+        elif (isinstance(value, list | tuple) and value
+              and all(isinstance(b, list | tuple) for b in value)):
+            for i, box in enumerate(value):  # one box per frame, in frame order
+                _check_box_value(box, f"{where}: boxes.{kind}[{i}]")
+        else:
+            _check_box_value(value, f"{where}: boxes.{kind}")
+
+
+def _check_box_value(box: object, where: str) -> None:
+    if hasattr(box, "tolist"):  # a numpy box from the Python API
+        box = box.tolist()
+    numbers = isinstance(box, list | tuple) and len(box) == 4 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+    if not numbers or not all(math.isfinite(float(v)) for v in box):  # type: ignore[union-attr]
+        raise UserError(f"{where}: a box is 4 finite numbers [l, t, r, b], got "
+                        f"{str(box)[:60]}")
 
 
 def write_clips_file(clips: Iterable[dict], path: str) -> int:

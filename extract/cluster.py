@@ -10,6 +10,7 @@ Connecting is bounded: an unreachable scheduler is a one-line error after a few 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from features_store.errors import UserError
 
 CONNECT_TIMEOUT_S = 5.0      # an address that does not answer fails fast
+# The address schemes dask.distributed's comms understand.
+SCHEDULER_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
 WORKERS_TIMEOUT_S = 120.0    # a scheduler with no workers is an error, not a hang
 GPU_RESOURCE = "GPU"
 
@@ -42,9 +45,11 @@ class ClusterRequest:
                 raise UserError(f"--scheduler {scheduler}: N in local:N must be a positive "
                                 "number of workers")
             return cls("local", n_workers=int(count) if count else None)
-        if "://" not in scheduler:
-            raise UserError(f"--scheduler {scheduler}: expected local, local:N or a scheduler "
-                            "address such as tcp://HOST:8786")
+        scheme = scheduler.partition("://")[0] if "://" in scheduler else None
+        if scheme not in SCHEDULER_SCHEMES:
+            raise UserError(f"--scheduler {scheduler[:80]}: expected local, local:N or a "
+                            f"scheduler address such as tcp://HOST:8786 (schemes: "
+                            f"{', '.join(SCHEDULER_SCHEMES)})")
         return cls("address", address=scheduler)
 
 
@@ -128,7 +133,8 @@ def open_client(request: ClusterRequest, device: str) -> Iterator:
                 raise UserError(f"--scheduler-file {request.scheduler_file}: no such file "
                                 "(the scheduler writes it when started with --scheduler-file)")
             where = f"the dask scheduler of {request.scheduler_file}"
-            client = _connect(where, scheduler_file=request.scheduler_file)
+            address = _scheduler_file_address(request.scheduler_file)
+            client = _connect(where, address=address)
         else:
             where = f"the dask scheduler at {request.address}"
             client = _connect(where, address=request.address)
@@ -147,11 +153,31 @@ def open_client(request: ClusterRequest, device: str) -> Iterator:
             cluster.close()
 
 
+def _scheduler_file_address(path: str) -> str:
+    """The address in a scheduler file (`dask scheduler --scheduler-file` writes JSON with it);
+    read here so that a file of anything else is one line, not an error deep in distributed."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        info = None
+    address = info.get("address") if isinstance(info, dict) else None
+    scheme = address.partition("://")[0] if isinstance(address, str) else None
+    if scheme not in SCHEDULER_SCHEMES:
+        raise UserError(f"--scheduler-file {path}: not a dask scheduler file (JSON with the "
+                        "scheduler's \"address\", as `dask scheduler --scheduler-file` writes)")
+    return address
+
+
 def _connect(where: str, **how):
     from distributed import Client
 
     try:
         return Client(timeout=CONNECT_TIMEOUT_S, **how)
+    except ValueError as exc:  # a scheduler file that is not the scheduler's JSON, a bad address
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot use {where} ({reason}); give the file the scheduler wrote "
+                        "with --scheduler-file, or its tcp:// address") from None
     except (OSError, TimeoutError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"cannot reach {where} ({reason}); is the scheduler running and the "

@@ -269,7 +269,7 @@ def run_extraction_dask(
     from distributed import as_completed
 
     from .clips import check_clips
-    from .runner import finish_run, make_tasks, prepare_store
+    from .runner import finish_run, make_tasks, prepare_store, whole_frame_notes
 
     if cluster is None or isinstance(cluster, str):
         cluster = (ClusterRequest.parse(cluster, None) if cluster
@@ -303,7 +303,8 @@ def run_extraction_dask(
         prepare_store(store, clips, plans)
         record_plans(store, plans, options)
         tasks, skipped = make_tasks(clips, plans, store, options.clips_per_part)
-        report = ExtractReport(clips_total=len(clips), skipped=skipped)
+        report = ExtractReport(clips_total=len(clips), skipped=skipped,
+                               notes=whole_frame_notes(tasks, plans))
         bar = _Progress(sum(len(t.clips) for t in tasks), client, progress)
         attempts: dict = {}
         try:

@@ -3,9 +3,14 @@
 A clip id alone does not say what was extracted: a rerun may point the id at another video, or
 at another time range of the same one. Each clip-table record keeps the clip's definition per
 modality (video: source, start, end, fps, boxes; audio: source, start, end; text: the text and
-its times). A source is identified by its path, size and mtime, backed by a digest of its first
-and last 64 KiB: an untouched file is recognised by one `stat`, and a copied or moved one (new
-mtime or path, same bytes) by its digest, without reading whole videos.
+its times). A source is identified by its path, size and mtime, backed by a sha256 of all its
+bytes: an untouched file is recognised by one `stat`, and a copied or moved one (new mtime or
+path, same bytes) by its digest. The digest reads the whole file, streaming, since an edit that
+keeps the size (a re-encoded segment in the middle of a video) changes features as surely as
+any other (BENCHMARKS.md: its cost beside decoding the same file).
+
+Only regular files are read: a FIFO, a device or a socket named as a source would block the
+digest (and the decoder) forever, so it counts as a missing source, which the run ledgers.
 
 A clip whose definition changed while some stream already holds its rows is refused with one
 line (old rows are never kept under a new definition, and never mixed with new ones); a changed
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,7 +29,7 @@ from features_store import FeatureStore
 from features_store.errors import UserError
 from features_store.fingerprint import fingerprint
 
-DIGEST_BYTES = 64 * 1024
+DIGEST_BLOCK_BYTES = 1 << 20
 DEFINITION_FIELD = "definition"
 MODALITIES = ("video", "audio", "text")
 
@@ -36,10 +42,21 @@ def _source_of(clip: dict, modality: str) -> str | None:
     return None
 
 
+def is_regular_file(path: str) -> bool:
+    """A plain file (after symlinks): the only kind of source that is ever opened."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def _files_of(path: str) -> list[str]:
     if os.path.isdir(path):
         return sorted(os.path.join(path, n) for n in os.listdir(path)
-                      if os.path.isfile(os.path.join(path, n)))
+                      if is_regular_file(os.path.join(path, n)))
+    if not is_regular_file(path):
+        # Missing, or a FIFO / device / socket that would block whoever opens it.
+        raise FileNotFoundError(path)
     return [path]
 
 
@@ -58,24 +75,26 @@ def source_stat(path: str) -> dict[str, Any]:
 
 
 def source_digest(path: str) -> str | None:
-    """sha256 over size and the first and last 64 KiB of each file (first/last frame of a
-    folder, plus every frame's name and size)."""
+    """sha256 over every byte of the source (each frame of a folder, with its name and size),
+    read in blocks so memory stays flat whatever the file's size."""
     if not isinstance(path, str | os.PathLike):
         return None
     digest = hashlib.sha256()
     try:
         absolute = os.path.abspath(path)
         files = _files_of(absolute)
-        for f in files:  # a frame's name is its position; a single file's name is not content
-            name = os.path.basename(f) if os.path.isdir(absolute) else ""
+        folder = os.path.isdir(absolute)
+        for f in files:
+            # A frame's name is its position; a single file's name is not content.
+            name = os.path.basename(f) if folder else ""
             digest.update(f"{name}:{os.path.getsize(f)};".encode())
-        for f in files[:1] + files[-1:] if len(files) > 1 else files:
-            size = os.path.getsize(f)
-            with open(f, "rb") as handle:
-                digest.update(handle.read(DIGEST_BYTES))
-                if size > DIGEST_BYTES:
-                    handle.seek(max(DIGEST_BYTES, size - DIGEST_BYTES))
-                    digest.update(handle.read(DIGEST_BYTES))
+            # O_NONBLOCK: a file swapped for a FIFO after the check above still cannot block.
+            handle = os.open(f, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(handle, "rb") as reader:
+                if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
+                    return None
+                while block := reader.read(DIGEST_BLOCK_BYTES):
+                    digest.update(block)
     except OSError:
         return None
     return digest.hexdigest()[:32]

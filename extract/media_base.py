@@ -22,6 +22,14 @@ from features_store.errors import UserError
 STAGES = ("open", "decode_video", "decode_audio", "no_video", "no_audio", "empty")
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_FOLDER_FPS = 25.0
+# Frame rates outside this range are not video: resampling at 1e6 fps, or timing a frame folder
+# at 1e-300 fps, would emit frames without end.
+MIN_FPS = 0.01
+MAX_FPS = 1000.0
+# The longest time one decoded frame may stay on screen while resampling: a longer jump between
+# consecutive timestamps (images 1 and 99999999 of a folder, an hour-long timestamp jump) is
+# damaged timing, and filling it would emit millions of copies of one frame.
+MAX_FRAME_GAP_S = 600.0
 # What PyAV raises for bad input; OSError/ValueError cover paths and malformed arguments.
 AV_ERRORS = (av.FFmpegError, OSError, ValueError)
 

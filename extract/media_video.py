@@ -41,6 +41,9 @@ from PIL import Image
 from extract.media_base import (
     AV_ERRORS,
     DEFAULT_FOLDER_FPS,
+    MAX_FPS,
+    MAX_FRAME_GAP_S,
+    MIN_FPS,
     MediaError,
     _ffmpeg_reason,
     decode_from,
@@ -57,6 +60,8 @@ RESIZE_MODES = ("square", "shorter")
 DECODERS = ("pyav", "torchcodec", "torchcodec:cuda")
 # Timestamps are rationals turned into floats; a microsecond covers the rounding.
 _EPS = 1e-6
+# A timestamp this far before the previous one is a restart, not a reordered frame.
+TIMESTAMP_RESTART_S = 0.5
 
 Box = Sequence[float]
 BoxSpec = Box | Mapping[int | str, Box] | np.ndarray | None
@@ -241,6 +246,14 @@ def _file_frames(path: Path, start_s: float | None, end_s: float | None,
                     time_s = last.time_s + 1.0 / rate  # no timestamp: next slot at the stream rate
                 else:
                     time_s = 0.0
+                if last is not None and time_s < last.time_s - TIMESTAMP_RESTART_S:
+                    # Not a reordered frame: the timestamps start again (concatenated MPEG-TS).
+                    # Dropping everything after would keep only the first piece of the clip.
+                    raise MediaError(path, "decode_video",
+                                     f"timestamps restart at frame {index} (from "
+                                     f"{last.time_s:.3f} s back to {time_s:.3f} s); re-encode "
+                                     "it with continuous timestamps, e.g. ffmpeg -i IN -vf "
+                                     "setpts=N/FRAME_RATE/TB OUT.mp4")
                 if last is not None and time_s <= last.time_s + _EPS:
                     dropped += 1  # duplicate or out-of-order timestamp: the first one wins
                     continue
@@ -281,7 +294,7 @@ def _file_frames(path: Path, start_s: float | None, end_s: float | None,
 
 
 def _grid(decoded: Iterator[_Decoded], fps: float | None, start_s: float | None,
-          end_s: float | None) -> Iterator[tuple[float, _Decoded]]:
+          end_s: float | None, source: Path | str = "") -> Iterator[tuple[float, _Decoded]]:
     """Apply the resampling rule of the module docstring: (time it stands for, frame shown).
 
     The decoders also hand over the first frame at or after ``end_s``: it is never emitted, it
@@ -304,6 +317,14 @@ def _grid(decoded: Iterator[_Decoded], fps: float | None, start_s: float | None,
     for item in decoded:
         if t0 is None:
             t0 = item.time_s
+        if latest is None and item.time_s >= stop - _EPS:
+            return  # the source starts after the range ends: no frame of it is in the range
+        gap = item.time_s - (latest.time_s if latest is not None else t0)
+        if gap > MAX_FRAME_GAP_S:
+            where = f"{latest.time_s:.3f} s" if latest is not None else f"the start {t0:.3f} s"
+            raise MediaError(source, "decode_video",
+                             f"no frame for {gap:.0f} s (from {where} to {item.time_s:.3f} s); "
+                             f"gaps over {MAX_FRAME_GAP_S:g} s are damaged timing, not video")
         # Grid times strictly before this frame belong to the frame before it.
         while (t := t0 + k * period) < min(item.time_s, stop) - _EPS:
             yield t, latest if latest is not None else item
@@ -354,8 +375,11 @@ def iter_video_frames(
     Raises MediaError (see `extract.media_base.MediaError` for the stages).
     """
     source = Path(source)
-    if fps is not None and not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+    if fps is not None and not MIN_FPS <= fps <= MAX_FPS:
+        raise ValueError(f"fps must be in {MIN_FPS:g}..{MAX_FPS:g}, got {fps}")
+    if not MIN_FPS <= folder_fps <= MAX_FPS:
+        raise ValueError(f"a frame folder's fps must be in {MIN_FPS:g}..{MAX_FPS:g}, "
+                         f"got {folder_fps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if resize_mode not in RESIZE_MODES:
@@ -380,7 +404,8 @@ def iter_video_frames(
 
             decoded = torchcodec_frames(source, start_s, end_s, not lookup.per_frame, decoder)
 
-    yield from _batches(source, _grid(decoded, fps, start_s, end_s), lookup, box_margin, size,
+    yield from _batches(source, _grid(decoded, fps, start_s, end_s, source), lookup, box_margin,
+                        size,
                         resize_mode, batch_size, (start_s, end_s))
 
 

@@ -64,6 +64,7 @@ class ExtractReport:
     streams: dict[str, StreamStats] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
     ledger: str = ""
+    notes: list[str] = field(default_factory=list)  # what the user must hear of, not failures
 
     def merge(self, other: ExtractReport) -> None:
         self.done += other.done
@@ -101,6 +102,7 @@ def format_report(report: ExtractReport) -> str:
             for s in report.streams.values()]
     lines.append(format_table(rows, ["stream", "clips", "rows", "model s", "rows/s"],
                               decimals=2))
+    lines += [f"note: {note}" for note in report.notes]
     if report.failed:
         lines += failed_streams_lines(report)
         lines.append(f"the failure ledger is at {report.ledger} (`affect store ledger STORE`)")

@@ -27,6 +27,7 @@ from features_store import FeatureStore, PartCommitted
 from features_store.errors import Interrupted, UserError
 from features_store.fingerprint import fingerprint
 from features_store.progress import ProgressLines, wants_progress_lines
+from features_store.tables import plural
 
 from .clips import check_clips, clip_table_record
 from .decode_ahead import (
@@ -470,7 +471,8 @@ def prepare_store(store: FeatureStore, clips: list[dict], plans: list[StreamPlan
     for p in plans:
         p.info = store.create_stream(p.info)
         # What this run means to commit, so `verify` can tell a complete stream from a cut one.
-        store.record_intent(p.info, [c["clip_id"] for c in clips if has_input(c, p.modality)])
+        store.record_intent(p.info, [c["clip_id"] for c in clips if has_input(c, p.modality)],
+                            in_clip_table=True)
     records = {r["clip_id"]: r for r in store.clips()}
     new = [clip_table_record(c) for c in clips if needs_new_record(records.get(c["clip_id"]), c)]
     if new:
@@ -501,7 +503,8 @@ def run_extraction(
     prepare_store(store, clips, plans)
     record_plans(store, plans, options)
     tasks, skipped = make_tasks(clips, plans, store, options.clips_per_part)
-    report = ExtractReport(clips_total=len(clips), skipped=skipped)
+    report = ExtractReport(clips_total=len(clips), skipped=skipped,
+                           notes=whole_frame_notes(tasks, plans))
     todo = sum(len(t.clips) for t in tasks)
     bar = tqdm(total=todo, desc="extract", unit="clip", disable=None if progress else True,
                dynamic_ncols=True)
@@ -527,6 +530,25 @@ def run_extraction(
     finally:
         bar.close()
     return finish_run(report, store, plans, started)
+
+
+def whole_frame_notes(tasks: list[Task], plans: list[StreamPlan]) -> list[str]:
+    """A note per crop stream (`@face`, `@body`) for the clips of this run that have no box of
+    its kind: they are encoded on whole frames (as RAER's code does), which the user must hear
+    of, since a `@face` stream then holds features of the whole scene for them."""
+    notes = []
+    for plan in plans:  # StreamPlans, or the dask client's RemotePlans: the request says it
+        crop = parse_request(plan.request)[1]
+        if not crop:
+            continue
+        bare = sorted(c["clip_id"] for task in tasks for c in task.clips
+                      if c["clip_id"] in set(task.pending.get(plan.info.key, ()))
+                      and not ((c.get("boxes") or {}).get(crop)))
+        if bare:
+            shown = ", ".join(repr(c) for c in bare[:3]) + (" ..." if len(bare) > 3 else "")
+            notes.append(f"{plan.info.alias}: {plural(len(bare), 'clip')} without "
+                         f"{crop} boxes ({shown}) encoded on whole frames")
+    return notes
 
 
 def finish_run(report: ExtractReport, store: FeatureStore, plans: list[StreamPlan],

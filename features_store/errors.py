@@ -14,3 +14,9 @@ class Interrupted(KeyboardInterrupt):
 
     The CLI prints ``interrupted: <message>`` and exits 130.
     """
+
+
+def first_line(error: object) -> str:
+    """The first non-blank line of an error's text, for one-line messages."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

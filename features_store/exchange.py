@@ -7,13 +7,16 @@ The papers' own scripts read and write one `.npy`/`.pth` per clip (the REACT bas
 
 from __future__ import annotations
 
+import math
 import os
+import pickle
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .manifest import StreamInfo
 from .paths import check_clip_id, safe_join
 from .store import FeatureStore
@@ -33,6 +36,14 @@ def export_stream(
     """Write `out_dir/<clip_id>.<fmt>` for every clip of the stream; returns the clip count."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if dtype:
+        try:
+            kind = np.dtype(dtype).kind
+        except TypeError:
+            kind = ""
+        if kind not in ("f", "i", "u", "b"):
+            raise UserError(f"--dtype {dtype[:40]!r}: not a numeric numpy dtype (e.g. float32, "
+                            "float16, int64)")
     info = store.resolve(stream)
     array = store.load_stream(info)
     for clip_id in array.clip_ids:
@@ -56,6 +67,9 @@ def _load_clip_file(path: str) -> np.ndarray:
     try:
         if path.endswith(".npy"):
             value = np.load(path, allow_pickle=False)
+            if not isinstance(value, np.ndarray):  # an .npz archive saved under a .npy name
+                value.close()
+                raise UserError(f"{path}: is an .npz archive, not one .npy array")
         else:
             import torch
 
@@ -65,15 +79,29 @@ def _load_clip_file(path: str) -> np.ndarray:
             value = value.float().numpy() if value.dtype == torch.bfloat16 else value.numpy()
     except UserError:
         raise
+    except pickle.UnpicklingError:
+        # torch's own message is many lines, ending in advice to unpickle anyway: never.
+        raise UserError(f"{path}: holds pickled Python objects, which are never unpickled; "
+                        "save a plain tensor (torch.save(tensor, path)) or an .npy") from None
     except Exception as exc:  # numpy/torch raise many types for a damaged file
-        raise UserError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{path}: cannot read ({type(exc).__name__}: "
+                        f"{first_line(exc)})") from None
     if value.dtype.kind not in "fiub":
         raise UserError(f"{path}: array of dtype {value.dtype} is not numeric")
     if value.ndim == 1:
         value = value[None, :]
     if value.ndim != 2:
         raise UserError(f"{path}: array of shape {value.shape}, expected [T, D] or [D]")
+    if value.shape[1] == 0:
+        raise UserError(f"{path}: array of shape {value.shape} has no columns (D = 0)")
     return value
+
+
+def _is_regular_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 @dataclass
@@ -95,11 +123,19 @@ def import_folder(
     """Import every `.npy`/`.pth` under `folder` as clip `<relative path without suffix>`."""
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: not a folder")
+    if frame_shift_s is not None and not (math.isfinite(frame_shift_s) and frame_shift_s > 0):
+        raise UserError(f"--frame-shift {frame_shift_s}: must be a positive number of seconds "
+                        "(omit it for one row per clip)")
     files = []
     for root, _, names in os.walk(folder):
         for n in names:
             if n.endswith((".npy", ".pth", ".pt")):
-                files.append(os.path.join(root, n))
+                path = os.path.join(root, n)
+                # A FIFO or device named like an array would block the read forever.
+                if not _is_regular_file(path):
+                    raise UserError(f"{path}: not a regular file (a FIFO, device or broken "
+                                    "link); import reads plain .npy/.pth files only")
+                files.append(path)
     files.sort()
     if not files:
         raise UserError(f"{folder}: no .npy/.pth files found")

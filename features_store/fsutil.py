@@ -13,8 +13,10 @@ fsspec's config files) and from `storage_options` (the CLI's `--storage-option k
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -87,6 +89,12 @@ def url_to_fs(url: str, storage_options: dict[str, Any] | None = None
                         "'affect[s3]')") from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"{url}: bad storage options ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - filesystems that connect at once (ftp, github)
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0][:200] if lines else type(exc).__name__
+        raise UserError(f"{url}: cannot open this location ({type(exc).__name__}: {reason}); "
+                        "a store is a local folder or an object store URL (s3://, gs://, ...)"
+                        ) from None
     if isinstance(fs, LocalFileSystem):
         path = os.path.abspath(path)
     return fs, path.rstrip("/")
@@ -128,12 +136,54 @@ def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
 
 
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
-    """Read a JSON file; a damaged file is a UserError that names it."""
-    raw = fs.cat_file(path)
+    """Read a JSON file; a damaged file is a UserError that names it.
+
+    On a local disk only a plain file is read: the store never writes links or special files,
+    and one planted there (a FIFO, a link to /dev/zero or to a file outside the store) would
+    block the reader, never end, or read outside the store.
+    """
+    if is_local(fs):
+        raw = _read_plain_file(path)
+    else:
+        raw = fs.cat_file(path)
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid JSON (nested too deeply)") from None
+
+
+def refuse_special_file(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """A UserError if `path` on a local disk is a link or not a regular file (a FIFO planted
+    for a part's zarr.json or HDF5 file would block whoever opens it); a missing file passes
+    (the caller reports it its own way)."""
+    if not is_local(fs):
+        return
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise UserError(f"{path}: is a link; a store's files are plain files (a store from "
+                        "elsewhere may not point outside itself)")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path}: not a regular file (a FIFO, device or socket)")
+
+
+def _read_plain_file(path: str) -> bytes:
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        handle = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+            raise UserError(f"{path}: is a link; store metadata files are plain files "
+                            "(a store from elsewhere may not point outside itself)") from None
+        raise
+    with os.fdopen(handle, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise UserError(f"{path}: not a regular file (a FIFO, device or socket)")
+        return f.read()
 
 
 def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .manifest import ClipShape, PartManifest
+from .schema import check_index
 
 
 @dataclass
@@ -86,6 +87,8 @@ class StreamIndex:
 
     @classmethod
     def from_dict(cls, data: dict) -> StreamIndex:
+        """From index.json; a MetadataError (ValueError) says which field is wrong."""
+        check_index(data)
         return cls(
             parts=list(data["parts"]),
             clip_ids=list(data["clip_id"]),

@@ -8,13 +8,18 @@ manifest, answerable without reading feature data.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .fingerprint import fingerprint
+from .schema import check_manifest, check_stream_info
 
 SCHEMA_VERSION = 1
 STREAM_KINDS = ("feature", "label")
+LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 @dataclass
@@ -70,8 +75,9 @@ class StreamInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StreamInfo:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """From stream.json; a MetadataError (ValueError) says which field is wrong."""
+        check_stream_info(data)
+        return cls(**_known_fields(cls, data))
 
 
 @dataclass
@@ -102,6 +108,7 @@ class PartManifest:
     commit_time: float = 0.0  # seconds since the epoch: orders racing commits of one clip
     run_id: str = ""
     discarded: list[str] = field(default_factory=list)  # clips another part committed first
+    sha256: str = ""  # of the part's rows as written (rows_bytes); "" in parts written before
     # What computed the rows besides the stream key's settings (library versions, threads,
     # device): parts of one stream must agree (`affect store verify --numerics`).
     numerics: dict[str, Any] = field(default_factory=dict)
@@ -120,9 +127,26 @@ class PartManifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PartManifest:
-        clips = [ClipEntry(**c) for c in data["clips"]]
-        fields = {k: v for k, v in data.items() if k != "clips"}
+        """From a manifest file; a MetadataError (ValueError) says which field is wrong."""
+        check_manifest(data)
+        clips = [ClipEntry(**_known_fields(ClipEntry, c)) for c in data["clips"]]
+        fields = {k: v for k, v in _known_fields(cls, data).items() if k != "clips"}
         return cls(clips=clips, **fields)
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    # Fields a later version added are skipped, not a crash.
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def rows_bytes(rows: np.ndarray) -> memoryview:
+    """The bytes a part checksum covers: the rows in C order, little-endian, whatever the
+    machine's or the backend's byte order."""
+    rows = np.ascontiguousarray(rows)
+    if rows.dtype.byteorder == ">" or (rows.dtype.byteorder == "=" and not LITTLE_ENDIAN):
+        rows = rows.astype(rows.dtype.newbyteorder("<"))
+    return memoryview(rows.reshape(-1).view(np.uint8))
 
 
 @dataclass

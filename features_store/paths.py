@@ -73,8 +73,12 @@ def safe_join(root: str | os.PathLike[str], *parts: str, suffix: str = "") -> Pa
     if suffix:
         segments[-1] += suffix
     candidate = root_path.joinpath(*segments)
-    resolved_root = root_path.resolve()
-    resolved = candidate.resolve()
+    try:
+        resolved_root = root_path.resolve()
+        resolved = candidate.resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop on the way
+        raise UserError(f"{candidate}: cannot resolve the path ({exc}); use a real folder") \
+            from None
     if resolved != resolved_root and not resolved.is_relative_to(resolved_root):
         raise UserError(f"{candidate}: resolves to {resolved}, outside {resolved_root}; "
                         "refusing to write there")

@@ -20,14 +20,15 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import numpy as np
 
 from . import align, commit
 from .backends import get_backend
-from .backends.base import chunk_rows_for
+from .backends.base import chunk_rows_for, known_backends
 from .errors import UserError
 from .fingerprint import fingerprint
 from .fsutil import (
@@ -44,12 +45,20 @@ from .fsutil import (
 )
 from .index import StreamIndex
 from .manifest import SCHEMA_VERSION, ClipShape, PartManifest, StreamInfo
-from .names import check_part_id, check_stream_key, name_problem
+from .names import check_stream_key, name_problem
 from .paths import check_clip_id
+from .schema import (
+    MetadataError,
+    check_clip_records,
+    check_clip_table,
+    expect_dict,
+    expect_name,
+)
 from .stream_array import StreamArray
 from .writer import PartWriter, now_iso
 
 StreamRef = str | StreamInfo
+T = TypeVar("T")
 
 BACKEND_BY_SUFFIX = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr"}
 
@@ -87,8 +96,31 @@ def open_store(
     """
     if mode not in ("r", "a"):
         raise ValueError("mode must be 'r' or 'a'")
+    check_store_location(url)
     return FeatureStore(str(url), mode, backend or backend_for(str(url)), dataset, compression,
                         storage_options, run_id)
+
+
+def check_store_location(url: object) -> None:
+    """Refuse a store location that names no store folder of its own.
+
+    `""`, `/` and `//` all strip to nothing (which fsspec reads as the current folder) or to the
+    filesystem root: a store there would spread its folders over whatever is in it.
+    """
+    text = str(url)
+    if not text.strip():
+        raise UserError(f"{text!r}: not a store location (name a store folder, e.g. "
+                        "store/react.zarr)")
+    if not text.strip().rstrip("/"):
+        raise UserError(f"{text}: is the filesystem root, not a store folder (name one, e.g. "
+                        "store/react.zarr)")
+    protocol, sep, rest = text.partition("://")
+    if sep and not rest.strip("/"):
+        raise UserError(f"{text}: names no bucket or folder (e.g. {protocol}://bucket/store.zarr)")
+    if not sep or protocol == "file":
+        local = os.path.realpath(os.path.expanduser(rest if sep else text))
+        if os.path.dirname(local) == local:
+            raise UserError(f"{text}: is the filesystem root, not a store folder")
 
 
 def remote_cache_root() -> str | None:
@@ -98,6 +130,16 @@ def remote_cache_root() -> str | None:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = os.path.join(base, "affect", "parts")
     return None if root.strip().lower() in ("", "off", "none", "0") else root
+
+
+def read_checked(fs, path: str, parse: Callable[[Any], T]) -> T:
+    """A store metadata file, read and checked by `parse`: what is wrong in it is one line
+    naming the file (the file is input: shared stores are edited and damaged)."""
+    data = read_json(fs, path)
+    try:
+        return parse(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: {exc}") from None
 
 
 def _access_error(url: str, exc: Exception) -> UserError:
@@ -124,6 +166,7 @@ class FeatureStore:
         self._readers: dict[tuple[str, str], Any] = {}
         self._manifest_cache: dict[tuple[str, str], PartManifest] = {}
         self._streams: dict[str, StreamInfo] | None = None
+        self.damaged_streams: dict[str, str] = {}  # key -> why its stream.json is unusable
         meta_path = f"{self.path}/store.json"
         try:
             self._check_reachable()
@@ -139,21 +182,34 @@ class FeatureStore:
             raise _access_error(self.url, exc) from None
         if found:
             self.attrs = read_json(self.fs, meta_path)
+            if not isinstance(self.attrs, dict):
+                raise UserError(f"{meta_path}: not a JSON object (a damaged store.json)")
             stored = self.attrs.get("backend", backend)
+            if not isinstance(stored, str) or stored not in known_backends():
+                raise UserError(f"{meta_path}: unknown backend {stored!r} (known: "
+                                f"{', '.join(known_backends())})")
             if stored != backend:
                 self.backend_name = stored
                 self.backend = self._make_backend(stored)
         elif mode == "r":
             raise UserError(f"{self.url}: not an affect feature store (no store.json)")
         else:
-            self.attrs = {
+            attrs = {
                 "schema": SCHEMA_VERSION,
                 "backend": backend,
                 "dataset": dataset,
                 "created": now_iso(),
+                # Who this store is, wherever it is later found: a run folder records it and
+                # refuses another store met at the same path (see `store_id`).
+                "id": uuid.uuid4().hex,
             }
-            self.backend.init_store(self.attrs)
-            write_json(self.fs, meta_path, self.attrs)
+            self.backend.init_store(attrs)
+            data = json.dumps(attrs, indent=1, sort_keys=True).encode()
+            # Exclusive: two processes creating one store at once must agree on one id.
+            if create_exclusive(self.fs, meta_path, data):
+                self.attrs = attrs
+            else:
+                self.attrs = read_json(self.fs, meta_path)
 
     def _make_backend(self, name: str):
         kwargs: dict[str, Any] = {"url": self.url, "compression": self.compression}
@@ -184,6 +240,19 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.url!r}, backend={self.backend_name!r})"
+
+    @property
+    def location(self) -> str:
+        """Where the store is, independent of the current folder: an absolute local path or
+        the URL of a remote store."""
+        return self.path if is_local(self.fs) else self.url
+
+    @property
+    def store_id(self) -> str | None:
+        """The id written in store.json when the store was created (None for stores made
+        before ids were written)."""
+        value = self.attrs.get("id")
+        return value if isinstance(value, str) and value else None
 
     @property
     def is_remote(self) -> bool:
@@ -235,12 +304,12 @@ class FeatureStore:
         base = f"{self.path}/clips"
         merged: list[str] = []
         if exists(self.fs, f"{base}/table.json"):
-            data = read_json(self.fs, f"{base}/table.json")
+            data = read_checked(self.fs, f"{base}/table.json", check_clip_table)
             merged = data["batches"]
             table = {r["clip_id"]: r for r in data["clips"]}
         for name in list_names(self.fs, base):
             if name.startswith("batch-") and name not in merged:
-                for record in read_json(self.fs, f"{base}/{name}"):
+                for record in read_checked(self.fs, f"{base}/{name}", check_clip_records):
                     table[record["clip_id"]] = {**table.get(record["clip_id"], {}), **record}
         records = [table[k] for k in sorted(table)]
         if split is not None:
@@ -258,6 +327,13 @@ class FeatureStore:
             raise ValueError(f"stream {info.name}: dim must be positive")
         np.dtype(info.dtype)
         info = info.with_key()
+        try:
+            expect_name(info.key, "stream key")
+        except MetadataError:
+            raise UserError(f"stream name {info.name[:80]!r}"
+                            f"{'...' if len(info.name) > 80 else ''}: its stream key names the "
+                            "stream's folder; use up to 180 letters, digits, '_', '-', '.', "
+                            "'@', '+'") from None
         path = f"{self._stream_dir(info.key)}/stream.json"
         if exists(self.fs, path):
             # Another process (or an earlier run) created it: this handle now knows it too,
@@ -265,7 +341,9 @@ class FeatureStore:
             info = self._read_stream_info(info.key)
         else:
             if not info.created:
-                info.created = now_iso()
+                # Microseconds: an alias resolves to its newest stream, and a corrected label
+                # file re-ingested within the same second must still be the newer one.
+                info.created = datetime.now(UTC).isoformat(timespec="microseconds")
             self.backend.create_stream(info.key, info.to_dict())
             write_json(self.fs, path, info.to_dict())
         if self._streams is not None:
@@ -274,7 +352,7 @@ class FeatureStore:
 
     def _read_stream_info(self, key: str) -> StreamInfo:
         path = f"{self._stream_dir(key)}/stream.json"
-        info = StreamInfo.from_dict(read_json(self.fs, path))
+        info = read_checked(self.fs, path, StreamInfo.from_dict)
         check_stream_key(info.key, path)
         if info.key != key:
             # The key names folders (index, leases, intents, parts): one that differs from the
@@ -284,19 +362,25 @@ class FeatureStore:
         return info
 
     def streams(self, kind: str | None = None) -> list[StreamInfo]:
-        """Every stream, from this handle's listing of the store.
+        """Every readable stream, from this handle's listing of the store.
 
         The listing is a snapshot, taken on first use and dropped by `refresh`: streams other
         processes create later are missing from it, so it answers "which streams exist" only
-        as of when it was taken (`resolve` never trusts it for a miss).
+        as of when it was taken (`resolve` never trusts it for a miss). A stream whose
+        stream.json is damaged is left out and listed in `damaged_streams` (verify reports it;
+        the others stay usable).
         """
         if self._streams is None:
             found = {}
+            damaged: dict[str, str] = {}
             for key in list_names(self.fs, f"{self.path}/streams"):
-                path = f"{self._stream_dir(key)}/stream.json"
-                if exists(self.fs, path):
-                    found[key] = self._read_stream_info(key)
+                try:
+                    if exists(self.fs, f"{self._stream_dir(key)}/stream.json"):
+                        found[key] = self._read_stream_info(key)
+                except UserError as exc:  # a folder name or stream.json that is not a stream's
+                    damaged[key] = str(exc)
             self._streams = found
+            self.damaged_streams = damaged
         infos = sorted(self._streams.values(), key=lambda s: (s.alias, s.created, s.key))
         return [s for s in infos if kind is None or s.kind == kind]
 
@@ -319,7 +403,9 @@ class FeatureStore:
         if found is not None:
             return found
         known = ", ".join(sorted({s.alias for s in self.streams()})) or "none"
-        raise UserError(f"{self.url}: no stream {ref!r} (streams: {known})")
+        damaged = ("; damaged, see `affect store verify`: "
+                   f"{', '.join(sorted(self.damaged_streams))}" if self.damaged_streams else "")
+        raise UserError(f"{self.url}: no stream {ref!r} (streams: {known}{damaged})")
 
     @staticmethod
     def _match(ref: str, streams: list[StreamInfo]) -> StreamInfo | None:
@@ -387,21 +473,21 @@ class FeatureStore:
         for part in self.committed_parts(key):
             cached = self._manifest_cache.get((key, part))
             if cached is None:
-                path = f"{self._stream_dir(key)}/manifests/part-{part}.json"
                 try:
-                    cached = PartManifest.from_dict(read_json(self.fs, path))
+                    cached = self._read_manifest(key, part)
                 except FileNotFoundError:
                     continue  # deleted with its stream meanwhile
-                except (KeyError, TypeError) as exc:
-                    raise UserError(f"{path}: malformed manifest ({exc})") from None
-                if cached.part_id != part:
-                    # Readers open the array the manifest names: it must be this part's own.
-                    check_part_id(cached.part_id, path)
-                    raise UserError(f"{path}: names part {cached.part_id!r}, not {part!r}; "
-                                    "the store's metadata was edited or damaged")
                 self._manifest_cache[(key, part)] = cached
             out.append(cached)
         return out
+
+    def _read_manifest(self, key: str, part: str) -> PartManifest:
+        path = f"{self._stream_dir(key)}/manifests/part-{part}.json"
+        manifest = read_checked(self.fs, path, PartManifest.from_dict)
+        if manifest.part_id != part or manifest.stream_key != key:
+            raise UserError(f"{path}: names part {manifest.part_id!r} of stream "
+                            f"{manifest.stream_key!r}, not its own file's")
+        return manifest
 
     def finalize(self, prune_orphans: bool = False) -> dict[str, dict[str, str]]:
         """Merge manifests into each stream's index and compact the clip table.
@@ -416,7 +502,12 @@ class FeatureStore:
         self._writable()
         self.refresh()
         pruned: dict[str, dict[str, str]] = {}
-        for info in self.streams():
+        infos = self.streams()
+        if self.damaged_streams:  # a whole-store step never passes over a damaged stream
+            key, why = sorted(self.damaged_streams.items())[0]
+            raise UserError(f"{why}; nothing was finalized (`affect store verify` lists every "
+                            "problem)")
+        for info in infos:
             if prune_orphans:
                 deleted = commit.prune_dead_parts(self, info.key, own_run_id=self.run_id)
                 if deleted:
@@ -437,8 +528,10 @@ class FeatureStore:
 
     # Intents: what a run set out to do, so `verify` can tell complete from incomplete ------
     def record_intent(self, stream: StreamRef, clip_ids: Iterable[str],
-                      run_id: str | None = None) -> None:
-        """Record that run `run_id` (default: this handle's) means to commit `clip_ids`."""
+                      run_id: str | None = None, in_clip_table: bool = False) -> None:
+        """Record that run `run_id` (default: this handle's) means to commit `clip_ids`;
+        `in_clip_table`: the run also writes them into the clip table (extraction does), so
+        `verify` can tell a deleted clip table from one that never held them."""
         self._writable()
         key = self.resolve(stream).key
         run = run_id or self.run_id
@@ -448,7 +541,18 @@ class FeatureStore:
         if clip_ids <= self.committed_clip_ids(key):
             return  # a rerun with nothing left to do adds no record
         write_json(self.fs, f"{self._stream_dir(key)}/intents/{run}.json",
-                   {"run_id": run, "created": now_iso(), "clip_ids": sorted(clip_ids)})
+                   {"run_id": run, "created": now_iso(), "clip_ids": sorted(clip_ids),
+                    "in_clip_table": in_clip_table})
+
+    def expects_clip_table(self, stream: StreamRef) -> bool:
+        """Does the stream's data imply a clip table (a stream claiming every clip, or one an
+        extraction wrote, which adds each clip it commits to the table)?"""
+        info = self.resolve(stream)
+        if (info.claims or {}).get("all"):
+            return True
+        base = f"{self._stream_dir(info.key)}/intents"
+        return any(read_checked(self.fs, f"{base}/{name}", _check_intent).get("in_clip_table")
+                   is True for name in list_names(self.fs, base) if name.endswith(".json"))
 
     def intended_clip_ids(self, stream: StreamRef) -> dict[str, str]:
         """{clip_id: the first run (by name) that intended it} over every recorded intent."""
@@ -457,7 +561,7 @@ class FeatureStore:
         out: dict[str, str] = {}
         for name in list_names(self.fs, base):
             if name.endswith(".json"):
-                data = read_json(self.fs, f"{base}/{name}")
+                data = read_checked(self.fs, f"{base}/{name}", _check_intent)
                 for clip_id in data.get("clip_ids", []):
                     out.setdefault(clip_id, data.get("run_id", name[:-5]))
         return out
@@ -472,10 +576,14 @@ class FeatureStore:
         index = None
         index_path = f"{self._stream_dir(info.key)}/index.json"
         if exists(self.fs, index_path):
-            merged = StreamIndex.from_dict(read_json(self.fs, index_path))
+            try:
+                merged = read_checked(self.fs, index_path, StreamIndex.from_dict)
+            except UserError:
+                merged = None  # a damaged merged index is only a cache: the manifests decide
             # Used only while it covers exactly the committed parts, and names no other part
             # (a part id in it becomes a path to read).
-            if merged.parts == sorted(parts) and set(merged.part_of) <= set(merged.parts):
+            if (merged is not None and merged.parts == sorted(parts)
+                    and set(merged.part_of) <= set(merged.parts)):
                 index = merged
         if index is None:
             index = StreamIndex.from_manifests(self.manifests(info.key), info.dim)
@@ -513,8 +621,7 @@ class FeatureStore:
         """
         manifest = self._manifest_cache.get((key, part_id))
         if manifest is None:
-            path = f"{self._stream_dir(key)}/manifests/part-{part_id}.json"
-            manifest = PartManifest.from_dict(read_json(self.fs, path))
+            manifest = self._read_manifest(key, part_id)
             self._manifest_cache[(key, part_id)] = manifest
         tag = fingerprint([self.url, manifest.to_dict()], 16)
         path = os.path.join(cache_root, key, f"part-{part_id}-{tag}.npy")
@@ -737,7 +844,7 @@ class FeatureStore:
         """
         out: list[dict[str, Any]] = []
         for name in list_names(self.fs, f"{self.path}/ledger"):  # names sort by time
-            out.extend(read_json(self.fs, f"{self.path}/ledger/{name}"))
+            out.extend(read_checked(self.fs, f"{self.path}/ledger/{name}", _check_ledger_batch))
         if history:
             return out
         def stream_of(record: dict[str, Any]) -> str | None:
@@ -796,3 +903,24 @@ class CachedPart:
 
     def chunk_ranges(self):
         yield 0, self.shape[0], self.location
+
+
+def _check_intent(data: Any) -> dict[str, Any]:
+    data = expect_dict(data, "intent")
+    clip_ids = data.get("clip_ids", [])
+    if not isinstance(clip_ids, list) or not all(isinstance(c, str) for c in clip_ids):
+        raise MetadataError("clip_ids must be a list of clip ids")
+    return data
+
+
+LEDGER_NAME_FIELDS = ("clip_id", "stream", "stream_key", "alias", "stage", "file")
+
+
+def _check_ledger_batch(data: Any) -> list[dict[str, Any]]:
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise MetadataError("a ledger file must be a list of JSON objects")
+    for i, record in enumerate(data):
+        for name in LEDGER_NAME_FIELDS:  # names that entries are matched and grouped by
+            if record.get(name) is not None and not isinstance(record[name], str):
+                raise MetadataError(f"entry {i}: {name} must be a string")
+    return data

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import UserError
 from .fingerprint import fingerprint
 
 if TYPE_CHECKING:
@@ -49,8 +50,6 @@ class StreamArray:
         else:
             missing = [c for c in clip_ids if c not in index]
             if missing:
-                from .errors import UserError
-
                 raise UserError(
                     f"{store.url}: stream {info.alias} lacks {len(missing)} clip(s), "
                     f"e.g. {missing[0]!r}"
@@ -78,7 +77,16 @@ class StreamArray:
         for out_i, i in enumerate(chosen):
             by_part.setdefault(index.part_of[i], []).append((out_i, i))
         for part, items in by_part.items():
-            block = store._reader(info.key, part).read_all()
+            # Only the rows the index serves: an array whose metadata claims more (damage, or
+            # a tampered zarr.json claiming 2^40 rows) costs no more than an intact one.
+            needed = max(int(index.row_start[i]) + int(index.n_rows[i]) for _, i in items)
+            reader = store._reader(info.key, part)
+            if reader.shape[0] < needed or reader.shape[1] != info.dim:
+                raise UserError(f"{getattr(reader, 'location', part)}: array of shape "
+                                f"{tuple(reader.shape)} cannot hold the {needed} rows of "
+                                f"dim {info.dim} its manifest lists; `affect store verify` "
+                                "lists the damage")
+            block = reader.read(0, needed)
             for out_i, i in items:
                 start, n = int(index.row_start[i]), int(lengths[out_i])
                 data[offsets[out_i] : offsets[out_i] + n] = block[start : start + n]

@@ -5,12 +5,17 @@ valid JSON or name a missing array, manifest and array disagreeing in shape or d
 out of range or overlapping, chunk files that are missing or cannot be decoded (truncated or
 corrupt), NaN/Inf values, clips of the clip table missing from a stream that claims them, and
 clips a run recorded as intended (`record_intent`) that no part committed: so "ok" means every
-stream is complete, not only sound. A part whose writer is still alive (live lease) and a clip
-that two racing runs both committed (the index keeps the first commit) are notes, not problems.
+stream is complete, not only sound. Metadata is checked against itself: each part's rows against
+the checksum its writer recorded at commit (a flipped bit, a zeroed chunk, swapped parts), the
+merged index against the manifests, each stream folder for its stream.json, and the clip table
+for being there at all under extracted and ingested streams. A part whose writer is still
+alive (live lease) and a clip that two racing runs both committed (the index keeps the first
+commit) are notes, not problems.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,9 +23,10 @@ import numpy as np
 
 from . import commit
 from .errors import UserError
-from .fsutil import read_json
-from .manifest import PartManifest, StreamInfo
-from .store import FeatureStore
+from .fsutil import exists, list_names
+from .index import StreamIndex
+from .manifest import PartManifest, StreamInfo, rows_bytes
+from .store import FeatureStore, read_checked
 
 
 @dataclass
@@ -49,27 +55,62 @@ def _claimed_clips(store: FeatureStore, info: StreamInfo) -> list[str]:
     return list(claims.get("clip_ids", []))
 
 
+def _current_of_alias(store: FeatureStore, info: StreamInfo) -> bool:
+    try:
+        return store.resolve(info.alias).key == info.key
+    except UserError:
+        return True
+
+
 def verify(
     store: FeatureStore, check_values: bool = True, progress: Callable[[str], None] | None = None
 ) -> VerifyReport:
     report = VerifyReport()
     store.refresh()
+    infos = store.streams()
+    for _, why in sorted(store.damaged_streams.items()):
+        report.problems.append(f"{why} (the stream's parts are unreadable until it is restored)")
+    _check_stream_folders(store, {i.key for i in infos} | set(store.damaged_streams), report)
+    try:
+        table = set(store.clip_ids())
+    except UserError as exc:
+        report.problems.append(f"{exc} (the clip table is damaged)")
+        table = None
+    try:
+        failures = store.failures()
+    except UserError as exc:
+        report.problems.append(f"{exc} (the failure ledger is damaged)")
+        failures = []
     # A ledger entry names its stream by key (older entries by `stream`, or by none: the clip).
-    failed = {(f.get("clip_id"), f.get("stream_key", f.get("stream"))) for f in store.failures()}
-    for info in store.streams():
+    failed = {(f.get("clip_id"), f.get("stream_key", f.get("stream"))) for f in failures}
+    for info in infos:
         report.streams += 1
         if progress:
             progress(info.alias)
-        _verify_stream(store, info, report, failed, check_values)
+        _verify_stream(store, info, report, failed, check_values, table)
     return report
 
 
+def _check_stream_folders(store: FeatureStore, known: set[str], report: VerifyReport) -> None:
+    """A stream folder holding parts or manifests but no stream.json: a stream that vanished
+    from every listing (its stream.json was deleted)."""
+    for key in list_names(store.fs, f"{store.path}/streams"):
+        base = f"{store.path}/streams/{key}"
+        if key in known or not store.fs.isdir(base):  # zarr's own group file sits here too
+            continue
+        held = [n for n in ("manifests", "parts") if list_names(store.fs, f"{base}/{n}")]
+        if held and not exists(store.fs, f"{base}/stream.json"):
+            report.problems.append(f"{base}: has {' and '.join(held)} but no stream.json (the "
+                                   "stream's metadata was deleted; its data is invisible)")
+
+
 def _verify_stream(
-    store: FeatureStore, info: StreamInfo, report: VerifyReport, failed: set, check_values: bool
+    store: FeatureStore, info: StreamInfo, report: VerifyReport, failed: set, check_values: bool,
+    table: set[str] | None,
 ) -> None:
     key = info.key
     base = f"{store.path}/streams/{key}"
-    committed = store.committed_parts(key)
+    committed = store.committed_parts(info)
     arrays = set(store.backend.list_parts(key))
     for orphan in sorted(arrays - set(committed)):
         location = store.backend.part_location(key, orphan)
@@ -84,17 +125,14 @@ def _verify_stream(
         )
     manifests: list[PartManifest] = []
     for part in committed:
-        path = f"{base}/manifests/part-{part}.json"
         try:
-            manifest = PartManifest.from_dict(read_json(store.fs, path))
-        except (UserError, KeyError, TypeError, ValueError) as exc:
-            report.problems.append(f"{path}: unreadable manifest ({exc})")
-            continue
-        if manifest.part_id != part:  # its array is opened by this name: it must be its own
-            report.problems.append(f"{path}: names part id {str(manifest.part_id)[:80]!r}, not "
-                                   f"{part!r} (edited or damaged metadata)")
-            continue
-        manifests.append(manifest)
+            manifests.append(store._read_manifest(key, part))
+        except UserError as exc:
+            path = f"{base}/manifests/part-{part}.json"
+            reason = str(exc).removeprefix(f"{path}: ")
+            report.problems.append(f"{path}: unreadable manifest ({reason})")
+        except FileNotFoundError:
+            continue  # deleted meanwhile (a stream being removed)
     seen: dict[str, str] = {}
     # Which copy readers use when racing runs committed a clip twice: the first commit.
     first_commit: dict[str, str] = {}
@@ -127,6 +165,9 @@ def _verify_stream(
             )
         if np.dtype(reader.dtype) != np.dtype(info.dtype):
             report.problems.append(f"{location}: dtype {reader.dtype}, stream says {info.dtype}")
+        # An array whose own metadata disagrees with its manifest (a tampered zarr.json claiming
+        # 2^40 rows) is reported above; its chunks are not walked, which would never end.
+        array_matches = rows == manifest.n_rows and dim == info.dim
         spans = []
         for entry in manifest.clips:
             end = entry.row_start + entry.n_rows
@@ -150,23 +191,40 @@ def _verify_stream(
         report.clips += len(manifest.clips)
         report.clip_ids.update(entry.clip_id for entry in manifest.clips)
         report.rows += rows
+        if not array_matches:
+            continue
         missing_chunks = getattr(reader, "missing_chunks", None)
         for chunk in missing_chunks() if missing_chunks else []:
             report.problems.append(f"{chunk}: chunk file missing (it would read as zeros)")
         if check_values:
-            _scan_values(reader, report)
+            digest = _scan_values(reader, report)
+            if manifest.sha256 and digest is not None and digest != manifest.sha256:
+                report.problems.append(
+                    f"{location}: rows do not match the checksum recorded at commit in {mpath} "
+                    "(the array was changed or replaced after it was written)")
+    _check_index(store, info, manifests, committed, report)
+    # Extraction and ingest add every clip they commit to the clip table, so an empty table
+    # under such a stream means the table was deleted (clips written through the Python API
+    # alone need no record, so neither those streams nor a partial table are judged).
+    if table == set() and seen and store.expects_clip_table(info):
+        report.problems.append(
+            f"{base}: stream {info.alias} holds {len(seen)} committed clip(s) but the clip table "
+            f"({store.path}/clips) is empty: it was deleted or damaged")
     report.failed += sum(1 for clip_id, stream in failed
                          if stream == key and clip_id not in seen)
 
     def excused(clip_id: str) -> bool:
         return clip_id in seen or (clip_id, key) in failed or (clip_id, None) in failed
 
-    for clip_id in _claimed_clips(store, info):
+    # A stream superseded under its alias (labels re-ingested after a correction) is history:
+    # only the stream the alias names now must hold every clip it claims.
+    current = _current_of_alias(store, info)
+    for clip_id in _claimed_clips(store, info) if current else []:
         if not excused(clip_id):
             report.problems.append(
                 f"{base}: clip {clip_id!r} of the clip table is missing from stream {info.alias}"
             )
-    intended = store.intended_clip_ids(key)
+    intended = store.intended_clip_ids(info)
     missing = sorted(c for c in intended if not excused(c))
     if missing:
         report.missing[info.alias] = missing
@@ -176,7 +234,37 @@ def _verify_stream(
             f"intended clip(s) not committed ({shown}); rerun the extraction to finish it")
 
 
-def _scan_values(reader, report: VerifyReport) -> None:
+def _check_index(store: FeatureStore, info: StreamInfo, manifests: list[PartManifest],
+                 committed: list[str], report: VerifyReport) -> None:
+    """The merged index.json says what the manifests say (readers trust it while it lists the
+    committed parts: a tampered one would serve other rows or times)."""
+    path = f"{store.path}/streams/{info.key}/index.json"
+    if not exists(store.fs, path):
+        return
+    try:
+        merged = read_checked(store.fs, path, StreamIndex.from_dict)
+    except UserError as exc:
+        report.problems.append(f"{exc} (a damaged index; `affect store finalize` rewrites it)")
+        return
+    if merged.parts != sorted(committed) or len(manifests) != len(committed):
+        return  # stale (parts committed since): readers merge the manifests instead
+    truth = StreamIndex.from_manifests(manifests, info.dim)
+    expected = {c: truth.shape(i) for i, c in enumerate(truth.clip_ids)}
+    found = {c: merged.shape(i) for i, c in enumerate(merged.clip_ids)}
+    wrong = sorted(c for c in expected.keys() | found.keys()
+                   if expected.get(c) != found.get(c))
+    if wrong or merged.dim != info.dim:
+        shown = ", ".join(repr(c) for c in wrong[:5]) + (" ..." if len(wrong) > 5 else "")
+        report.problems.append(
+            f"{path}: disagrees with the committed manifests for {len(wrong)} clip(s) ({shown});"
+            " readers would serve the wrong rows; `affect store finalize` rewrites it")
+
+
+def _scan_values(reader, report: VerifyReport) -> str | None:
+    """Scan every chunk for NaN/Inf; returns the sha256 of the rows as committed checksums
+    cover them, or None where a chunk could not be read."""
+    digest = hashlib.sha256()
+    expected_start = 0
     for start, stop, location in reader.chunk_ranges():
         try:
             block = np.asarray(reader.read(start, stop))
@@ -185,7 +273,13 @@ def _scan_values(reader, report: VerifyReport) -> None:
             report.problems.append(
                 f"{location}: unreadable chunk ({type(cause).__name__}: {cause})"
             )
+            digest = None
             continue
+        if digest is not None and start == expected_start:
+            digest.update(rows_bytes(block))
+            expected_start = stop
+        else:
+            digest = None
         if block.dtype.kind == "f":
             bad = ~np.isfinite(block)
             if bad.any():
@@ -193,3 +287,4 @@ def _scan_values(reader, report: VerifyReport) -> None:
                 report.problems.append(
                     f"{location}: {int(bad.sum())} NaN/Inf value(s), first at row {row}"
                 )
+    return None if digest is None else digest.hexdigest()

@@ -10,6 +10,7 @@ A part that is committed is never reopened (`PartCommitted`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -23,7 +24,7 @@ import numpy as np
 from . import commit as protocol
 from .backends.base import chunk_rows_for
 from .errors import UserError
-from .manifest import ClipEntry, PartManifest, StreamInfo
+from .manifest import ClipEntry, PartManifest, StreamInfo, rows_bytes
 from .paths import check_clip_id
 
 if TYPE_CHECKING:
@@ -65,6 +66,10 @@ class PartWriter:
         self._unchecked = 0
         self._open_clip: ClipEntry | None = None
         self._clip_ids: set[str] = set()
+        # The checksum of every row as written, in order (dropped clips' rows too): verify
+        # compares it with the stored array, so a flipped bit, a zeroed chunk or swapped parts
+        # cannot pass for the committed data.
+        self.digest = hashlib.sha256()
         self.closed = False
 
     # Whole clips -------------------------------------------------------------------------
@@ -99,7 +104,9 @@ class PartWriter:
         if self._unchecked >= self._check_every:
             protocol.check_held(self.store, self.lease)
             self._unchecked = 0
-        self.array.append(rows.astype(self.dtype, copy=False))
+        rows = rows.astype(self.dtype, copy=False)
+        self.array.append(rows)
+        self.digest.update(rows_bytes(rows))
         self.rows += len(rows)
         self._open_clip.n_rows += len(rows)
 
@@ -153,6 +160,7 @@ class PartWriter:
             commit_time=time.time(),
             run_id=self.store.run_id,
             discarded=discarded,
+            sha256=self.digest.hexdigest(),
             numerics=self.numerics,
         )
         if discarded:

@@ -402,11 +402,62 @@ def apply_overrides(config: HeadConfig, overrides: Iterable[str]) -> HeadConfig:
     return check_config(dataclasses.replace(config, **changes))
 
 
+# Seeds go to torch, numpy and random alike; numpy takes 0..2**32-1.
+MAX_SEED = 2**32 - 1
+# Far above any learning rate that trains anything; larger ones overflow the optimiser's state.
+MAX_LR = 10.0
+# Caps on sizes and layer counts: far above any head's paper setting, below what exhausts memory
+# before the first step.
+MAX_SIZE = 1 << 16
+MAX_LAYERS = 256
+
+
+def whole_in(low: int, high: int | None = None) -> Any:
+    """A test for an integer setting in [low, high] (no upper end when high is None)."""
+    return lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= low
+                      and (high is None or v <= high))
+
+
+def number_in(low: float, high: float | None = None, low_open: bool = False) -> Any:
+    """A test for a finite number in [low, high] (or (low, high] with low_open)."""
+    def test(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
+            return False
+        above = v > low if low_open else v >= low
+        return above and (high is None or v <= high)
+    return test
+
+
+def fraction(v: Any) -> bool:
+    """A rate in [0, 1): dropout, a share."""
+    return number_in(0, 1)(v) and v < 1
+
+
+def one_of(*choices: Any) -> Any:
+    return lambda v: v in choices
+
+
+def any_text(v: Any) -> bool:
+    """A free-form name (a stream alias, a split): any string, checked where it is used."""
+    return isinstance(v, str)
+
+
+def a_flag(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
 # The shared training settings' valid ranges: (field, test, what the value must be).
 CONFIG_RULES: tuple[tuple[str, Any, str], ...] = (
     ("epochs", lambda v: v >= 1, "at least 1"),
     ("batch_size", lambda v: v >= 1, "at least 1"),
-    ("lr", lambda v: v >= 0, "a learning rate >= 0"),
+    ("lr", number_in(0, MAX_LR), f"a learning rate in [0, {MAX_LR:g}]"),
+    ("betas", lambda v: (isinstance(v, tuple | list) and len(v) == 2
+                         and all(number_in(0, 1)(b) and b < 1 for b in v)),
+     "two numbers in [0, 1), e.g. 0.9,0.999"),
+    ("seed", whole_in(0, MAX_SEED), f"an integer in 0..{MAX_SEED}"),
+    ("milestones", lambda v: all(whole_in(0)(m) for m in v), "epochs >= 0"),
+    ("val_split", lambda v: isinstance(v, str) and v.strip() != "", "a split name"),
+    ("plateau_metric", any_text, "a metric name, or empty for the head's own"),
     ("weight_decay", lambda v: v >= 0, ">= 0"),
     ("constant_epochs", lambda v: v >= 0, ">= 0"),
     ("warmup_steps", lambda v: v >= 0, ">= 0"),
@@ -444,9 +495,20 @@ def check_config(config: HeadConfig) -> HeadConfig:
     for name, (valid, expected) in rules.items():
         value = getattr(config, name)
         bad_number = isinstance(value, float) and not np.isfinite(value)
-        if bad_number or not valid(value):
-            raise UserError(f"{name}={value!r}: must be {expected} (--set {name}=...)")
+        try:
+            ok = not bad_number and valid(value)
+        except (TypeError, ValueError):  # a value of the wrong type (an edited config.json)
+            ok = False
+        if not ok:
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            raise UserError(f"{name}={shown}: must be {expected} (--set {name}=...)")
     return config
+
+
+def unruled_fields(config_cls: type[HeadConfig]) -> list[str]:
+    """Fields of a head config without a range rule (every field must have one)."""
+    rules = {name for name, _, _ in CONFIG_RULES} | set(getattr(config_cls, "RANGE_RULES", {}))
+    return [f.name for f in dataclasses.fields(config_cls) if f.name not in rules]
 
 
 def config_to_dict(config: HeadConfig) -> dict[str, Any]:

@@ -14,8 +14,14 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         return []
     records = []
     for line in path.read_text().splitlines():
-        if line.strip():
-            records.append(json.loads(line))
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill or a full disk: the others still count
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

@@ -63,9 +63,15 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     if not paths.config.exists():
         raise UserError(f"{paths.config}: not a run folder (no config.json; train first)")
     try:
-        return json.loads(paths.config.read_text())
-    except json.JSONDecodeError as error:
+        saved = json.loads(paths.config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{paths.config}: malformed JSON ({error})") from None
+    if (not isinstance(saved, dict) or not isinstance(saved.get("head"), str)
+            or not isinstance(saved.get("config"), dict)
+            or not isinstance(saved.get("store", ""), str)):
+        raise UserError(f"{paths.config}: not a run's config (expected an object with 'head', "
+                        "'config' and 'store'); the run folder is damaged")
+    return saved
 
 
 def check_run_folder(out: str | Path, resume: bool) -> RunPaths:

@@ -20,10 +20,13 @@ numpy / python RNG states are saved with the checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import queue
 import random
+import shutil
 import threading
 import time
 import warnings
@@ -129,6 +132,39 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
         reason = (named or lines or [type(error).__name__])[0]
         raise _user_error(f"{path}: not a checkpoint this tool loads safely (only tensors and "
                           f"plain values are read, nothing is unpickled): {reason}") from None
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    """torch.save through a temporary file and a rename: a reader (evaluate, a resume) sees the
+    previous checkpoint or the new one, never half of one. A write that fails (torch reports a
+    full disk as a RuntimeError from its zip writer) is one line."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except (RuntimeError, OSError) as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None:
+            raise
+        free = shutil.disk_usage(path.parent).free
+        if free < 64 << 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise _user_error(f"{path}: cannot write the checkpoint "
+                          f"({lines[0] if lines else type(error).__name__})") from None
+
+
+def load_weights(model: nn.Module, state: Any, path: Path) -> None:
+    """A checkpoint's model weights into `model`; weights of another shape or head (a damaged
+    or foreign run folder) are one line naming the file."""
+    if not isinstance(state, dict):
+        raise _user_error(f"{path}: holds no model weights")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise _user_error(f"{path}: weights do not fit this run's model "
+                          f"({lines[-1] if lines else type(error).__name__})") from None
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -326,13 +362,28 @@ class TrainResult:
 
 
 def open_store_for(store: Any, mode: str = "r") -> tuple[Any, str]:
-    """Open `store` (a path/URL, or an already open store) and return (store, its location)."""
+    """Open `store` (a path/URL, or an already open store) and return (store, its location:
+    an absolute path for a local store, so a run folder names it from any folder)."""
     if isinstance(store, str | Path):
         from features_store import open_store
 
         location = check_store_location(store)
-        return open_store(location, mode=mode), location
-    return store, str(getattr(store, "url", getattr(store, "path", repr(store))))
+        opened = open_store(location, mode=mode)
+        return opened, opened.location
+    return store, str(getattr(store, "location", getattr(store, "url", repr(store))))
+
+
+def check_run_store(saved: dict[str, Any], store: Any, config_path: Path) -> None:
+    """Refuse a store that is not the one the run trained on (another store met at the path the
+    run recorded: a moved store, a same-named one elsewhere). Runs written before store ids
+    were recorded, and stores without an id, are checked by nothing more than their path."""
+    recorded = saved.get("store_id")
+    found = getattr(store, "store_id", None)
+    if recorded and found and recorded != found:
+        raise _user_error(
+            f"{config_path}: the run was trained on store {recorded} at {saved.get('store')}, "
+            f"but {getattr(store, 'location', store)} is store {found}; pass --store with the "
+            "run's store (or retrain on this one)")
 
 
 def _resolve_recipe(head: Head, store: Any) -> dict[str, Any]:
@@ -492,6 +543,8 @@ def train(
 
     seed_everything(config.seed)
     store_obj, store_location = open_store_for(store)
+    if resume:  # one run, one store: its checkpoints continue only on the store they began on
+        check_run_store(read_run_config(out), store_obj, paths.config)
     provenance = _resolve_recipe(head, store_obj)
     data = head.build_data(store_obj)
     provenance = _resolve_recipe(head, store_obj)  # a head may settle its recipe from the store
@@ -511,7 +564,7 @@ def train(
     bad_evals = 0
     if resume:
         checkpoint = load_checkpoint(paths.last, dev)
-        model.load_state_dict(checkpoint["model"])
+        load_weights(model, checkpoint.get("model"), paths.last)
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
         scaler.load_state_dict(checkpoint["scaler"])
@@ -537,6 +590,7 @@ def train(
         "config": config_to_dict(config),
         **profile_record(config, head.approximations(data), head.paper_config(store_obj)),
         "store": store_location,
+        "store_id": getattr(store_obj, "store_id", None),
         **provenance,
         "device": str(dev),
         "amp": amp_name,
@@ -645,9 +699,9 @@ def train(
             kept = _keeps(config.keep_checkpoint, epoch, last_epoch, improved)
             if kept:
                 best_metric, best_epoch = metric_value, epoch
-                torch.save({"model": model.state_dict(), "epoch": epoch + 1,
-                            "metrics": _json_ready(metrics), "head": head.name,
-                            "head_state": head.extra_state()}, paths.best)
+                save_checkpoint({"model": model.state_dict(), "epoch": epoch + 1,
+                                 "metrics": _json_ready(metrics), "head": head.name,
+                                 "head_state": head.extra_state()}, paths.best)
             head.on_evaluated(model, metrics, paths.checkpoints, epoch + 1)
             record = {
                 "kind": "eval", "epoch": epoch + 1, "step": global_step, "split": config.val_split,
@@ -657,7 +711,7 @@ def train(
             scalars.record(record)
         schedule.end_epoch(watched_value)
         epochs_done = epoch + 1
-        torch.save({
+        save_checkpoint({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
             "epoch": epochs_done, "global_step": global_step, "best_metric": best_metric,
@@ -756,14 +810,40 @@ def evaluate_model(head: Head, model: nn.Module, data: Any, split: str) -> dict[
 
 
 def predict_model(head: Head, model: nn.Module, data: Any, split: str) -> Any:
-    """`head.predict` in eval mode without gradients."""
+    """`head.predict` in eval mode without gradients; NaN or infinite predictions (a diverged
+    checkpoint) are an error, never exported as if they were results."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return head.predict(model, data, split)
+            predictions = head.predict(model, data, split)
     finally:
         model.train(was_training)
+    bad = non_finite_count(predictions)
+    if bad:
+        raise _user_error(f"{head.name}: the model predicts {bad} NaN/Inf value(s) on split "
+                          f"{split!r} (its weights diverged or are damaged); nothing exported")
+    return predictions
+
+
+def non_finite_count(obj: Any, depth: int = 0) -> int:
+    """How many NaN/Inf floats are in predictions (arrays, tensors, and containers of them)."""
+    if depth > 20:
+        return 0
+    if isinstance(obj, torch.Tensor):
+        return int((~torch.isfinite(obj)).sum()) if obj.is_floating_point() else 0
+    if isinstance(obj, np.ndarray):
+        return int((~np.isfinite(obj)).sum()) if obj.dtype.kind in "fc" else 0
+    if isinstance(obj, float):
+        return 0 if math.isfinite(obj) else 1
+    if isinstance(obj, dict):
+        return sum(non_finite_count(v, depth + 1) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(non_finite_count(v, depth + 1) for v in obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return sum(non_finite_count(getattr(obj, name), depth + 1)
+                   for name in obj.__dataclass_fields__)
+    return 0
 
 
 # --- loading finished runs ------------------------------------------------------------------
@@ -805,10 +885,15 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best", store: Any = None
         raise _user_error(f"{paths.checkpoints}: no checkpoint to load (train first)")
     dev = resolve_device(device)
     store_obj, location = open_store_for(store if store is not None else saved["store"])
+    if store is None:
+        check_run_store(saved, store_obj, paths.config)
     data = head.build_data(store_obj)
     model = head.build_model(data).to(dev)
     state = load_checkpoint(file, dev)
-    model.load_state_dict(state["model"])
+    if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+        raise _user_error(f"{file}: not a checkpoint of this tool (no epoch); the run folder is "
+                          "damaged")
+    load_weights(model, state.get("model"), file)
     head.load_extra_state(state.get("head_state", {}))
     model.eval()
     head.on_loaded(model, paths.checkpoints, file.stem)
@@ -864,8 +949,8 @@ def import_run(head: Head, store: Any, official_file: str | Path, out: str | Pat
     head.import_official(mapping, model)
     model.load_state_dict(mapping.finish())
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "epoch": 0, "metrics": {}, "head": head.name,
-                "head_state": head.extra_state()}, paths.best)
+    save_checkpoint({"model": model.state_dict(), "epoch": 0, "metrics": {}, "head": head.name,
+                     "head_state": head.extra_state()}, paths.best)
     paths.metrics.write_text("")
     write_json(paths.config, {
         "head": head.name,
@@ -874,6 +959,7 @@ def import_run(head: Head, store: Any, official_file: str | Path, out: str | Pat
         **profile_record(head.config, head.approximations(data),
                          head.paper_config(store_obj)),
         "store": store_location,
+        "store_id": getattr(store_obj, "store_id", None),
         **provenance,
         "device": "cpu", "amp": "off", "torch": torch.__version__,
         "imported": {"file": str(Path(official_file).resolve()),

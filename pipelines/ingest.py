@@ -2,10 +2,11 @@
 
     report = ingest(get_adapter("react"), "/data/react", open_store("react.zarr"))
 
-Idempotent: a rerun adds only clips the label streams do not have yet (each run's new clips go
-into one new part), rewrites aux arrays, adds only failures not already in the ledger, and
-finalizes. Label streams are keyed like feature streams (name, dim, dtype, rate, preprocessing,
-adapter code version), so a changed adapter writes new streams instead of mixing old and new.
+Idempotent: a rerun writes nothing to a label stream that already holds the same labels, rewrites
+aux arrays, adds only failures not already in the ledger, and finalizes. Label streams are keyed
+like feature streams (name, dim, dtype, rate, preprocessing, adapter code version) and by a digest
+of the labels themselves, so a changed adapter or a corrected label file writes a new stream
+(which the alias then names) instead of keeping the old labels under the old key.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from features_store import FeatureStore, StreamInfo
 from features_store.errors import UserError
+from features_store.fingerprint import canonical_json
 
 from .datasets.base import ADAPTER_CODE_VERSION, Adapter, LabelStream, ScanResult
 
@@ -74,11 +78,24 @@ def label_stream_info(dataset: str, spec: LabelStream) -> StreamInfo:
         frame_shift_s=spec.frame_shift_s,
         t0=0.0,
         alias=spec.alias,
-        preprocessing={"dataset": dataset, **_jsonable(spec.preprocessing)},
+        preprocessing={"dataset": dataset, **_jsonable(spec.preprocessing),
+                       "labels_sha256": labels_digest(spec)},
         code_version=f"pipelines.{ADAPTER_CODE_VERSION}",
         claims={"all": True} if spec.every_clip else None,
         extra=_jsonable(extra),
     )
+
+
+def labels_digest(spec: LabelStream) -> str:
+    """sha256 over every clip's label rows, times and clip id: the labels' content, so that
+    corrected labels are never mistaken for the ones already stored."""
+    digest = hashlib.sha256()
+    for clip_id in sorted(spec.rows):
+        rows = spec.rows[clip_id]
+        values = np.ascontiguousarray(rows.values, dtype=np.dtype(spec.dtype).newbyteorder("<"))
+        digest.update(canonical_json([clip_id, list(values.shape), rows.t0, rows.t_end]).encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()[:32]
 
 
 def ingest(adapter: Adapter, data_root: str | Path, store: FeatureStore,

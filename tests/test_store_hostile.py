@@ -66,11 +66,13 @@ def test_a_stream_key_that_climbs_out_of_the_store_is_refused(tmp_path, capsys, 
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "parts" / "part-keep").mkdir(parents=True)
-    for args in (["store", "finalize", "--prune", url], ["store", "ls", url],
-                 ["store", "verify", url]):
+    for args in (["store", "finalize", "--prune", url], ["store", "ls", url]):
         code, out, err = run_cli(capsys, *args)
         assert code == 2, (args, out, err)
         assert len(err.strip().splitlines()) == 1 and "stream key" in err, err
+    # verify lists it among the store's problems (exit 1), as it lists every problem
+    code, out, err = run_cli(capsys, "store", "verify", url)
+    assert code == 1 and "stream key" in out, (out, err)
     with pytest.raises(UserError, match="stream key"):
         open_store(url).create_stream(StreamInfo(name="enc", dim=DIM, dtype="float32"))
     assert sorted(os.listdir(victim)) == ["parts"]

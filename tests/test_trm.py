@@ -266,7 +266,8 @@ def test_train_without_store_reads_the_default_dataset_store(small_store, tmp_pa
                                       "1", "--quiet", *(a for s in SMALL for a in ("--set", s))])
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "runs" / "trm" / "config.json").read_text())
-    assert config["store"] == "store/cremad.zarr"
+    # absolute, so the run names its store from any folder (issue 17, item 10)
+    assert config["store"] == str(tmp_path / "store" / "cremad.zarr")
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ which.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from extract.encoders.specs import CLIP_HF_REPO as HF_REPO
 from extract.encoders.specs import CLIP_SPEC as SPEC
 from extract.encoders.specs import clip_available as available
 from extract.encoders.weights import (
+    PICKLE_HINT,
     Weights,
     hf_cached_file,
     hf_hub_cache,
@@ -191,6 +193,9 @@ def build(
             model = open_clip.create_model(
                 ARCH, pretrained=str(choice.path), force_quick_gelu=quick_gelu, **overrides
             )
+        except pickle.UnpicklingError:
+            # torch's message spans lines and ends in advice to unpickle anyway: never.
+            raise UserError(f"{choice.path}: not a plain state dict: {PICKLE_HINT}") from None
         except (RuntimeError, KeyError, ValueError) as error:
             raise UserError(
                 f"{choice.path}: not an open_clip {ARCH} checkpoint"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import pickle
 import re
 from collections.abc import Callable, Iterator
@@ -28,6 +29,10 @@ from features_store.errors import UserError
 
 RANDOM = "random"
 DEFAULT = "default"
+MAX_SEED = 2**32 - 1  # what every random generator a build seeds accepts
+# A model folder holds a handful of files (weights, config, tokenizer); a folder with more is
+# not one (`--weights /usr`), and hashing it whole would take as long as reading the disk.
+MAX_WEIGHTS_FILES = 500
 
 
 def one_line(text: object) -> str:
@@ -59,8 +64,9 @@ def resolve(name: str, weights: str, locate_default: Callable[[], tuple[Path, st
     weights = str(weights)
     if weights == RANDOM or weights.startswith(RANDOM + ":"):
         seed_text = weights.partition(":")[2] or "0"
-        if not seed_text.isdigit():
-            raise UserError(f"--weights {weights}: the seed after 'random:' must be an integer")
+        if not (seed_text.isascii() and seed_text.isdigit()) or int(seed_text) > MAX_SEED:
+            raise UserError(f"--weights {weights[:60]}: the seed after 'random:' must be an "
+                            f"integer in 0..{MAX_SEED}")
         seed = int(seed_text)
         return Weights(path=None, source=RANDOM, identity=f"random:{seed}", seed=seed)
     if weights == DEFAULT:
@@ -113,10 +119,17 @@ def weights_digest(path: Path) -> str:
     if path.is_file():
         return "sha256:" + file_sha256(path)
     lines = []
-    for item in sorted(path.rglob("*")):
+    items = []
+    for root, folders, names in os.walk(path):
+        # Hidden folders (.git, .cache) and other frameworks' exports are pruned, not walked.
+        folders[:] = [f for f in folders if not f.startswith(".") and f not in _INERT_DIRS]
+        items.extend(Path(root, n) for n in names if not n.startswith("."))
+        if len(items) > MAX_WEIGHTS_FILES:
+            raise UserError(f"{path}: not a model folder (more than {MAX_WEIGHTS_FILES} files); "
+                            "pass the model's own weights file or folder")
+    for item in sorted(items):
         relative = item.relative_to(path)
-        if any(part.startswith(".") or part in _INERT_DIRS for part in relative.parts):
-            continue
+        # Only regular files: a FIFO or device in the folder would block the digest.
         if not item.is_file() or item.name.endswith(_INERT_SUFFIXES):
             continue
         lines.append(f"{relative.as_posix()} {file_sha256(item)}")

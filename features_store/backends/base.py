@@ -76,6 +76,10 @@ def register_backend(name: str, factory: Callable[..., ArrayBackend]) -> None:
     _BACKENDS[name] = factory
 
 
+def known_backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
 def get_backend(name: str, **kwargs) -> ArrayBackend:
     if name not in _BACKENDS:
         raise KeyError(f"unknown store backend {name!r}; known: {sorted(_BACKENDS)}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..containment import check_inside
 from ..errors import UserError
-from ..fsutil import is_local, list_names, remove, url_to_fs
+from ..fsutil import is_local, list_names, refuse_special_file, remove, url_to_fs
 from .base import DAMAGE_ERRORS, chunk_rows_for, damaged, register_backend
 
 PART_PREFIX = "part-"
@@ -168,6 +168,7 @@ class Hdf5Backend:
 
     def part_reader(self, stream_key: str, part_id: str) -> _Hdf5PartReader:
         location = self.part_location(stream_key, part_id)
+        refuse_special_file(self.fs, location)
         if is_local(self.fs):
             check_inside(self.path, location)
         return _Hdf5PartReader(self.fs, location)

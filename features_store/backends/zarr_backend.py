@@ -15,10 +15,12 @@ from collections.abc import Iterator
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
+from zarr.errors import ContainsGroupError
 from zarr.storage import FsspecStore, LocalStore
 
 from ..containment import check_inside
-from ..fsutil import invalidate, is_local, list_names, remove, url_to_fs
+from ..errors import UserError
+from ..fsutil import invalidate, is_local, list_names, refuse_special_file, remove, url_to_fs
 from .base import DAMAGE_ERRORS, chunk_rows_for, damaged, register_backend
 
 PART_PREFIX = "part-"
@@ -194,7 +196,10 @@ class ZarrBackend:
         self.__init__(state["url"], state["compression"], state.get("storage_options"))
 
     def init_store(self, attrs: dict) -> None:
-        zarr.open_group(self.root, mode="a", attributes=attrs)
+        try:
+            zarr.open_group(self.root, mode="a", attributes=attrs)
+        except ContainsGroupError:
+            pass  # another process created the store at the same moment: store.json decides
 
     def create_stream(self, stream_key: str, attrs: dict) -> None:
         group = zarr.open_group(self.root, mode="a")
@@ -216,10 +221,17 @@ class ZarrBackend:
 
     def part_reader(self, stream_key: str, part_id: str) -> _ZarrPartReader:
         path = self._array_path(stream_key, part_id)
+        location = self.part_location(stream_key, part_id)
         if is_local(self.fs):
-            check_inside(self.path, self.part_location(stream_key, part_id))
-        array = zarr.open_array(self.root, path=path, mode="r")
-        return _ZarrPartReader(array, self.part_location(stream_key, part_id), self.fs)
+            check_inside(self.path, location)
+        refuse_special_file(self.fs, f"{location}/zarr.json")
+        try:
+            array = zarr.open_array(self.root, path=path, mode="r")
+        except Exception as exc:  # noqa: BLE001 - missing or damaged zarr.json, any codec
+            cause = str(exc).splitlines()[0] if str(exc) else ""
+            raise UserError(f"{location}: cannot open array ({type(exc).__name__}: {cause}); "
+                            "`affect store verify` lists the damage") from None
+        return _ZarrPartReader(array, location, self.fs)
 
     def list_parts(self, stream_key: str) -> list[str]:
         names = list_names(self.fs, f"{self.path}/streams/{stream_key}/parts")

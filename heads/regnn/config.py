@@ -16,7 +16,17 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from heads.base import HeadConfig
+from heads.base import (
+    MAX_LAYERS,
+    MAX_SIZE,
+    HeadConfig,
+    a_flag,
+    any_text,
+    fraction,
+    number_in,
+    one_of,
+    whole_in,
+)
 
 
 @dataclass
@@ -38,6 +48,57 @@ class RegnnConfig(HeadConfig):
     }
 
     # Optimisation: Adam, warmup then x0.1 at epoch 9, 128 windows per batch.
+    # Each field's valid range (heads.base.check_config); one entry per field.
+    RANGE_RULES: ClassVar[dict] = {
+        "iterations_per_epoch": (whole_in(1), "at least 1"),
+        "video_stream": (any_text, "a stream alias"),
+        "audio_stream": (any_text, "a stream alias"),
+        "label_stream": (any_text, "a stream alias"),
+        "neighbours_aux": (any_text, "an aux array name ({split} is replaced)"),
+        "train_split": (lambda v: isinstance(v, str) and v.strip() != "", "a split name"),
+        "video_dim": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "audio_dim": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "out_dim": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "window": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE} frames"),
+        "stride": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE} frames"),
+        "clip_frames": (whole_in(1, 1 << 24), "at least 1 frame"),
+        "model_dim": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "perceptual_out_dim": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "cross_layers": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "self_layers": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "num_heads": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "embed_dropout": (fraction, "a dropout rate in [0, 1)"),
+        "attn_dropout": (fraction, "a dropout rate in [0, 1)"),
+        "relu_dropout": (fraction, "a dropout rate in [0, 1)"),
+        "res_dropout": (fraction, "a dropout rate in [0, 1)"),
+        "out_dropout": (fraction, "a dropout rate in [0, 1)"),
+        "cognitive_hidden": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "edge_channels": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "top_k": (whole_in(1, MAX_SIZE), "at least 1 (and at most out_dim)"),
+        "edge_topk": (one_of("per-node", "union"), "per-node or union"),
+        "motor_layers": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "motor_actnorm": (a_flag, "true or false"),
+        "lipschitz_offset": (number_in(0), ">= 0"),
+        "lipnorm_form": (one_of("bilinear", "original"), "bilinear or original"),
+        "channel_weights": (one_of("softmax", "original"), "softmax or original"),
+        "inverse_steps": (whole_in(1, 10_000), "in 1..10000"),
+        "inverse_tol": (number_in(0, low_open=True), "> 0"),
+        "inverse_max_steps": (whole_in(1, 100_000), "in 1..100000"),
+        "logdet": (a_flag, "true or false"),
+        "logdet_terms": (whole_in(1, 1000), "in 1..1000"),
+        "logdet_samples": (whole_in(1, 1000), "in 1..1000"),
+        "logdet_weight": (number_in(0), ">= 0"),
+        "logdet_sign": (one_of("subtract", "add"), "subtract or add"),
+        "max_listeners": (whole_in(1, 10_000), "in 1..10000"),
+        "mid_loss": (a_flag, "true or false"),
+        "mid_loss_weight": (number_in(0), ">= 0"),
+        "threshold_divisor": (number_in(0, low_open=True), "> 0"),
+        "threshold_at_iteration": (whole_in(0), ">= 0"),
+        "noise_variance": (number_in(0), ">= 0"),
+        "n_samples": (whole_in(1, 1000), "in 1..1000"),
+        "eval_baselines": (a_flag, "true or false"),
+    }
+    # Optimisation: Adam, warmup then x0.1 at epoch 9, 100 iterations of 128 per epoch.
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-4

@@ -15,11 +15,61 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from heads.base import HeadConfig
+from heads.base import (
+    MAX_LAYERS,
+    MAX_LR,
+    MAX_SIZE,
+    HeadConfig,
+    a_flag,
+    any_text,
+    fraction,
+    number_in,
+    whole_in,
+)
+
+
+def prompt_set_names() -> tuple[str, ...]:
+    from heads.temporal_attention.prompts import PROMPT_SETS
+
+    return tuple(PROMPT_SETS)
 
 
 @dataclass
 class TemporalAttentionConfig(HeadConfig):
+    # Each field's valid range (heads.base.check_config); one entry per field.
+    RANGE_RULES: ClassVar[dict] = {
+        "lr_prompts": (number_in(0, MAX_LR), f"a learning rate in [0, {MAX_LR:g}]"),
+        "lr_adapter": (number_in(0, MAX_LR), f"a learning rate in [0, {MAX_LR:g}]"),
+        "face_stream": (any_text, "a stream alias"),
+        "body_stream": (any_text, "a stream alias"),
+        "label_stream": (any_text, "a stream alias"),
+        "segments": (whole_in(1, 4096), "in 1..4096"),
+        "balanced_sampler": (a_flag, "true or false"),
+        "adapter": (a_flag, "true or false"),
+        "adapter_reduction": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "temporal_layers": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "heads": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "head_dim": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "mlp_dim": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "dropout": (fraction, "a dropout rate in [0, 1)"),
+        "contexts": (whole_in(1, 1024), "in 1..1024"),
+        "context_std": (number_in(0), ">= 0"),
+        "temperature": (number_in(0, low_open=True), "> 0"),
+        "prompt_set": (lambda v: v in prompt_set_names(), "a known prompt set"),
+        "text_weights": (any_text, "a path, or empty"),
+        "ldl_temperature": (number_in(0, low_open=True), "> 0"),
+        "mi_weight": (number_in(0), ">= 0"),
+        "dc_weight": (number_in(0), ">= 0"),
+        "mi_temperature": (number_in(0, low_open=True), "> 0"),
+        "aux_warmup_epochs": (whole_in(0), ">= 0"),
+        "aux_ramp_epochs": (whole_in(0), ">= 0"),
+        "mixup_alpha": (number_in(0), ">= 0 (0 disables mixup)"),
+        "ldl_targets": (lambda v: v in ("prompt-mean", "renormalised"),
+                        "prompt-mean or renormalised"),
+        "select_metric": (lambda v: v in ("UAR_paper", "UAR"), "UAR_paper or UAR"),
+        "views": (lambda v: v in ("auto", "none"), "auto or none"),
+    }
+
     FIXED: ClassVar[dict[str, Any]] = {
         # LDL soft targets from the renormalised class prompt features (a unit vector per
         # class), not the shorter mean of the normalised prompt features the released code uses
@@ -33,14 +83,6 @@ class TemporalAttentionConfig(HeadConfig):
         # mixup as train.sh asks (--mixup-alpha 0.2): main.py never passes it to its Trainer,
         # whose default 0.0 turns mixup off
         "mixup_alpha": 0.2,
-    }
-    RANGE_RULES: ClassVar[dict[str, Any]] = {
-        "ldl_targets": (lambda v: v in ("prompt-mean", "renormalised"),
-                        "prompt-mean or renormalised"),
-        "select_metric": (lambda v: v in ("UAR_paper", "UAR"), "UAR_paper or UAR"),
-        "segments": (lambda v: v >= 1, "at least 1"),
-        "mixup_alpha": (lambda v: v >= 0, ">= 0 (0 disables mixup)"),
-        "views": (lambda v: v in ("auto", "none"), "auto or none"),
     }
 
     epochs: int = 25

@@ -11,7 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from heads.base import HeadConfig
+from heads.base import (
+    MAX_SEED,
+    MAX_SIZE,
+    HeadConfig,
+    a_flag,
+    any_text,
+    fraction,
+    number_in,
+    one_of,
+    whole_in,
+)
 
 # Per dataset: the label stream, how a class id is read from it, and the paper's batch size.
 PRESETS: dict[str, dict[str, object]] = {
@@ -26,11 +36,36 @@ NEGATIVES = ("randperm", "derangement")
 @dataclass
 class TpnAwmConfig(HeadConfig):
     # 0 is a valid batch size here: the paper's batch for the dataset (heads.base.check_config).
+    # Each field's valid range (heads.base.check_config); one entry per field.
     RANGE_RULES: ClassVar[dict] = {
-        "batch_size": (lambda v: v >= 0, ">= 0 (0: the paper's batch for the dataset)"),
-        "val_fraction": (lambda v: 0 <= v < 1, "in [0, 1) (0: never carve a validation set)"),
-        "inter_sign": (lambda v: v in INTER_SIGNS, " or ".join(INTER_SIGNS)),
-        "negatives": (lambda v: v in NEGATIVES, " or ".join(NEGATIVES)),
+        "batch_size": (whole_in(0), ">= 0 (0: the paper's batch for the dataset)"),
+        "preset_batch_size": (a_flag, "true or false"),
+        "dataset": (any_text, "a dataset name, or empty for the store's"),
+        "audio_stream": (any_text, "a stream alias"),
+        "video_stream": (any_text, "a stream alias"),
+        "label_stream": (any_text, "a stream alias, or empty for the dataset's"),
+        "normalize": (a_flag, "true or false"),
+        "shared_dim": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "dropout": (fraction, "a dropout rate in [0, 1)"),
+        "distance_scale_audio": (number_in(0, low_open=True), "> 0"),
+        "distance_scale_video": (number_in(0, low_open=True), "> 0"),
+        "alpha_audio": (number_in(0, 1), "in [0, 1]"),
+        "beta_video": (number_in(0, 1), "in [0, 1]"),
+        "w_align": (number_in(0), ">= 0"),
+        "w_intra": (number_in(0), ">= 0"),
+        "w_inter": (number_in(0), ">= 0"),
+        "w_contrast": (number_in(0), ">= 0"),
+        "w_ce": (number_in(0), ">= 0"),
+        "w_mse": (number_in(0), ">= 0"),
+        "inter_margin": (number_in(0), ">= 0"),
+        "contrast_margin": (number_in(0), ">= 0"),
+        "inter_sign": (one_of(*INTER_SIGNS), " or ".join(INTER_SIGNS)),
+        "val_fraction": (lambda v: number_in(0, 1)(v) and v < 1,
+                         "in [0, 1) (0: never carve a validation set)"),
+        "val_seed": (whole_in(0, MAX_SEED), f"an integer in 0..{MAX_SEED}"),
+        "val_carved": (lambda v: all(isinstance(c, str) for c in v), "speaker or clip ids"),
+        "negatives": (one_of(*NEGATIVES), " or ".join(NEGATIVES)),
+        "padding_mask": (a_flag, "true or false"),
     }
     # our corrections (`--set profile=fixed`); the defaults below are the released code's
     FIXED: ClassVar[dict] = {"inter_sign": "correct", "negatives": "derangement",

@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from heads.base import HeadConfig
+from heads.base import (
+    MAX_LAYERS,
+    MAX_SIZE,
+    HeadConfig,
+    a_flag,
+    any_text,
+    fraction,
+    number_in,
+    one_of,
+    whole_in,
+)
 
 
 @dataclass
@@ -34,6 +44,45 @@ class TransformerFamilyConfig(HeadConfig):
     decay over the rest, 16 videos in parallel, each cut into `chunk`-frame chunks processed in
     order with one optimiser step per chunk.
     """
+    # Each field's valid range (heads.base.check_config); one entry per field.
+    RANGE_RULES: ClassVar[dict] = {
+        "features": (lambda v: len(v) >= 1 and all(isinstance(f, str) and f for f in v),
+                     "one or more stream aliases, comma-separated"),
+        "labels": (any_text, "a stream alias"),
+        "invalid_value": (number_in(-1e30, 1e30), "a finite number"),
+        "normalize": (a_flag, "true or false"),
+        "chunk": (whole_in(1, 1 << 20), "at least 1 frame"),
+        "d_model": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "n_layers": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "n_heads": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "ffn": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "dropout": (fraction, "a dropout rate in [0, 1)"),
+        "input_dropout": (fraction, "a dropout rate in [0, 1)"),
+        "input_relu": (a_flag, "true or false"),
+        "residual": (a_flag, "true or false"),
+        "lstm_hidden": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE}"),
+        "memory_pool": (whole_in(1, 1 << 20), "at least 1 frame"),
+        "memory_slots": (whole_in(1, 1 << 20), "at least 1"),
+        "memory_attention": (one_of("official", "normed-null-slot"),
+                             "official or normed-null-slot"),
+        "attention_dropout": (fraction, "a dropout rate in [0, 1)"),
+        "regressor_hidden": (lambda v: all(whole_in(1, MAX_SIZE)(h) for h in v),
+                             f"layer widths in 1..{MAX_SIZE}"),
+        "regressor_dropout": (fraction, "a dropout rate in [0, 1)"),
+        "per_target_checkpoints": (a_flag, "true or false"),
+        "smooth": (a_flag, "true or false"),
+        "smooth_half_widths": (lambda v: len(v) == 2 and all(whole_in(0, 1 << 20)(h) for h in v),
+                               "two half-widths >= 0"),
+        "postprocess": (one_of("smooth-then-clip", "clip-then-smooth"),
+                        "smooth-then-clip or clip-then-smooth"),
+        "ensemble_of": (one_of("postprocessed", "raw"), "postprocessed or raw"),
+        "batching": (one_of("groups", "slots"), "groups or slots"),
+        "key_padding_mask": (a_flag, "true or false"),
+        "position_zero_row": (a_flag, "true or false"),
+        "init": (one_of("normal", "default"), "normal or default"),
+        "clip_per_subnetwork": (a_flag, "true or false"),
+        "memory_heads": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+    }
 
     FIXED: ClassVar[dict[str, Any]] = {
         "position_zero_row": False,

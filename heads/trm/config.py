@@ -6,7 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from heads.base import HeadConfig
+from heads.base import (
+    MAX_LAYERS,
+    MAX_SIZE,
+    HeadConfig,
+    a_flag,
+    any_text,
+    number_in,
+    whole_in,
+)
 
 SAMPLINGS = ("released", "clock")
 LAST_STEPS = ("batch", "clip")
@@ -93,6 +101,20 @@ class TRMConfig(HeadConfig):
         "sampling": (lambda v: v in SAMPLINGS, " or ".join(SAMPLINGS)),
         "last_step": (lambda v: v in LAST_STEPS, " or ".join(LAST_STEPS)),
         "ccc_formula": (lambda v: v in CCC_FORMULAS, " or ".join(CCC_FORMULAS)),
-        "max_frames": (lambda v: v >= 0, ">= 0"),
+        "max_frames": (whole_in(0, 1 << 24), ">= 0"),
         "halt_exploration": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "audio": (any_text, "a stream alias, or empty to leave it out"),
+        "video": (lambda v: isinstance(v, str) and v != "", "a video stream alias (the clock)"),
+        "text": (any_text, "a stream alias, or empty to leave it out"),
+        "labels": (any_text, "a stream alias"),
+        "per_frame": (a_flag, "true or false"),
+        "hidden": (whole_in(1, MAX_SIZE), f"in 1..{MAX_SIZE} (divisible by heads)"),
+        "heads": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "expansion": (number_in(0, 64, low_open=True), "in (0, 64]"),
+        "layers": (whole_in(1, MAX_LAYERS), f"in 1..{MAX_LAYERS}"),
+        "h_cycles": (whole_in(1, 1000), "in 1..1000"),
+        "l_cycles": (whole_in(1, 1000), "in 1..1000"),
+        "rms_eps": (number_in(0, 1, low_open=True), "in (0, 1]"),
+        "input_norm_trainable": (a_flag, "true or false"),
+        "mse_weight": (number_in(0), ">= 0"),
     }

@@ -133,6 +133,16 @@ def released_video_rows(values: np.ndarray, count: int) -> np.ndarray:
     return fill_empty_rows(out)
 
 
+def check_video_stream(store: Any, name: str, info: Any) -> None:
+    """The video stream sets the frames (the clock, or the frames sampled): an audio or text
+    stream named there trains without a word on the wrong timeline. Streams made by `extract`
+    say what they were made of; others (imported, synthetic) are taken as given."""
+    modality = info.extra.get("modality")
+    if modality not in (None, "video"):
+        raise _user_error(f"{store.url}: stream {name!r} is an {modality} stream; --set "
+                          "video=... must name a video stream")
+
+
 def load_released_clips(store: Any, split: str, streams: Sequence[str], video: str,
                         labels: str, frames: int, require_labels: bool = True) -> AlignedClips:
     """Every clip of `split` with all `streams` (and a label), sampled as the released code
@@ -149,6 +159,7 @@ def load_released_clips(store: Any, split: str, streams: Sequence[str], video: s
     if video_info.frame_shift_s is None:
         raise _user_error(f"{store.url}: stream {video!r} has one row per clip; the video "
                           "stream must be per frame")
+    check_video_stream(store, video, video_info)
     label_info = _label_info(store, labels, required=require_labels)
     arrays = {info.key: store.load_stream(info, clip_ids) for info in infos}
     labelled = store.committed_clip_ids(label_info) & set(clip_ids) if label_info else set()
@@ -204,6 +215,7 @@ def load_aligned_clips(store: Any, split: str, streams: Sequence[str], clock: st
     if clock_info.frame_shift_s is None:
         raise _user_error(f"{store.url}: stream {clock!r} has one row per clip; the clock must "
                           "be a per-frame stream (the video features)")
+    check_video_stream(store, clock, clock_info)
     label_info = _label_info(store, labels, required=require_labels)
     arrays = {info.key: store.load_stream(info, clip_ids) for info in infos}
     labelled = store.committed_clip_ids(label_info) & set(clip_ids) if label_info else set()

@@ -104,6 +104,9 @@ OS_ERROR_HINTS = {
     errno.EISDIR: "is a folder, expected a file",
     errno.EEXIST: "already exists and is not what was expected there",
     errno.ENOENT: "no such file or folder",
+    errno.ENAMETOOLONG: "a file name is too long for the file system (shorten the clip id or "
+                        "the path)",
+    errno.ELOOP: "too many levels of symbolic links (a symlink loop); use a real folder",
 }
 
 

@@ -18,6 +18,7 @@ import click
 from ..datasets import get_adapter, list_adapters
 from ..samples import generate_sample, list_samples, sample_defaults
 from ..storage_options import storage_option
+from .params import FiniteFloatRange
 
 MAX_PROBLEMS_SHOWN = 30
 
@@ -92,11 +93,13 @@ def datasets_ls(as_json: bool) -> None:
               help="Dataset layout to imitate.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder to create (must be new or empty).")
-@click.option("--clips", type=int, default=None, help="About how many clips (layout default).")
-@click.option("--seconds", type=float, default=None,
+@click.option("--clips", type=click.IntRange(1, 100_000), default=None,
+              help="About how many clips (layout default).")
+@click.option("--seconds", type=FiniteFloatRange(0, 600, min_open=True), default=None,
               help="Seconds per clip (REACT: labels are seconds * 25 frames; default 30).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--size", type=int, default=None, help="Frame size in pixels (default 64).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option("--size", type=click.IntRange(8, 1024), default=None,
+              help="Frame size in pixels (default 64).")
 def sample_command(layout: str, out: str, clips: int | None, seconds: float | None, seed: int,
                    size: int | None) -> None:
     """Write a small generated copy of a dataset layout with a learnable planted signal."""

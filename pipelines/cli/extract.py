@@ -7,8 +7,10 @@ import sys
 
 import click
 
+from extract.media_base import MAX_FPS, MIN_FPS
 from features_store import open_store
 from features_store.errors import Interrupted, UserError
+from pipelines.cli.params import FiniteFloatRange
 from pipelines.console import verbose_option
 from pipelines.storage_options import storage_option
 
@@ -41,7 +43,7 @@ def _split_list(value: str | None) -> list[str]:
               help="Intra-op threads of each CPU forward, fixed whatever the machine or "
                    "scheduler (part of a CPU stream's key: values depend on it).")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N clips.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--fps", type=FiniteFloatRange(min=MIN_FPS, max=MAX_FPS), default=None,
               help="Video frame rate for encoders without one of their own "
                    "[default: the dataset recipe's, else 25].")
 @click.option("--decode-size", type=click.IntRange(32), default=None,
@@ -73,7 +75,7 @@ def _split_list(value: str | None) -> list[str]:
               help="Augmented views of every video stream, each its own stream, e.g. "
                    "hflip,rot-4,rot+4 (heads that train on them draw one per clip and epoch).")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any clip fails.")
-@click.option("--progress-every", type=click.FloatRange(min=0, min_open=True),
+@click.option("--progress-every", type=FiniteFloatRange(min=0, min_open=True, max=86400),
               envvar="AFFECT_PROGRESS_EVERY", show_envvar=True, default=30.0, show_default=True,
               help="Seconds between progress lines when stderr is not a terminal (logs, CI).")
 @verbose_option

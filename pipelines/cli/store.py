@@ -9,6 +9,7 @@ import click
 from tqdm import tqdm
 
 from features_store import open_store, verify
+from features_store.errors import UserError
 from features_store.exchange import FORMATS, export_stream, import_folder
 from features_store.numerics_check import mixed_numerics
 from features_store.printable import printable
@@ -84,16 +85,21 @@ def ls(store_url: str, as_json: bool) -> None:
         })
     if as_json:
         click.echo(json.dumps(rows, indent=1))
-        return
-    if not rows:
-        click.echo("(no streams)")
     else:
-        # `stream` is unique per row: the alias where it selects the stream, else the key.
-        shown = [{**r, "frame_shift_s": _fmt_shift(r["frame_shift_s"])} for r in rows]
-        columns = ["stream", "key", "kind", "dim", "dtype", "frame_shift_s", "clips", "rows",
-                   "bytes", "created"]
-        click.echo(format_table(shown, columns, {"frame_shift_s": "shift s"}))
-    click.echo(f"{plural(table_clips, 'clip')} in the clip table")
+        if not rows:
+            click.echo("(no streams)")
+        else:
+            # `stream` is unique per row: the alias where it selects the stream, else the key.
+            shown = [{**r, "frame_shift_s": _fmt_shift(r["frame_shift_s"])} for r in rows]
+            columns = ["stream", "key", "kind", "dim", "dtype", "frame_shift_s", "clips",
+                       "rows", "bytes", "created"]
+            click.echo(format_table(shown, columns, {"frame_shift_s": "shift s"}))
+        click.echo(f"{plural(table_clips, 'clip')} in the clip table")
+    if s.damaged_streams:  # listed streams are usable; the damaged ones fail the command
+        _, why = sorted(s.damaged_streams.items())[0]
+        more = len(s.damaged_streams) - 1
+        raise UserError(f"{why}{f' (and {more} more damaged stream(s))' if more else ''}; "
+                        "`affect store verify` lists every problem")
 
 
 @store.command("info")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+
+from features_store.errors import UserError
 
 from .base import Collector, SkipClip, display_path, is_utf8_name
 
@@ -33,6 +36,8 @@ def probe_video(path: Path) -> VideoProbe:
     """Frame rate and frame count from the container header (the real rate, not a guess)."""
     import av
 
+    if not is_plain_file(path):  # FFmpeg would block forever on a FIFO
+        raise SkipClip(f"{display_path(path)}: not a regular file (a FIFO, device or socket)")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -78,11 +83,36 @@ def frame_images(folder: Path) -> list[str]:
 
 def wav_duration(path: Path) -> float | None:
     """Duration of a PCM wav from its header; None for anything `wave` cannot read."""
+    if not is_plain_file(path):  # a FIFO would block the read forever
+        return None
     try:
         with wave.open(str(path), "rb") as w:
             return w.getnframes() / float(w.getframerate())
     except (wave.Error, EOFError, OSError):
         return None
+
+
+class NotAPlainFile(SkipClip, UserError):
+    """A dataset file that is a FIFO, device or socket: reading it would block the scan forever.
+    Skips the clip where a clip's file is read; elsewhere it is the scan's one-line error."""
+
+
+def is_plain_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def read_plain_file(path: Path) -> bytes:
+    """The bytes of a regular file, checked before reading (O_NONBLOCK: a FIFO swapped in
+    after the check still cannot block)."""
+    handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(handle, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise NotAPlainFile(f"{display_path(path)}: not a regular file (a FIFO, device or "
+                                "socket); replace it with the dataset's file")
+        return f.read()
 
 
 def read_lines(path: Path) -> list[str]:
@@ -91,7 +121,7 @@ def read_lines(path: Path) -> list[str]:
     Several datasets ship Windows-1252 text (MELD's apostrophes); Latin-1 never fails, so a file
     is always readable and the odd character is at worst shown wrongly.
     """
-    data = path.read_bytes()
+    data = read_plain_file(path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -30,7 +30,7 @@ from .base import (
     display_path,
     split_counts_problem,
 )
-from .files import frame_images, read_lines
+from .files import frame_images, read_lines, read_plain_file
 
 CLASSES = ["Neutrality", "Enjoyment", "Confusion", "Fatigue", "Distraction"]
 FACE_MARGIN = 20
@@ -128,7 +128,7 @@ class RaerAdapter(Adapter):
                         "frame", file=path)
             return _BoxTable({})
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_plain_file(path).decode("utf-8"))
         except (ValueError, OSError) as exc:
             out.problem(f"{display_path(path)}: not valid JSON ({exc}); crops fall back to the "
                         "whole frame", file=path)
