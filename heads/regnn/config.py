@@ -5,8 +5,8 @@ baseline_react2024 @0c3ce58), its `scripts/train.sh` (`--lr 1e-4 --gamma 0.1 --w
 --milestones 9 --batch-size 128 --layers 2 --act ELU --seed 1 --train-iters 100 --norm
 --neighbor-pattern all --convert-type direct --loss-mid`) and `scripts/inference.sh` (the
 `mhp-epoch95` snapshot), bugs included. `FIXED` lists our corrections, which `--set profile=fixed`
-turns on together (docs/profiles/regnn.md has the table). Every size is a field, so tests build
-the same architecture at toy scale; the training fields (epochs, lr, schedule, ...) are the
+turns on together (the README's paper-fidelity section has the table). Every size is a
+field, so tests build the same architecture at toy scale; the training fields (epochs, lr, schedule, ...) are the
 shared trainer's (heads.base.HeadConfig).
 """
 

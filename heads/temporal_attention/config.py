@@ -7,7 +7,7 @@ features are cached, so the encoder is frozen); MultiStepLR at epochs 10 and 20 
 25 epochs of batch 4; grad-norm clip 1.0; seed 42; fp16 autocast on CUDA (`--use-amp`).
 
 The defaults are the released code (the `paper` profile, bugs included); `FIXED` lists our
-corrections, which `--set profile=fixed` turns on together (docs/profiles/temporal_attention.md).
+corrections, which `--set profile=fixed` turns on together (table: README, paper fidelity).
 """
 
 from __future__ import annotations

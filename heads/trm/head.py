@@ -6,7 +6,7 @@ concatenated -> [T, 2816]. Target: the clip's circumplex valence/arousal (`crema
 at ingest); the split is the store's (speaker independent, as ingested).
 
 The defaults are the released code (the `paper` profile); `--set profile=fixed` applies our
-corrections at once (`TRMConfig.FIXED`; docs/profiles/trm.md has the table):
+corrections at once (`TRMConfig.FIXED`; the README's paper-fidelity section has the table):
 - Input rows (`sampling`): released, `max_frames` (30) video rows spread over the whole clip
   paired by index with the audio's first rows; fixed, every stream on the video clock by time,
   the whole clip (`max_frames=0`).
