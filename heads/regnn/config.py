@@ -6,8 +6,8 @@ baseline_react2024 @0c3ce58), its `scripts/train.sh` (`--lr 1e-4 --gamma 0.1 --w
 --neighbor-pattern all --convert-type direct --loss-mid`) and `scripts/inference.sh` (the
 `mhp-epoch95` snapshot), bugs included. `FIXED` lists our corrections, which `--set profile=fixed`
 turns on together (the README's paper-fidelity section has the table). Every size is a
-field, so tests build the same architecture at toy scale; the training fields (epochs, lr, schedule, ...) are the
-shared trainer's (heads.base.HeadConfig).
+field, so tests build the same architecture at toy scale; the training fields (epochs, lr,
+schedule, ...) are the shared trainer's (heads.base.HeadConfig).
 """
 
 from __future__ import annotations
