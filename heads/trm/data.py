@@ -143,11 +143,11 @@ def check_video_stream(store: Any, name: str, info: Any) -> None:
                           "video=... must name a video stream")
 
 
-def load_released_clips(store: Any, split: str, streams: Sequence[str], video: str,
-                        labels: str, frames: int, require_labels: bool = True) -> AlignedClips:
-    """Every clip of `split` with all `streams` (and a label), sampled as the released code
-    (module doc): `frames` rows of `video` spread over the clip, the other per-frame streams'
-    first rows paired by index, per-utterance streams repeated."""
+def _read_split(store: Any, split: str, streams: Sequence[str], video: str, labels: str,
+                require_labels: bool) -> tuple:
+    """What both samplings read of a split: its clips with every stream (in the released
+    loaders' order), the streams' infos and rows, the per-frame video stream's info and the
+    labels of the clips that have one."""
     needed = [*streams, labels] if require_labels else list(streams)
     clip_ids = split_clip_ids(store, split, needed)
     if not clip_ids:
@@ -158,12 +158,22 @@ def load_released_clips(store: Any, split: str, streams: Sequence[str], video: s
     video_info = store.resolve(video)
     if video_info.frame_shift_s is None:
         raise _user_error(f"{store.url}: stream {video!r} has one row per clip; the video "
-                          "stream must be per frame")
+                          "stream (the clock) must be per frame")
     check_video_stream(store, video, video_info)
     label_info = _label_info(store, labels, required=require_labels)
     arrays = {info.key: store.load_stream(info, clip_ids) for info in infos}
     labelled = store.committed_clip_ids(label_info) & set(clip_ids) if label_info else set()
     label_array = store.load_stream(label_info, sorted(labelled)) if labelled else None
+    return clip_ids, ordered, infos, video_info, label_info, arrays, labelled, label_array
+
+
+def load_released_clips(store: Any, split: str, streams: Sequence[str], video: str,
+                        labels: str, frames: int, require_labels: bool = True) -> AlignedClips:
+    """Every clip of `split` with all `streams` (and a label), sampled as the released code
+    (module doc): `frames` rows of `video` spread over the clip, the other per-frame streams'
+    first rows paired by index, per-utterance streams repeated."""
+    (clip_ids, ordered, infos, video_info, label_info, arrays, labelled,
+     label_array) = _read_split(store, split, streams, video, labels, require_labels)
     dtype = np.result_type(*(np.dtype(info.dtype) for info in infos), np.float16)
     columns: list[list[np.ndarray]] = [[] for _ in infos]
     kept: list[str] = []
@@ -204,22 +214,8 @@ def load_aligned_clips(store: Any, split: str, streams: Sequence[str], clock: st
     With `require_labels=False` (prediction), clips without a label are kept too, with NaN
     targets.
     """
-    needed = [*streams, labels] if require_labels else list(streams)
-    clip_ids = split_clip_ids(store, split, needed)
-    if not clip_ids:
-        raise _user_error(f"{store.url}: no clip of split {split!r} has every stream "
-                          f"({', '.join(needed)})")
-    clip_ids, ordered = released_clip_order(store, split, clip_ids)
-    infos = [store.resolve(s) for s in streams]
-    clock_info = store.resolve(clock)
-    if clock_info.frame_shift_s is None:
-        raise _user_error(f"{store.url}: stream {clock!r} has one row per clip; the clock must "
-                          "be a per-frame stream (the video features)")
-    check_video_stream(store, clock, clock_info)
-    label_info = _label_info(store, labels, required=require_labels)
-    arrays = {info.key: store.load_stream(info, clip_ids) for info in infos}
-    labelled = store.committed_clip_ids(label_info) & set(clip_ids) if label_info else set()
-    label_array = store.load_stream(label_info, sorted(labelled)) if labelled else None
+    (clip_ids, ordered, infos, clock_info, label_info, arrays, labelled,
+     label_array) = _read_split(store, split, streams, clock, labels, require_labels)
     shift = float(clock_info.frame_shift_s)
     columns: list[list[np.ndarray]] = [[] for _ in infos]
     lengths = np.zeros(len(clip_ids), np.int64)
