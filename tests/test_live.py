@@ -22,35 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from test_predict_media_heads import affect, new_video
 
-from pipelines.cli import cli
 from pipelines.samples import generate_sample
-from pipelines.synthetic.av_writer import write_video
 
 # The run is trained once for the module (about a minute on 2 cores: extraction and training).
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 SENTENCE = "Don't forget a jacket."
-
-
-def affect(*args: str, cwd: Path) -> str:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(cwd)
-        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output[-2000:]
-    return result.output
-
-
-def new_video(path: Path, seconds: float = 2.2) -> None:
-    """A clip nobody ingested: moving texture at 30 fps (not the run's rate), a tone."""
-    rng = np.random.default_rng(11)
-    texture = rng.integers(0, 256, size=(72, 96, 3), dtype=np.uint8)
-    n = int(seconds * 30)
-    t = np.arange(int(seconds * 16000)) / 16000
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_video(path, (np.roll(texture, 2 * k, axis=1)[:48, :64] for k in range(n)), fps=30,
-                audio=(0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +49,7 @@ def trm_run(tmp_path_factory) -> Path:
     affect("train", "--head", "trm", "--store", "s.zarr", "--out", "paper", "--device", "cpu",
            "--quiet", "--epochs", "1", "--set", "audio=vggish-react", "--set", "hidden=32",
            "--set", "heads=4", "--set", "batch_size=4", cwd=root)
+    (root / "new").mkdir(parents=True, exist_ok=True)
     new_video(root / "new" / "visitor.mp4")
     return root
 
