@@ -16,11 +16,11 @@ HEAD ?= regnn
 RUN ?= runs/$(HEAD)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-quick test-all lint demo extract ingest train eval bench clean
+.PHONY: lock setup test test-quick test-all lint demo extract ingest train eval bench clean
 
 setup: $(STAMP)
 
-$(STAMP): setup.cfg constraints.txt pyproject.toml
+$(STAMP): setup.cfg constraints.txt constraints.lock.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
@@ -28,6 +28,18 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 	# Pillow<10.3, older than our stack, which its code runs on: installed without them
 	$(PY) -m pip install -q --no-deps -c constraints.txt facenet-pytorch
 	touch $(STAMP)
+
+# Re-resolve the whole stack from setup.cfg and the policy pins alone (network, ~15 min), then
+# write every installed version into constraints.lock.txt for `make setup` to install as-is.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
+	grep -v '^-c ' constraints.txt > $(LOCK_VENV)/policy.txt
+	$(LOCK_VENV)/bin/python -m pip install -q -c $(LOCK_VENV)/policy.txt -e '.[test,interop]'
+	$(LOCK_VENV)/bin/python -m pip install -q --no-deps -c $(LOCK_VENV)/policy.txt facenet-pytorch
+	{ grep '^#' constraints.lock.txt; $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; } > constraints.lock.txt.new
+	mv constraints.lock.txt.new constraints.lock.txt && rm -rf $(LOCK_VENV)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
