@@ -273,14 +273,19 @@ class TransformerFamilyHead(Head):
         own = {k: v.detach().clone() for k, v in model.state_dict().items()}
         columns = {}
         try:
-            for col, target in enumerate(TARGETS):
-                model.load_state_dict(self._target_states.get(target, own))
+            for col, weights in enumerate(self.column_weights(own)):
+                model.load_state_dict(weights)
                 out = self._predict_raw(model, data, split)
                 columns[col] = out
         finally:
             model.load_state_dict(own)
         return {clip: np.stack([columns[0][clip][:, 0], columns[1][clip][:, 1]], axis=1)
                 for clip in columns[0]}
+
+    def column_weights(self, own: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """The weights each prediction column (valence, arousal) is predicted with: its target's
+        own best checkpoint when the loaded run has one, else `own` (the model's weights)."""
+        return [self._target_states.get(target, own) for target in TARGETS]
 
     def _predict_raw(self, model: nn.Module, data: FamilyData,
                      split: str) -> dict[str, np.ndarray]:

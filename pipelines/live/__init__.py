@@ -8,8 +8,10 @@ prediction, end-to-end latency from the frame's arrival), to stdout or a file an
 time (the batches extraction encodes, so the same values); a live source is taken as it comes.
 
 It stops at the end of the media, after `idle_timeout_s` of silence from a network source, or
-on Ctrl-C, and then writes one summary line: frames, predictions, latency p50/p95, drops and the
-real-time factor (media seconds per wall second while running; >= 1 keeps up).
+on Ctrl-C (at the end of a source, a stepper that answers a segment at a time first answers
+its last, shorter segment), and then writes one summary line: frames, predictions, latency
+p50/p95, drops and the real-time factor (media seconds per wall second while running; >= 1
+keeps up).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -54,7 +57,7 @@ def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime
     from extract.runner import resolve_device
     from heads.trainer import load_run, read_run_config
     from pipelines.live.features import LiveFeatures
-    from pipelines.live.source import FrameQueue, Reader, parse_source
+    from pipelines.live.source import Frame, FrameQueue, Reader, parse_source
     from pipelines.live.steppers import stepper_for
 
     out = out or sys.stdout
@@ -91,6 +94,28 @@ def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime
     if page:
         page.publish({"header": header})
     stats = LiveStats()
+    # The frames of earlier batches a stepper's answer may still name (a negative index: -1 is
+    # the frame just before the batch); a segment-wise stepper answers a segment late.
+    earlier: deque[Frame] = deque(maxlen=int(getattr(stepper, "holds", 0)))
+
+    def emit(predictions: list[tuple[int, np.ndarray]], batch: list[Frame]) -> None:
+        """One JSON line (and page update) per prediction; latency from the frame's arrival."""
+        done = stats.last_done
+        for k, (index, values) in enumerate(predictions):
+            frame = batch[index] if index >= 0 else earlier[index]
+            latency = (done - frame.arrived) * 1000
+            stats.latencies_ms.append(latency)
+            stats.predictions += 1
+            record = {"time_s": round(frame.time_s, 6),
+                      **{c: float(v) for c, v in zip(stepper.columns, values)},
+                      "latency_ms": round(latency, 2), "drops": queue.dropped,
+                      "rtf": round(stats.realtime_factor(features.fps), 3)}
+            _write(out, record)
+            if page:
+                page.publish({"prediction": record, "kind": stepper.kind,
+                              "p50": stats.latency(50), "p95": stats.latency(95)},
+                             image=frame.image if k == len(predictions) - 1 else None)
+
     reader.start()
     end_reason = None
     try:
@@ -106,23 +131,17 @@ def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime
                 stats.first_time_s = batch[0].time_s
             rows = features.rows(batch, reader.audio, queue)
             predictions = stepper(rows, len(batch))
-            done = stats.last_done = time.perf_counter()
+            stats.last_done = time.perf_counter()
             stats.frames += len(batch)
             stats.last_time_s = batch[-1].time_s
-            for index, values in predictions:
-                frame = batch[index]
-                latency = (done - frame.arrived) * 1000
-                stats.latencies_ms.append(latency)
-                stats.predictions += 1
-                record = {"time_s": round(frame.time_s, 6),
-                          **{c: float(v) for c, v in zip(stepper.columns, values)},
-                          "latency_ms": round(latency, 2), "drops": queue.dropped,
-                          "rtf": round(stats.realtime_factor(features.fps), 3)}
-                _write(out, record)
-                if page:
-                    page.publish({"prediction": record, "kind": stepper.kind,
-                                  "p50": stats.latency(50), "p95": stats.latency(95)},
-                                 image=frame.image if index == len(batch) - 1 else None)
+            emit(predictions, batch)
+            earlier.extend(batch)
+        # A stepper that predicts a segment once it is complete predicts the last, shorter one
+        # when the source has ended (not on Ctrl-C: a segment cut anywhere is not the head's).
+        if hasattr(stepper, "finish"):
+            predictions = stepper.finish()
+            stats.last_done = time.perf_counter()
+            emit(predictions, [])
     except KeyboardInterrupt:
         end_reason = "interrupted"
     finally:

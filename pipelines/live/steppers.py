@@ -3,6 +3,9 @@
 A stepper takes the rows of a batch of consecutive frames and returns one prediction per frame
 (a head that carries state over time) or one per completed window (a head that reads a whole
 window). `describe()` says which, with the window and hop, for the output's first line.
+A stepper that answers late (the transformer family, a whole segment at a time:
+`pipelines.live.memory`) names frames of earlier batches by negative index (-1: the frame just
+before the batch; it sets `holds`, how far back) and answers the rest in `finish()` at the end.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 
 from features_store.errors import UserError
+from pipelines.live.memory import SegmentStepper
 
 
 class TRMStepper:
@@ -71,6 +75,10 @@ class TRMStepper:
 
 
 STEPPERS = {"trm": TRMStepper}
+STEPPERS["transformer-lstm"] = SegmentStepper
+STEPPERS["transformer-attention"] = SegmentStepper
+STEPPERS["transformer"] = SegmentStepper
+STEPPERS["fclstm-xl"] = SegmentStepper
 
 
 def stepper_for(run: Any, dtype: np.dtype):
