@@ -103,10 +103,12 @@ def load_frame_sequences(
 
     The timeline of a clip is the label stream's (its frame_shift_s, the clip's t0, its number
     of rows). A clip without labels (a test split, new media) gets a timeline at `frame_shift_s`
-    (default: the label stream's) to the end of its longest feature stream, all frames masked:
-    a windowed audio encoder whose last window did not fit ends a fraction of a second before
-    the video, and its last row is held there rather than the clip's last frames going
-    unpredicted. Label rows containing `invalid_value` (Aff-Wild2's -5) are masked.
+    (default: the label stream's) to the end of its longest video stream (of its longest feature
+    stream when it has no video), all frames masked: a windowed audio encoder whose last window
+    did not fit ends a fraction of a second before the video, and its last row is held there
+    rather than the clip's last frames going unpredicted; one that pads its last window ends
+    past the last frame, and no row is added there. Label rows containing `invalid_value`
+    (Aff-Wild2's -5) are masked.
     """
     if not feature_streams:
         raise _user_error("no feature streams given (set features=alias1,alias2)")
@@ -141,11 +143,16 @@ def load_frame_sequences(
                 mask &= ~np.any(np.isclose(y, invalid_value), axis=1)
         else:
             t0 = min(float(a.t0[a.index_of(clip_id)]) for a in arrays)
+            timed = [(a, info) for a, info in zip(arrays, feature_infos)
+                     if info.frame_shift_s is not None]
+            # The video's frames are the clock when there are any: an audio encoder that pads
+            # its last window ends past the last frame, and a row there has no frame.
+            video = [(a, info) for a, info in timed
+                     if (info.extra or {}).get("modality") == "video"]
             ends = [
                 float(a.t0[a.index_of(clip_id)]) + a.lengths[a.index_of(clip_id)]
                 * info.frame_shift_s
-                for a, info in zip(arrays, feature_infos)
-                if info.frame_shift_s is not None
+                for a, info in (video or timed)
             ]
             n = int(np.floor((max(ends) - t0) / shift + 1e-6)) if ends else 1
             y = np.zeros((n, n_labels), dtype=np.float32)

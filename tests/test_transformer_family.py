@@ -454,3 +454,32 @@ def test_unlabelled_clips_are_predicted_to_the_end_of_their_longest_stream(tmp_p
     assert seqs.lengths.tolist() == [180]
     assert (180 - 1) * seqs.frame_shift_s == pytest.approx(5.967, abs=1e-3)
     np.testing.assert_allclose(seqs.features[-1], [1, 1, 1, 2, 2])  # audio's last row held
+
+
+def test_an_audio_stream_padded_past_the_video_adds_no_frame_after_the_last(tmp_path):
+    # A 2.2 s video: 66 rows at 30 fps, and an audio encoder that pads its last window (REACT's
+    # VGGish: 56 rows at 25 Hz = 2.24 s). The timeline ran to the audio's padded end: a 67th
+    # row past the last video frame (the challenge files want one line per video frame, and
+    # live, which predicts the frames it sees, gave 66). It runs to the video's end.
+    from heads.data import load_frame_sequences
+
+    store = open_store(str(tmp_path / "s.zarr"), mode="a", dataset="affwild2")
+    video = store.create_stream(StreamInfo(name="v", dim=3, frame_shift_s=1 / 30,
+                                           extra={"modality": "video"}))
+    audio = store.create_stream(StreamInfo(name="a", dim=2, frame_shift_s=0.04,
+                                           extra={"modality": "audio"}))
+    labels = store.create_stream(StreamInfo(name="va", kind="label", dim=2,
+                                            frame_shift_s=1 / 30))
+    with store.part_writer(video, "p0") as v, store.part_writer(audio, "p0") as a:
+        v.write_clip("new", np.ones((66, 3), np.float32))
+        a.write_clip("new", np.full((56, 2), 2.0, np.float32))
+    with store.part_writer(labels, "p0"):
+        pass
+    store.add_clips([{"clip_id": "new", "split": "predict"}])
+    store.finalize()
+    seqs = load_frame_sequences(open_store(str(tmp_path / "s.zarr")), ["new"], ["v", "a"], "va")
+    assert seqs.lengths.tolist() == [66]
+    # without a video stream the audio's own end is the clip's
+    audio_only = load_frame_sequences(open_store(str(tmp_path / "s.zarr")), ["new"], ["a"],
+                                      "va")
+    assert audio_only.lengths.tolist() == [67]
