@@ -12,7 +12,10 @@ clips, as a test does, so the script cannot rot between GPU sessions.
 2. decode alone: frames/s with 1, 4, 8, 16 worker processes (1, 2 with --tiny), frames
    checked identical to a plain decode; torchcodec (CPU, and NVDEC on CUDA) when installed;
 3. each head that has a synthetic store here: training steps/s through the shared trainer with
-   its AMP setting, and the share of step time spent waiting for data (target < 5%).
+   its AMP setting, and the share of step time spent waiting for data (target < 5%);
+4. live (`bench/live.py`): each head that runs live, a run of it (full sizes on GPU, reduced
+   with --tiny) played to `affect live` on the device: frames/s as fast as possible and that
+   over 25 and 30 fps, then paced from 25 and 30 fps clips: real-time factor, drops, latency.
 
     bench/gpu.sh --out gpu.md                       # on the GPU machine
     .venv/bin/python bench/gpu.py --device cpu --tiny --out /tmp/gpu.md
@@ -58,15 +61,17 @@ class Size:
     audio_seconds: float
     train_videos: int
     train_frames: int
+    live_seconds: float
 
 
 FULL = Size(reduced=False, small_clips=48, small_side=256, big_clips=12, big_hw=(720, 1280),
             seconds=8.0, batch=256, model_batches=20, decode_workers=(1, 4, 8, 16),
             e2e_workers=16, audio_clips=16, audio_seconds=30.0, train_videos=50,
-            train_frames=3000)
+            train_frames=3000, live_seconds=8.0)
 TINY = Size(reduced=True, small_clips=2, small_side=64, big_clips=1, big_hw=(180, 320),
             seconds=1.0, batch=16, model_batches=2, decode_workers=(1, 2), e2e_workers=2,
-            audio_clips=1, audio_seconds=2.0, train_videos=4, train_frames=120)
+            audio_clips=1, audio_seconds=2.0, train_videos=4, train_frames=120,
+            live_seconds=1.0)
 
 
 class Table:
@@ -352,12 +357,45 @@ def bench_heads(table: Table, size: Size, device: str, tmp: str) -> None:
                   f"{100 * result.data_wait_share:.1f}% data wait", "< 5%")
 
 
+# --- 4. live ----------------------------------------------------------------------------------
+
+def bench_live(table: Table, size: Size, device: str, tmp: str) -> None:
+    """bench/live.py's measurement of every live head, on `device`, as table rows."""
+    import live
+
+    kind = "reduced" if size.reduced else "full size"
+    for head in live.live_heads():
+        try:
+            row = live.measure_head(Path(tmp) / "live", head, not size.reduced, device,
+                                    size.live_seconds)
+        except Exception as exc:  # noqa: BLE001 (one head failing must not hide the others)
+            table.add("4 live", head, "-", "FAILED", "", f"{type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0][:100] if str(exc) else ''}")
+            traceback.print_exc()
+            continue
+        table.add("4 live", f"{head} ({kind}) as fast as possible",
+                  f"{size.live_seconds:g} s clip, {row['grid_fps']:g} fps grid",
+                  f"{row['frames_per_s']} frames/s",
+                  f"{row['rtf_fast_25']}x 25 fps, {row['rtf_fast_30']}x 30 fps", ">= 1")
+        for fps in (25, 30):
+            paced = row[f"paced_{fps}"]
+            p50, p95 = paced["latency_p50_ms"], paced["latency_p95_ms"]
+            table.add("4 live", f"{head} ({kind}) paced", f"{fps} fps camera",
+                      f"rtf {paced['realtime_factor']:.2f}",
+                      f"{paced['drops']} dropped of {paced['frames'] + paced['drops']}, "
+                      f"latency p50 {_ms(p50)} / p95 {_ms(p95)}", "rtf 1.00, 0 dropped")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="reduced models, small clips (CPU)")
     parser.add_argument("--out", default=None, help="also write the table to this file")
-    parser.add_argument("--only", default="1,2,3")
+    parser.add_argument("--only", default="1,2,3,4")
     parser.add_argument("--tmp", default=None)
     args = parser.parse_args(argv)
     size = TINY if args.tiny else FULL
@@ -372,7 +410,7 @@ def main(argv: list[str] | None = None) -> str:
               f"{'tiny (reduced models)' if args.tiny else 'full-size models'}, random weights")
     print(header, flush=True)
     table = Table()
-    parts = {"1": bench_encoders, "2": bench_decode, "3": bench_heads}
+    parts = {"1": bench_encoders, "2": bench_decode, "3": bench_heads, "4": bench_live}
     started = time.perf_counter()
     try:
         for key in args.only.split(","):

@@ -2,7 +2,8 @@
 # The GPU checks of issue 12 in one shot, with the GPU machine's own python (no network there).
 #
 # Installs the wheels `bench/gpu_wheels.sh` put in .whl/ (when present) into a private folder,
-# then runs bench/gpu.py: encoders model-only vs end-to-end, decode scaling, heads' steps/s.
+# then runs bench/gpu.py: encoders model-only vs end-to-end, decode scaling, heads' steps/s,
+# live heads' frames/s and latency.
 # Arguments go to bench/gpu.py (default --device cuda; --out FILE also writes the table).
 #
 #   bench/gpu.sh --out "$OUT/gpu.md"                 # on the GPU machine (carry .whl)

@@ -1,15 +1,24 @@
-"""`affect live` throughput and latency: a trm run on a file, as fast as possible and paced.
+"""`affect live` throughput and latency for every head that runs live, one table row per head.
 
-Builds a trm run the way the tests do (the CREMA-D sample, audio REACT VGGish + HSEmotion +
-EmbeddingGemma with random weights, one epoch), then plays a new 30 fps clip to `affect live`:
-as fast as possible (sustained frames per second of the whole pipeline: decode, encoders, the
-head; the real-time factor at 25 and 30 fps is that rate over 25 and 30) and paced at its own
-rate (`--realtime`: latency p50/p95 and drops when frames arrive as from a camera).
+For each head (every name in `pipelines.live.steppers.STEPPERS`, or the ones asked for) a run is
+built the way the tests build one: its dataset's generated sample, the streams it reads
+extracted with random weights, one epoch. Then a new 640x360 clip is played to `affect live`:
 
-    python bench/live.py [--full] [--threads N] [--seconds S] [--work DIR]
+- as fast as possible: frames per second sustained by the whole pipeline (decode, encoders,
+  the head), and that rate over 25 and over 30 (>= 1: it could keep up with such a camera);
+- paced (`--realtime`) from clips made at 25 and at 30 fps, frames arriving as from a camera:
+  the real-time factor the run reached (media seconds handled per wall second, 1.0 at best),
+  the frames dropped, and the end-to-end latency p50/p95 (from a frame's arrival to its
+  prediction; for a head that predicts a segment or a window at a time that includes the wait
+  for the segment to complete). Frames are put on the run's grid (its extraction rate), so the
+  model's load is the run's rate whatever the camera's.
 
---full: the encoders' real architecture sizes (random weights) and trm's paper size
-(hidden 512); default: reduced encoders and hidden 32.
+    python bench/live.py --head trm [--full] [--threads N] [--seconds S] [--work DIR]
+    python bench/live.py --heads all --seconds 10
+
+--full: the encoders' real architecture sizes (random weights) and the heads' paper sizes;
+default: reduced encoders and narrow heads. `bench/gpu.py`'s live part runs `measure_head` on
+CUDA.
 """
 
 from __future__ import annotations
@@ -22,84 +31,190 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+SENTENCE = "Don't forget a jacket."
 
-def build_run(root: Path, full: bool) -> None:
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to build a run of one head: its dataset's sample, the streams it reads, settings."""
+
+    dataset: str
+    encoders: str
+    sets: tuple[str, ...] = ()       # both sizes
+    reduced: tuple[str, ...] = ()    # narrow head (default sizes)
+    text: str | None = None          # the sentence for a run that reads a text stream
+    sample: tuple[tuple[str, float], ...] = (("clips", 6), ("seconds", 1.5))
+
+
+_NARROW_FAMILY = ("d_model=32", "n_layers=1", "ffn=64", "lstm_hidden=32",
+                  "regressor_hidden=32,32")
+# The transformer family reads the ABAW 2022 streams (its recipe's encoders) and keeps the
+# paper's 250-frame segment at both sizes: the segment sets its live latency.
+_FAMILY = Recipe("affwild2", "hsemotion-enet-b0,vggish,wav2vec2-base", ("batch_size=4",),
+                 _NARROW_FAMILY)
+RECIPES: dict[str, Recipe] = {
+    "trm": Recipe("cremad", "vggish-react,hsemotion-enet-b0,embeddinggemma",
+                  ("profile=fixed", "audio=vggish-react", "batch_size=4"),
+                  ("hidden=32", "heads=4"), SENTENCE, (("clips", 12), ("seconds", 0.8))),
+    "transformer-lstm": _FAMILY,
+    "transformer-attention": _FAMILY,
+    "transformer": _FAMILY,
+    "fclstm-xl": Recipe("affwild2", _FAMILY.encoders, ("batch_size=4",),
+                        ("d_model=32", "lstm_hidden=32", "regressor_hidden=32,32")),
+}
+
+
+def live_heads() -> list[str]:
+    from pipelines.live.steppers import STEPPERS
+
+    return list(STEPPERS)
+
+
+def build_run(root: Path, head: str, full: bool, device: str) -> Path:
+    """RUN folder of `head` under `root` (the dataset's sample and store shared by the heads
+    that read it); built once, reused when present."""
     from click.testing import CliRunner
 
     from pipelines.cli import cli
     from pipelines.samples import generate_sample
 
+    if head not in RECIPES:
+        raise SystemExit(f"bench/live.py: no run recipe for head {head} (add it to RECIPES)")
+    recipe = RECIPES[head]
+    run = root / f"run-{head}"
+    if (run / "config.json").exists():
+        return run
+
     def affect(*args: str) -> None:
-        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        here = os.getcwd()
+        os.chdir(root)
+        try:
+            result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        finally:
+            os.chdir(here)
         assert result.exit_code == 0, result.output[-2000:]
 
-    os.chdir(root)
-    generate_sample("cremad", root / "data", seed=0, size=32, clips=12, seconds=0.8)
-    reduced = [] if full else ["--reduced"]
-    affect("extract", "--dataset", "cremad", "--data-root", "data", "--store", "s.zarr",
-           "--encoders", "vggish-react,hsemotion-enet-b0,embeddinggemma", "--weights",
-           "random", *reduced, "--device", "cpu")
-    size = [] if full else ["--set", "hidden=32", "--set", "heads=4"]
-    affect("train", "--head", "trm", "--store", "s.zarr", "--out", "run", "--device", "cpu",
-           "--quiet", "--epochs", "1", "--set", "profile=fixed", "--set", "audio=vggish-react",
-           *size,
-           "--set", "batch_size=4")
+    store = f"{recipe.dataset}-{recipe.encoders.replace(',', '+').replace('@', '_')}.zarr"
+    if not (root / store).exists():
+        data = root / f"data-{recipe.dataset}"
+        if not data.exists():
+            generate_sample(recipe.dataset, data, seed=0, size=32, **dict(recipe.sample))
+        affect("extract", "--dataset", recipe.dataset, "--data-root", data.name, "--store",
+               store, "--encoders", recipe.encoders, "--weights", "random",
+               *([] if full else ["--reduced"]), "--device", device)
+    sets = [*recipe.sets, *([] if full else recipe.reduced)]
+    affect("train", "--head", head, "--store", store, "--out", run.name, "--device", device,
+           "--quiet", "--epochs", "1", *(a for s in sets for a in ("--set", s)))
+    return run
 
 
-def clip(path: Path, seconds: float) -> None:
+def make_clip(path: Path, seconds: float, fps: int) -> Path:
+    """A 640x360 moving texture with a tone, at `fps`; made once."""
+    if path.exists():
+        return path
     import numpy as np
 
     from pipelines.synthetic.av_writer import write_video
 
     rng = np.random.default_rng(11)
     texture = rng.integers(0, 256, size=(480, 680, 3), dtype=np.uint8)
-    n = int(seconds * 30)
+    n = int(seconds * fps)
     t = np.arange(int(seconds * 16000)) / 16000
-    write_video(path, (np.roll(texture, 4 * k, axis=1)[:360, :640] for k in range(n)), fps=30,
+    write_video(path, (np.roll(texture, 4 * k, axis=1)[:360, :640] for k in range(n)), fps=fps,
                 audio=(0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
+    return path
 
 
-def measure(source: Path, realtime: bool) -> dict:
+def play(run: Path, source: Path, realtime: bool, device: str, text: str | None) -> dict:
+    """One `affect live` over `source`: its summary, its header's stepping and frames/s."""
     from pipelines.live import live
 
     out = io.StringIO()
-    started = time.perf_counter()
-    summary = live("run", str(source), realtime=realtime, text="Don't forget a jacket.",
-                   out=out)
-    wall = time.perf_counter() - started
-    fps = summary["frames"] / max(1e-9, summary["media_s"] / max(summary["realtime_factor"],
-                                                                  1e-9))
-    return {**summary, "wall_s": round(wall, 2), "frames_per_s": round(fps, 1),
-            "rtf_at_25": round(fps / 25, 2), "rtf_at_30": round(fps / 30, 2)}
+    summary = live(str(run), str(source), realtime=realtime, device=device, text=text, out=out)
+    header = json.loads(out.getvalue().splitlines()[0])
+    wall = summary["media_s"] / summary["realtime_factor"] if summary["realtime_factor"] else 0
+    return {**summary, "fps": header["fps"], "stepping": header.get("stepping", ""),
+            "frames_per_s": round(summary["frames"] / wall, 2) if wall else 0.0}
 
 
-def main() -> None:
+def measure_head(root: Path, head: str, full: bool, device: str, seconds: float) -> dict:
+    """One table row: `head` at full or reduced sizes, fast and paced at 25 and 30 fps."""
+    run = build_run(root, head, full, device)
+    text = RECIPES[head].text
+    clips = {fps: make_clip(root / f"clip-{fps}fps-{seconds:g}s.mp4", seconds, fps)
+             for fps in (25, 30)}
+    fast = play(run, clips[30], False, device, text)
+    paced = {fps: play(run, clips[fps], True, device, text) for fps in (25, 30)}
+    return {"head": head, "sizes": "full" if full else "reduced", "device": device,
+            "grid_fps": fast["fps"], "stepping": fast["stepping"],
+            "frames_per_s": fast["frames_per_s"],
+            "rtf_fast_25": round(fast["frames_per_s"] / 25, 2),
+            "rtf_fast_30": round(fast["frames_per_s"] / 30, 2),
+            **{f"paced_{fps}": {k: p[k] for k in ("realtime_factor", "drops", "frames",
+                                                   "latency_p50_ms", "latency_p95_ms")}
+               for fps, p in paced.items()}}
+
+
+TABLE_HEADER = ("| head | sizes | grid fps | fast frames/s | fast / 25 | fast / 30 "
+                "| paced 25: rtf, drops, p50 / p95 | paced 30: rtf, drops, p50 / p95 |\n"
+                "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |")
+
+
+def _paced(p: dict) -> str:
+    return (f"{p['realtime_factor']:.2f}, {p['drops']} of {p['frames'] + p['drops']}, "
+            f"{_seconds(p['latency_p50_ms'])} / {_seconds(p['latency_p95_ms'])}")
+
+
+def _seconds(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:.2f} s"
+
+
+def table_row(row: dict) -> str:
+    return (f"| {row['head']} | {row['sizes']} | {row['grid_fps']:g} | {row['frames_per_s']} | "
+            f"{row['rtf_fast_25']} | {row['rtf_fast_30']} | {_paced(row['paced_25'])} | "
+            f"{_paced(row['paced_30'])} |")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--head", action="append", default=[],
+                        help="a head to measure (repeatable); default trm")
+    parser.add_argument("--heads", default=None, help="'all': every head that runs live")
     parser.add_argument("--full", action="store_true")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--work", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    root = Path(args.work or tempfile.mkdtemp(prefix="bench-live-"))
+    heads = live_heads() if args.heads == "all" else (args.head or ["trm"])
+    unknown = [h for h in heads if h not in live_heads()]
+    if unknown:
+        raise SystemExit(f"bench/live.py: {', '.join(unknown)} does not run live "
+                         f"(live runs: {', '.join(live_heads())})")
+    sizes = "full" if args.full else "reduced"
+    root = Path(args.work or tempfile.mkdtemp(prefix=f"bench-live-{sizes}-"))
     root.mkdir(parents=True, exist_ok=True)
-    if not (root / "run" / "config.json").exists():
-        build_run(root, args.full)
-    os.chdir(root)
-    source = root / "clip.mp4"
-    if not source.exists():
-        clip(source, args.seconds)
-    result = {"machine": f"{platform.machine()} {os.cpu_count()} cores, torch threads "
-                         f"{args.threads}", "sizes": "full" if args.full else "reduced",
-              "fast": measure(source, realtime=False),
-              "paced": measure(source, realtime=True)}
-    print(json.dumps(result, indent=2))
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads "
+          f"{args.threads}, device {args.device}, {args.seconds:g} s clips; work {root}",
+          flush=True)
+    print(TABLE_HEADER, flush=True)
+    rows = []
+    for head in heads:
+        started = time.perf_counter()
+        row = measure_head(root, head, args.full, args.device, args.seconds)
+        rows.append(row)
+        print(table_row(row), flush=True)
+        print(json.dumps({**row, "bench_s": round(time.perf_counter() - started, 1)}),
+              file=sys.stderr, flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -65,3 +65,18 @@ def test_whole_script_runs_on_cpu_with_tiny_models(tmp_path):
     assert not [line for line in head_rows if "not measured" in line]
     assert all("data wait" in line for line in trained)
     assert "FAILED" not in table
+
+
+@pytest.mark.slow
+def test_live_part_measures_every_live_head(tmp_path):
+    from pipelines.live.steppers import STEPPERS
+
+    table = run_script(tmp_path, "--only", "4")
+    rows = [line for line in table.splitlines() if line.startswith("| 4 live")]
+    for head in STEPPERS:  # as fast as possible, then paced from a 25 and a 30 fps camera
+        fast = [r for r in rows if r.startswith(f"| 4 live | {head} (reduced) as fast")]
+        assert len(fast) == 1 and "frames/s" in fast[0] and "x 25 fps" in fast[0], (head, table)
+        paced = [r for r in rows if r.startswith(f"| 4 live | {head} (reduced) paced |")]
+        assert [("25 fps camera" in paced[0]), ("30 fps camera" in paced[1])] == [True, True]
+        assert all("latency p50" in r and "dropped of" in r for r in paced), paced
+    assert "FAILED" not in table
