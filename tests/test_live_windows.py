@@ -1,0 +1,208 @@
+"""`affect live` for the heads that read a whole window: temporal_attention, tpn_awm, regnn.
+
+Story: a researcher trains each windowed head on its dataset's generated sample (the recipe's
+encoders, random reduced weights), then plays a new clip to `affect live` as fast as possible.
+Every output names its window (start and end time); the header line says the window and hop.
+Each window's prediction equals `affect predict` on a clip made of that window's rows: here the
+rows `affect predict --media` extracted for the whole clip, cut into the same windows and written
+as clips of a store, predicted through the head's `predict_data` and `predict` as
+`affect predict --split` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_predict_media_heads import CASES, affect, new_video
+
+from pipelines.live.windowed import SlidingWindow, window_clip_id
+from pipelines.samples import generate_sample
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# --- the sliding window itself (fast) ----------------------------------------------------------
+
+def test_windows_complete_every_hop_across_batches_of_any_size():
+    shift = 0.04
+    rows = np.arange(23, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+    times = np.arange(23) * shift
+    # audio rows at twice the frame rate, starting with the frames
+    audio_times = np.arange(46) * shift / 2
+    audio = np.arange(46, dtype=np.float32)[:, None]
+    window = SlidingWindow(size=5, hop=3, shift=shift)
+    got = []
+    for start, end in ((0, 2), (2, 9), (9, 10), (10, 23)):  # uneven batches
+        inside = (audio_times >= times[start] - 1e-9) & (audio_times < times[end - 1] + shift
+                                                         - 1e-9)
+        for w in window.push({"v": rows[start:end]}, times[start:end],
+                             {"a": (audio_times[inside], audio[inside])}):
+            got.append((start + w.last, w))
+    # windows end at frames 5, 8, 11, ... (1-based): frames [0, 5), [3, 8), ..., [18, 23)
+    assert [last for last, _ in got] == [4, 7, 10, 13, 16, 19, 22]
+    for last, w in got:
+        first = last - 4
+        np.testing.assert_array_equal(w.rows["v"][:, 0], np.arange(first, last + 1))
+        assert w.start_s == pytest.approx(first * shift)
+        assert w.end_s == pytest.approx((last + 1) * shift)
+        row_times, values = w.native["a"]  # the audio rows inside [start, end): 2 per frame
+        np.testing.assert_array_equal(values[:, 0], np.arange(2 * first, 2 * last + 2))
+        np.testing.assert_allclose(row_times, audio_times[2 * first: 2 * last + 2])
+    # nothing older than the window is kept
+    assert len(window.times) == 5 and len(window.native["a"][0]) <= 10
+
+
+def test_a_window_of_one_frame_each_frame_and_per_utterance_rows():
+    window = SlidingWindow(size=1, hop=1, shift=0.5)
+    out = window.push({"text": np.ones((1, 3), np.float32), "v": np.eye(3, dtype=np.float32)},
+                      np.array([0.0, 0.5, 1.0]))
+    assert [w.last for w in out] == [0, 1, 2]
+    assert all(w.rows["text"].shape == (1, 3) for w in out)  # a sentence's row, every frame
+    np.testing.assert_array_equal(out[2].rows["v"], [[0, 0, 1]])
+    with pytest.raises(ValueError):
+        SlidingWindow(size=0, hop=1, shift=0.04)
+
+
+@pytest.mark.parametrize("flag", ["--hop", "--window"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_window_or_hop_that_is_not_positive_is_one_line(tmp_path, flag, value):
+    result = subprocess.run([sys.executable, "-m", "pipelines", "live", "--run", "run",
+                             "--source", "clip.mp4", flag, value], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert f"{flag} {int(value)}: must be a positive number of seconds" in lines[0], lines
+    assert result.stdout == ""
+
+
+# --- each windowed head, trained, live on a new clip against predict (slow) --------------------
+
+WINDOWED = {c.head: c for c in CASES if c.head in ("temporal_attention", "regnn")}
+# tpn_awm reads its audio at the stream's own rate: REACT's per-frame VGGish, whose rows depend
+# on their own samples only, so live's rolling encoding gives the extracted rows (wav2vec2's
+# transformer sees the whole clip in extraction and only recent audio live)
+WINDOWED["tpn_awm"] = dataclasses.replace(
+    next(c for c in CASES if c.head == "tpn_awm"), encoders="vggish-react,clip-vit-b16",
+    sets=("shared_dim=16", "batch_size=4", "audio_stream=vggish-react"))
+# (window, hop) in seconds on the 2.2 s clip: several windows that overlap, and tpn_awm's 2 fps
+# grid (IEMOCAP's recipe) gives windows of 2 frames
+LIVE_WINDOWS = {"temporal_attention": (0.8, 0.4), "tpn_awm": (1.0, 0.5), "regnn": (1.2, 0.6)}
+
+
+@pytest.fixture(scope="module", params=sorted(WINDOWED))
+def windowed_run(request, tmp_path_factory) -> tuple[str, Path]:
+    """A one-epoch run of the head (its predict-media case), the new clip predicted whole."""
+    case = WINDOWED[request.param]
+    root = tmp_path_factory.mktemp(case.head)
+    generate_sample(case.dataset, root / "data", seed=0, size=32, **case.sample)
+    affect("extract", "--dataset", case.dataset, "--data-root", "data", "--store", "s.zarr",
+           "--encoders", case.encoders, "--weights", "random", "--reduced", "--device", "cpu",
+           cwd=root)
+    affect("train", "--head", case.head, "--store", "s.zarr", "--out", "run", "--device", "cpu",
+           "--quiet", "--epochs", "1", *(a for s in case.sets for a in ("--set", s)), cwd=root)
+    new_video(root / "new" / "visitor.mp4")
+    affect("predict", "--run", "run", "--media", "new/visitor.mp4", "--out", "pred",
+           "--device", "cpu", cwd=root)
+    return case.head, root
+
+
+def live_lines(root: Path, source: str, **options) -> list[dict]:
+    from pipelines.live import live
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        live("run", source, out=out, device="cpu", **options)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def windows_store(root: Path, starts: list[float], window_s: float) -> str:
+    """A store whose clips are the windows of the clip `predict --media` extracted: each
+    stream's rows whose times lie in [start, start + window) (as live cuts its windows),
+    named as live names them; the label streams empty, as in the scratch store."""
+    from features_store import open_store
+
+    whole = open_store(str(root / "pred" / "store.zarr"))
+    url = str(root / "windows.zarr")
+    store = open_store(url)
+    streams = whole.streams()
+    clips = [{"clip_id": window_clip_id(s), "split": "predict"} for s in starts]
+    store.add_clips(clips)
+    for info in streams:
+        store.create_stream(info)
+        if info.kind != "feature":
+            continue
+        array = whole.load_stream(info, ["visitor"])
+        rows = np.asarray(array.clip("visitor"))
+        t0 = float(array.t0[0])
+        times = t0 + np.arange(len(rows)) * info.frame_shift_s
+        with store.part_writer(info, "windows") as writer:
+            for clip, start in zip(clips, starts):
+                inside = (times >= start - 1e-6) & (times < start + window_s - 1e-6)
+                writer.write_clip(clip["clip_id"], rows[inside], t0=start)
+    store.finalize()
+    return url
+
+
+@pytest.mark.slow
+def test_live_windows_equal_predict_on_the_same_windows(windowed_run):
+    from features_store import open_store
+    from heads.trainer import load_run, predict_model
+
+    head, root = windowed_run
+    window_s, hop_s = LIVE_WINDOWS[head]
+    lines = live_lines(root, "new/visitor.mp4", window_s=window_s, hop_s=hop_s)
+    header, outputs, summary = lines[0], lines[1:-1], lines[-1]["summary"]
+    fps = header["fps"]
+    assert header["head"] == head and header["stepping"] == "sliding window"
+    assert header["window_frames"] == round(window_s * fps)
+    assert header["hop_frames"] == round(hop_s * fps)
+    assert header["window_s"] == pytest.approx(header["window_frames"] / fps)
+    starts = sorted({o["window_start_s"] for o in outputs})
+    assert len(starts) >= 2
+    for o in outputs:
+        assert o["window_end_s"] == pytest.approx(o["window_start_s"] + header["window_s"],
+                                                  abs=1e-4)
+    assert np.diff(starts) == pytest.approx(header["hop_s"], abs=1e-4)
+    assert summary["drops"] == 0 and summary["predictions"] == len(outputs)
+
+    # predict on the same windows, as clips of a store (affect predict --split's path)
+    run = load_run(root / "run", device="cpu")
+    windows = open_store(windows_store(root, starts, header["window_s"]))
+    data = run.head.predict_data(run.data, windows, "predict")
+    tables = run.head.prediction_tables(predict_model(run.head, run.model, data, "predict"),
+                                        data, "predict")
+    columns = header["columns"]
+    assert columns == list(next(iter(tables.values())).columns)
+    for start in starts:
+        table = tables[window_clip_id(start)]
+        got = [o for o in outputs if o["window_start_s"] == start]
+        values = np.array([[o[c] for c in columns] for o in got])
+        if table.kind == "classes":  # one output per window: its class probabilities
+            assert len(got) == 1
+            assert values.sum() == pytest.approx(1.0, abs=1e-4)
+        else:  # REGNN: every frame of the window, every generated reaction
+            assert [o["sample"] for o in got] == table.sample.tolist()
+            np.testing.assert_allclose([o["time_s"] - start for o in got], table.time_s,
+                                       atol=1e-4)
+        np.testing.assert_allclose(values, table.values, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_window_longer_than_the_media_is_one_line(windowed_run):
+    head, root = windowed_run
+    result = subprocess.run([sys.executable, "-m", "pipelines", "live", "--run", "run",
+                             "--source", "new/visitor.mp4", "--window", "10"], cwd=root,
+                            capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("new/visitor.mp4: --window 10 s") and \
+        "longer than the media (2.2" in lines[0], lines
+    assert result.stdout == ""
