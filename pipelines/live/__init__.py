@@ -2,8 +2,10 @@
 
 The reader thread (`pipelines.live.source`) puts frames on the run's grid; this loop takes
 them in batches, computes the run's feature rows (`pipelines.live.features`), steps the head
-causally (`pipelines.live.steppers`) and writes one JSON line per prediction (media time,
-prediction, end-to-end latency from the frame's arrival), to stdout or a file and to the page
+causally (`pipelines.live.steppers`), or on a sliding window of the most recent frames for a head
+that reads a whole window (`pipelines.live.windowed`), and writes one JSON line per prediction
+(media time, prediction, a window's start and end, end-to-end latency from the arrival of the
+frame that completed it), to stdout or a file and to the page
 (`pipelines.live.page`). A file read as fast as possible is taken a full extraction batch at a
 time (the batches extraction encodes, so the same values); a live source is taken as it comes.
 

@@ -2,12 +2,16 @@
 
 The encoders are rebuilt from the training store's provenance and checked against the keys the
 run was trained on (`pipelines.predict_media`: one line when a key cannot be reproduced). Video
-streams encode each frame through the same preprocessing and batch call as extraction. Audio
+streams encode each frame through the same preprocessing and batch call as extraction; a stream
+of crops (RAER's face and body) encodes whole frames through its crop's transform, as extraction
+encodes a clip without boxes, since a live source has none. Audio
 streams encode a rolling window of the video clock's recent audio, cut on the encoder's own hop
 grid, and are put onto the frames' times with the store's alignment rule; an audio encoder that
 looks at whole segments (Dasheng's 10 s) therefore sees less context live than in extraction,
 so its rows, unlike the video rows, are close to but not equal to the extracted ones. A text
-stream is one fixed sentence (or a transcript file's text), encoded once.
+stream is one fixed sentence (or a transcript file's text), encoded once. A head that reads an
+audio stream at the stream's own rate (tpn_awm) gets its rows unaligned (`native_rows`): those
+of the same rolling encoding whose times fall in the batch's span.
 
 Every row is rounded to the dtype its stream is stored in, as the values a head reads from the
 store are.
