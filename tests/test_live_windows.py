@@ -55,8 +55,27 @@ def test_windows_complete_every_hop_across_batches_of_any_size():
         row_times, values = w.native["a"]  # the audio rows inside [start, end): 2 per frame
         np.testing.assert_array_equal(values[:, 0], np.arange(2 * first, 2 * last + 2))
         np.testing.assert_allclose(row_times, audio_times[2 * first: 2 * last + 2])
-    # nothing older than the window is kept
-    assert len(window.times) == 5 and len(window.native["a"][0]) <= 10
+    # nothing a later window cannot reach is kept (the next ends at frame 25: from frame 21)
+    np.testing.assert_array_equal(window.places, [21, 22])
+    assert len(window.native["a"][0]) == 4
+
+
+def test_a_live_source_that_drops_frames_keeps_windows_of_their_seconds():
+    """Windows are places of the frame grid, not frames taken: frames that were dropped leave
+    a window with fewer frames, of the same span; a window whose frames all went is skipped."""
+    shift = 0.04
+    window = SlidingWindow(size=4, hop=2, shift=shift)
+    arrived = [0, 1, 2, 5, 6, 7, 14, 15, 16]  # 3-4 dropped, 8-13 dropped
+    got = window.push({"v": np.array(arrived, np.float32)[:, None]},
+                      np.array(arrived) * shift)
+    spans = [(round(w.start_s / shift), round(w.end_s / shift)) for w in got]
+    frames = [w.rows["v"][:, 0].tolist() for w in got]
+    # due at places 3, 5, 7, 9, ...: frame 5 completes 3 (dropped) and 5; frame 14 completes
+    # 9 (frames 6, 7), 11 and 13 hold nothing that arrived; frame 15 completes 15
+    assert spans == [(0, 4), (2, 6), (4, 8), (6, 10), (12, 16)]
+    assert frames == [[0, 1, 2], [2, 5], [5, 6, 7], [6, 7], [14, 15]]
+    assert [w.last for w in got] == [3, 3, 5, 6, 7]  # the frame of the batch that completed it
+    np.testing.assert_allclose(got[1].times, [2 * shift, 5 * shift])
 
 
 def test_a_window_of_one_frame_each_frame_and_per_utterance_rows():
@@ -70,8 +89,7 @@ def test_a_window_of_one_frame_each_frame_and_per_utterance_rows():
         SlidingWindow(size=0, hop=1, shift=0.04)
 
 
-@pytest.mark.parametrize("flag", ["--hop", "--window"])
-@pytest.mark.parametrize("value", ["0", "-1"])
+@pytest.mark.parametrize("flag, value", [("--hop", "0"), ("--window", "-1")])
 def test_a_window_or_hop_that_is_not_positive_is_one_line(tmp_path, flag, value):
     result = subprocess.run([sys.executable, "-m", "pipelines", "live", "--run", "run",
                              "--source", "clip.mp4", flag, value], cwd=tmp_path,

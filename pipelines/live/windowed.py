@@ -1,7 +1,9 @@
 """Heads that read a whole window, live: a sliding window over the most recent frames.
 
-`SlidingWindow` keeps the feature rows of the last `size` frames and completes a window every
-`hop` frames (the first once `size` frames have arrived). A stream the head reads at its own
+`SlidingWindow` keeps the feature rows of the frames of the last `size` places of the run's
+frame grid and completes a window every `hop` places (the first once the grid reaches place
+`size`), so a window lasts `size` frames' seconds even when a live source drops frames (it then
+holds fewer frames). A stream the head reads at its own
 rate (tpn_awm's audio: wav2vec2 rows every 20 ms, not one per frame) comes with each batch's
 rows and their times; a window holds those whose times lie in its span, [first frame, last frame
 + one frame).
@@ -39,42 +41,50 @@ LIVE_SPLIT = "live"
 class Window:
     """The rows of one completed window."""
 
-    rows: dict[str, np.ndarray]                       # alias -> [size, dim], one per frame
+    rows: dict[str, np.ndarray]                       # alias -> [frames, dim], one per frame
     native: dict[str, tuple[np.ndarray, np.ndarray]]  # alias -> (times [n], rows [n, dim])
-    times: np.ndarray                                 # [size] the frames' media times
+    times: np.ndarray                                 # [frames] the frames' media times
     last: int                                         # index in its batch of its last frame
     shift: float                                      # seconds per frame
-
-    @property
-    def start_s(self) -> float:
-        return float(self.times[0])
-
-    @property
-    def end_s(self) -> float:
-        """Where the window ends: its last frame's time plus one frame."""
-        return float(self.times[-1]) + self.shift
+    start_s: float                                    # the window's span: [start_s, end_s)
+    end_s: float
 
 
 class SlidingWindow:
-    """The last `size` frames' rows, a `Window` every `hop` frames once `size` have arrived."""
+    """The frames of the last `size` places of the frame grid, a `Window` every `hop` places.
+
+    Windows are counted on the grid (frame time / shift from the first frame), not in frames
+    taken: a live source that drops frames still gets windows of `size * shift` seconds every
+    `hop * shift` seconds, holding the frames that arrived in them. A window is due once the
+    grid reaches its last place; if that frame was dropped, the next frame that arrives
+    completes it (holding the frames of its span).
+    """
 
     def __init__(self, size: int, hop: int, shift: float) -> None:
         if size < 1 or hop < 1:
             raise ValueError(f"a window needs size >= 1 and hop >= 1 frames, got {size}, {hop}")
         self.size, self.hop, self.shift = size, hop, shift
         self.rows: dict[str, np.ndarray] = {}
+        self.places = np.zeros(0, np.int64)  # grid place of each kept frame
         self.times = np.zeros(0)
         self.native: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.seen = 0  # frames pushed so far
+        self.origin: float | None = None  # time of the first frame: grid place 0
+        self.due = size - 1  # grid place that completes the next window
         self.completed = 0  # windows handed out so far
 
     def push(self, rows: dict[str, np.ndarray], times: np.ndarray,
              native: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> list[Window]:
-        """Add a batch of consecutive frames (`rows`: alias -> [len(times), dim]; `native`:
+        """Add a batch of frames in time order (`rows`: alias -> [len(times), dim]; `native`:
         alias -> (times, rows) of the batch's span); the windows it completes, oldest first."""
+        times = np.asarray(times, float)
         count = len(times)
-        before = len(self.times)
-        self.times = np.concatenate([self.times, np.asarray(times, float)])
+        if count == 0:
+            return []
+        if self.origin is None:
+            self.origin = float(times[0])
+        places = np.rint((times - self.origin) / self.shift).astype(np.int64)
+        self.places = np.concatenate([self.places, places])
+        self.times = np.concatenate([self.times, times])
         for alias, values in rows.items():
             values = np.broadcast_to(values, (count, values.shape[1]))  # per-utterance rows
             old = self.rows.get(alias)
@@ -84,34 +94,39 @@ class SlidingWindow:
             self.native[alias] = (np.concatenate([old_times, row_times]), values
                                   if old_values is None else np.concatenate([old_values, values]))
         windows = []
-        for k in range(count):
-            frames = self.seen + k + 1  # frames seen once frame k of the batch is in
-            if frames < self.size or (frames - self.size) % self.hop:
-                continue
-            end = before + k + 1  # position after the window's last frame in self.times
-            picked = slice(end - self.size, end)
-            window_times = self.times[picked]
-            span = (window_times[0], window_times[-1] + self.shift)
-            native_rows = {}
-            for alias, (row_times, values) in self.native.items():
-                inside = (row_times >= span[0] - 1e-6) & (row_times < span[1] - 1e-6)
-                native_rows[alias] = (row_times[inside], values[inside])
-            windows.append(Window({a: v[picked] for a, v in self.rows.items()}, native_rows,
-                                  window_times, k, self.shift))
-        self.seen += count
+        for k, place in enumerate(places):
+            # frames come in time order: frame k completes every window due up to its place
+            while self.due <= place:
+                window = self._window(self.due, k)
+                if window is not None:  # a window whose every frame was dropped is skipped
+                    windows.append(window)
+                self.due += self.hop
         self.completed += len(windows)
         self._forget()
         return windows
 
+    def _window(self, last: int, completed_by: int) -> Window | None:
+        """The window whose last grid place is `last`, or None when it holds no frame."""
+        picked = (self.places > last - self.size) & (self.places <= last)
+        if not picked.any():
+            return None
+        start_s = self.origin + (last - self.size + 1) * self.shift
+        end_s = self.origin + (last + 1) * self.shift
+        native_rows = {}
+        for alias, (row_times, values) in self.native.items():
+            inside = (row_times >= start_s - 1e-6) & (row_times < end_s - 1e-6)
+            native_rows[alias] = (row_times[inside], values[inside])
+        return Window({a: v[picked] for a, v in self.rows.items()}, native_rows,
+                      self.times[picked], completed_by, self.shift, start_s, end_s)
+
     def _forget(self) -> None:
-        """Keep only the last `size` frames (all a later window can reach) and the native rows
-        from the oldest of them on."""
-        drop = max(0, len(self.times) - self.size)
-        if not drop:
-            return
-        self.times = self.times[drop:]
-        self.rows = {a: v[drop:] for a, v in self.rows.items()}
-        oldest = self.times[0] - 1e-6
+        """Keep only what a later window can reach: frames (and native rows) from the first
+        grid place of the next due window on."""
+        first = self.due - self.size + 1
+        keep = self.places >= first
+        self.places, self.times = self.places[keep], self.times[keep]
+        self.rows = {a: v[keep] for a, v in self.rows.items()}
+        oldest = self.origin + first * self.shift - 1e-6
         self.native = {a: (t[t >= oldest], v[t >= oldest]) for a, (t, v) in self.native.items()}
 
 
@@ -121,9 +136,10 @@ def window_clip_id(start_s: float) -> str:
 
 
 class WindowedStepper(abc.ABC):
-    """A head on a sliding window of live frames (see the module docstring). Subclasses say
-    which streams the head reads (`frame_streams`, per frame; `native_streams`, at their own
-    rate), the default window and hop, and turn a window into the head's predict data."""
+    """A head on a sliding window of live frames (see the module docstring). Subclasses turn a
+    window into the head's predict data (`head_data`), say the streams they read at the
+    stream's own rate (`native_streams`; the others come one row per frame), the default
+    window and hop, and what else the header should say."""
 
     windowed: ClassVar[bool] = True
     kind: str = "classes"  # "classes": probability bars; "va": a point (the page)
@@ -169,8 +185,9 @@ class WindowedStepper(abc.ABC):
         for flag, value in (("--window", window_s), ("--hop", hop_s)):
             if not np.isfinite(value) or value <= 0:
                 raise UserError(f"{flag} {value:g}: must be a positive number of seconds")
-        size = max(1, int(round(window_s * fps)))
-        hop = max(1, int(round(hop_s * fps)))
+        # whole frames of the grid, halves rounded up (0.5 s at 25 fps: 13 frames)
+        size = max(1, int(np.floor(window_s * fps + 0.5)))
+        hop = max(1, int(np.floor(hop_s * fps + 0.5)))
         if media_s is not None and size > int(np.floor(media_s * fps + 1e-6)):
             raise UserError(f"{source}: --window {window_s:g} s ({size} frames at {fps:g} fps) "
                             f"is longer than the media ({media_s:.3f} s): no window would "
