@@ -70,8 +70,11 @@ def test_page_in_chromium_receives_updates_and_draws_the_point(tmp_path):
                                         "arousal": -0.25 * value, "latency_ms": 12.0,
                                         "drops": 3, "rtf": 1.2},
                          "kind": "va", "p50": 11.0, "p95": 14.0})
+    # REGNN's other generated reactions of the same frame: counted, not drawn
+    messages.append({"prediction": {**messages[-1]["prediction"], "sample": 1, "valence": -0.9,
+                                    "arousal": 0.9}, "kind": "va", "p50": 11.0, "p95": 14.0})
     dom = dom_after(tmp_path, messages, image=frame)
-    assert f'data-updates="{UPDATES}"' in dom, dom[:3000]
+    assert f'data-updates="{UPDATES + 1}"' in dom, dom[:3000]
     assert 'data-ended="1"' in dom
     point = re.search(r'<circle id="point"[^>]*>', dom).group(0)
     assert 'cx="0.5000"' in point and 'cy="0.2500"' in point and 'visible' in point, point
