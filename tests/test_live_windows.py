@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_predict_media_heads import CASES, affect, new_video
 
 from pipelines.live.windowed import SlidingWindow, window_clip_id
@@ -87,6 +88,118 @@ def test_a_window_of_one_frame_each_frame_and_per_utterance_rows():
     np.testing.assert_array_equal(out[2].rows["v"], [[0, 0, 1]])
     with pytest.raises(ValueError):
         SlidingWindow(size=0, hop=1, shift=0.04)
+
+
+# --- each adapter against the head's predict on a store of the same windows (fast) -------------
+
+def store_of_windows(url: str, streams: dict[str, tuple[np.ndarray, float]],
+                     spans: list[tuple[float, float]], labels: dict[str, int]) -> str:
+    """A store whose clips are windows of one clip: for each stream (alias -> (rows from time 0,
+    seconds per row)) the rows whose times lie in each window's span, one split per window
+    (`window-K`), named as live names them; empty label streams (alias -> dim)."""
+    from features_store import StreamInfo, open_store
+
+    store = open_store(url)
+    store.add_clips({"clip_id": window_clip_id(start), "split": f"window-{k}"}
+                    for k, (start, _) in enumerate(spans))
+    for alias, dim in labels.items():
+        store.create_stream(StreamInfo(name=alias, kind="label", dim=dim, frame_shift_s=0.04))
+    for alias, (rows, shift) in streams.items():
+        info = store.create_stream(StreamInfo(name=alias, dim=rows.shape[1], frame_shift_s=shift))
+        times = np.arange(len(rows)) * shift
+        with store.part_writer(info, "p0") as writer:
+            for start, end in spans:
+                inside = (times >= start - 1e-6) & (times < end - 1e-6)
+                writer.write_clip(window_clip_id(start), rows[inside], t0=start)
+    store.finalize()
+    return url
+
+
+def live_against_predict(tmp_path, stepper, head, model, frame_rows: dict[str, np.ndarray],
+                         native_rows: dict[str, tuple[np.ndarray, float]], fps: float,
+                         labels: dict[str, int]) -> int:
+    """Feed the stepper the clip's rows in uneven batches, as live does; every output equals
+    the head's `predict_data` + `predict` on the same window as a clip of a store. Returns the
+    number of windows."""
+    from types import SimpleNamespace
+
+    from heads.trainer import predict_model
+
+    shift = 1.0 / fps
+    frames = len(next(iter(frame_rows.values())))
+    outputs = []
+    edges = [0, 3, 4, 11, frames]
+    for start, end in zip(edges[:-1], edges[1:]):
+        batch = [SimpleNamespace(time_s=k * shift) for k in range(start, end)]
+        span = (start * shift, end * shift)
+        native = {}
+        for alias, (rows, row_shift) in native_rows.items():
+            times = np.arange(len(rows)) * row_shift
+            inside = (times >= span[0] - 1e-6) & (times < span[1] - 1e-6)
+            native[alias] = (times[inside], rows[inside])
+        outputs += stepper.step(batch, {a: v[start:end] for a, v in frame_rows.items()}, native)
+    spans = sorted({(o[2]["window_start_s"], o[2]["window_end_s"]) for o in outputs})
+    streams = {a: (v, shift) for a, v in frame_rows.items()} | native_rows
+    store = store_of_windows(str(tmp_path / "windows.zarr"), streams, spans, labels)
+    from features_store import open_store
+
+    windows = open_store(store)
+    for k, (start, _) in enumerate(spans):
+        data = head.predict_data(stepper.run.data, windows, f"window-{k}")
+        predictions = predict_model(head, model, data, f"window-{k}")
+        (table,) = head.prediction_tables(predictions, data, f"window-{k}").values()
+        got = np.array([values for _, values, fields in outputs
+                        if fields["window_start_s"] == round(start, 6)])
+        assert list(table.columns) == list(stepper.columns)
+        np.testing.assert_allclose(got, table.values, atol=1e-5, rtol=0)
+    return len(spans)
+
+
+def test_regnn_windows_equal_its_predict_on_the_same_windows(tmp_path):
+    from test_regnn import tiny_config, toy_react_store
+
+    from heads.regnn.head import RegnnHead
+    from pipelines.live.windowed import RegnnWindows
+
+    store = toy_react_store(str(tmp_path / "react.zarr"), {"train": 2}, frames=60)
+    head = RegnnHead(tiny_config(n_samples=2))
+    data = head.build_data(store)
+    torch.manual_seed(0)
+    model = head.build_model(data).eval()
+    from types import SimpleNamespace
+
+    stepper = RegnnWindows(SimpleNamespace(head=head, model=model, data=data), np.float32)
+    stepper.set_window(0.6, 0.2, fps=25.0)  # 15 frames (REGNN's 10 and 5 inside), every 5
+    rng = np.random.default_rng(3)
+    rows = {"swin-t": rng.standard_normal((40, 8)).astype(np.float32),
+            "vggish-react": rng.standard_normal((40, 4)).astype(np.float32)}
+    windows = live_against_predict(tmp_path, stepper, head, model, rows, {}, 25.0,
+                                   {"react-emotion": 25})
+    assert windows == (40 - 15) // 5 + 1
+
+
+def test_tpn_awm_windows_equal_its_predict_on_the_same_windows(tmp_path):
+    from types import SimpleNamespace
+
+    from heads.tpn_awm.config import TpnAwmConfig
+    from heads.tpn_awm.head import TpnAwmHead, UtteranceData
+    from pipelines.live.windowed import TpnAwmWindows
+
+    head = TpnAwmHead(TpnAwmConfig(shared_dim=16, label_stream="iemocap-class"))
+    rng = np.random.default_rng(4)
+    norm = {"audio": (rng.standard_normal(6).astype(np.float32), np.full(6, 2.0, np.float32)),
+            "video": (rng.standard_normal(5).astype(np.float32), np.full(5, 0.5, np.float32))}
+    data = UtteranceData(splits={}, classes=["hap", "sad", "neu", "ang"], audio_dim=6,
+                         video_dim=5, norm=norm)
+    torch.manual_seed(0)
+    model = head.build_model(data).eval()
+    stepper = TpnAwmWindows(SimpleNamespace(head=head, model=model, data=data), np.float32)
+    stepper.set_window(4.0, 1.0, fps=2.0)  # 8 frames of the 2 fps grid, every 2
+    video = rng.standard_normal((20, 5)).astype(np.float32)
+    audio = rng.standard_normal((250, 6)).astype(np.float32)  # 25 rows a second
+    windows = live_against_predict(tmp_path, stepper, head, model, {"clip-vit-b16": video},
+                                   {"wav2vec2-base": (audio, 0.04)}, 2.0, {})
+    assert windows == (20 - 8) // 2 + 1
 
 
 @pytest.mark.parametrize("flag, value", [("--hop", "0"), ("--window", "-1")])
