@@ -202,6 +202,35 @@ def test_tpn_awm_windows_equal_its_predict_on_the_same_windows(tmp_path):
     assert windows == (20 - 8) // 2 + 1
 
 
+def test_temporal_attention_windows_equal_its_predict_on_the_same_windows(tmp_path):
+    from types import SimpleNamespace
+
+    from heads.temporal_attention.config import TemporalAttentionConfig
+    from heads.temporal_attention.head import SegmentData, TemporalAttentionHead
+    from pipelines.live.windowed import TemporalAttentionWindows
+
+    head = TemporalAttentionHead(TemporalAttentionConfig(
+        face_stream="face", body_stream="body", label_stream="raer-class", mlp_dim=64))
+    # the random reduced CLIP a `--weights random --reduced` extraction records
+    source = {"model": "ViT-B-16", "reduced": True, "quick_gelu": True, "embed_dim": None,
+              "random": True, "seed": 0, "weights": "random", "sha256": None, "stream": "face"}
+    data = SegmentData(face=np.zeros((0, 512), np.float16), body=np.zeros((0, 512), np.float16),
+                       splits={}, classes=["Neutrality", "Enjoyment", "Confusion", "Fatigue",
+                                           "Distraction"], dim=512, source=source)
+    torch.manual_seed(0)
+    model = head.build_model(data).eval()
+    stepper = TemporalAttentionWindows(SimpleNamespace(head=head, model=model, data=data),
+                                       np.float16)
+    stepper.set_window(0.8, 0.4, fps=25.0)  # 20 frames (16 segments of them), every 10
+    rng = np.random.default_rng(5)
+    # rows as a float16 stream holds them
+    rows = {name: rng.standard_normal((45, 512)).astype(np.float16).astype(np.float32)
+            for name in ("face", "body")}
+    windows = live_against_predict(tmp_path, stepper, head, model, rows, {}, 25.0,
+                                   {"raer-class": 1})
+    assert windows == (45 - 20) // 10 + 1
+
+
 @pytest.mark.parametrize("flag, value", [("--hop", "0"), ("--window", "-1")])
 def test_a_window_or_hop_that_is_not_positive_is_one_line(tmp_path, flag, value):
     result = subprocess.run([sys.executable, "-m", "pipelines", "live", "--run", "run",
