@@ -90,6 +90,29 @@ def test_a_window_of_one_frame_each_frame_and_per_utterance_rows():
         SlidingWindow(size=0, hop=1, shift=0.04)
 
 
+def test_native_audio_rows_are_the_spans_rows_or_silence_where_there_is_no_audio():
+    from extract.report import ExtractOptions
+    from extract.runner import build_plans
+    from pipelines.live.features import native_audio_rows
+    from pipelines.live.source import AudioBuffer
+
+    plan = build_plans(ExtractOptions(encoders=["vggish-react"], weights="random", reduced=True,
+                                      device="cpu", dtype="float32"), "cpu")[0]
+    rate, shift = plan.encoder.spec.sample_rate, plan.info.frame_shift_s
+    buffer = AudioBuffer(rate, keep_s=5.0)
+    empty_times, empty = native_audio_rows(plan, (0.0, 0.5), buffer, None, 1.0, 0.05)
+    assert not empty.any() and len(empty) == np.ceil(0.5 / shift)  # no audio yet: silence
+    t = np.arange(rate) / rate  # one second of a tone
+    buffer.append(0.0, (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
+    times, rows = native_audio_rows(plan, (0.2, 0.6), buffer, None, 1.0, 0.05)
+    whole = plan.encoder.encode_audio(buffer.window(0.0, 1.0)[1])  # extraction's rows
+    first = round(0.2 / shift)
+    np.testing.assert_allclose(times, np.arange(first, round(0.6 / shift)) * shift)
+    np.testing.assert_allclose(rows, whole[first: first + len(rows)], rtol=1e-5, atol=1e-5)
+    after_times, after = native_audio_rows(plan, (2.0, 2.5), buffer, None, 1.0, 0.05)
+    assert not after.any() and after_times[0] == pytest.approx(2.0)  # the track has ended
+
+
 # --- each adapter against the head's predict on a store of the same windows (fast) -------------
 
 def store_of_windows(url: str, streams: dict[str, tuple[np.ndarray, float]],

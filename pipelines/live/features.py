@@ -175,15 +175,17 @@ def native_audio_rows(plan, span: tuple[float, float], buffer: AudioBuffer,
     row_shift = float(plan.info.frame_shift_s)
     start, end = float(span[0]), float(span[1])
     encoded = _encode_span(plan, start - window_s, end + row_shift + lookahead_s, buffer, queue)
-    if encoded is None:
-        times = start + np.arange(max(0, int(np.ceil((end - start) / row_shift - 1e-9))))\
-            * row_shift
-        return times, np.zeros((len(times), plan.info.dim), np.float32)
-    start_s, rows = encoded
-    times = start_s + np.arange(len(rows)) * row_shift
-    # a microsecond covers the rounding of times computed two ways
-    inside = (times >= start - 1e-6) & (times < end - 1e-6)
-    return times[inside], rows[inside].astype(np.float32)
+    if encoded is not None:
+        start_s, rows = encoded
+        times = start_s + np.arange(len(rows)) * row_shift
+        # a microsecond covers the rounding of times computed two ways
+        inside = (times >= start - 1e-6) & (times < end - 1e-6)
+        if inside.any():
+            return times[inside], rows[inside].astype(np.float32)
+    # no audio there (none yet, a muted microphone, a track that ended before the video):
+    # silence rows on the span's grid, as `audio_rows` gives silence
+    times = start + np.arange(max(1, int(np.ceil((end - start) / row_shift - 1e-9)))) * row_shift
+    return times, np.zeros((len(times), plan.info.dim), np.float32)
 
 
 def _encode_span(plan, start: float, end: float, buffer: AudioBuffer,

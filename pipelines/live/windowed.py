@@ -280,10 +280,9 @@ class TpnAwmWindows(WindowedStepper):
 
         c, trained = self.config, self.run.data
         _, audio = window.native[c.audio_stream]
+        if len(audio) == 0:  # an audio track that ended before the video: a silent utterance
+            audio = np.zeros((1, trained.audio_dim), np.float32)
         video = window.rows[c.video_stream]
-        if len(audio) == 0:
-            raise UserError(f"stream {c.audio_stream}: no audio rows in the window "
-                            f"{window.start_s:.3f}-{window.end_s:.3f} s; pass a longer --window")
         start = np.zeros(1, np.int64)
         part = UtteranceSplit(
             LIVE_SPLIT, [window_clip_id(window.start_s)], labels=np.full(1, -1, np.int64),
