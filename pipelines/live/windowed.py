@@ -152,7 +152,8 @@ class WindowedStepper(abc.ABC):
         self.run = run
         self.head, self.model = run.head, run.model
         self.config = run.head.config
-        self.dtype = dtype
+        # `dtype` (the registry's signature) is not needed: live rows come rounded to their
+        # stream's dtype, as the store holds them, and each head's data code converts them
         self.native_streams: tuple[str, ...] = ()
         self.columns = tuple(column_names(len(self.column_names()), self.column_names()))
         self.window: SlidingWindow | None = None
