@@ -11,7 +11,8 @@ extracted with random weights, one epoch. Then a new 640x360 clip is played to `
   the frames dropped, and the end-to-end latency p50/p95 (from a frame's arrival to its
   prediction; for a head that predicts a segment or a window at a time that includes the wait
   for the segment to complete). Frames are put on the run's grid (its extraction rate), so the
-  model's load is the run's rate whatever the camera's.
+  model's load is the run's rate whatever the camera's. A windowed head runs with its default
+  window and hop (the `steps` column).
 
     python bench/live.py --head trm [--full] [--threads N] [--seconds S] [--work DIR]
     python bench/live.py --heads all --seconds 10
@@ -66,6 +67,14 @@ RECIPES: dict[str, Recipe] = {
     "transformer": _FAMILY,
     "fclstm-xl": Recipe("affwild2", _FAMILY.encoders, ("batch_size=4",),
                         ("d_model=32", "lstm_hidden=32", "regressor_hidden=32,32")),
+    # the windowed heads, as tests/test_predict_media_heads.py builds them
+    "temporal_attention": Recipe("raer", "clip-vit-b16@rapt@face,clip-vit-b16@rapt@body",
+                                 ("batch_size=4",), sample=(("clips", 10), ("seconds", 1))),
+    "tpn_awm": Recipe("iemocap", "wav2vec2-base,clip-vit-b16", ("batch_size=4",),
+                      ("shared_dim=16",), sample=(("clips", 12), ("seconds", 1))),
+    "regnn": Recipe("react", "swin-t,vggish-react", ("iterations_per_epoch=2", "batch_size=4"),
+                    ("cross_layers=1", "self_layers=1", "n_samples=2"),
+                    sample=(("clips", 8), ("seconds", 4))),
 }
 
 
@@ -73,6 +82,19 @@ def live_heads() -> list[str]:
     from pipelines.live.steppers import STEPPERS
 
     return list(STEPPERS)
+
+
+def recipe_for(head: str) -> Recipe:
+    """The head's recipe above, else its default dataset's recipe encoders on a small sample:
+    any head `affect live` runs can be measured."""
+    from heads.registry import get_head
+    from pipelines.datasets import get_adapter
+
+    if head in RECIPES:
+        return RECIPES[head]
+    dataset = get_head(head).default_dataset
+    return Recipe(dataset, ",".join(get_adapter(dataset).recipe.encoders), ("batch_size=4",),
+                  sample=(("clips", 12), ("seconds", 2)))
 
 
 def build_run(root: Path, head: str, full: bool, device: str) -> Path:
@@ -83,9 +105,7 @@ def build_run(root: Path, head: str, full: bool, device: str) -> Path:
     from pipelines.cli import cli
     from pipelines.samples import generate_sample
 
-    if head not in RECIPES:
-        raise SystemExit(f"bench/live.py: no run recipe for head {head} (add it to RECIPES)")
-    recipe = RECIPES[head]
+    recipe = recipe_for(head)
     run = root / f"run-{head}"
     if (run / "config.json").exists():
         return run
@@ -138,20 +158,29 @@ def play(run: Path, source: Path, realtime: bool, device: str, text: str | None)
     summary = live(str(run), str(source), realtime=realtime, device=device, text=text, out=out)
     header = json.loads(out.getvalue().splitlines()[0])
     wall = summary["media_s"] / summary["realtime_factor"] if summary["realtime_factor"] else 0
-    return {**summary, "fps": header["fps"], "stepping": header.get("stepping", ""),
+    return {**summary, "fps": header["fps"], "steps": _steps(header),
             "frames_per_s": round(summary["frames"] / wall, 2) if wall else 0.0}
+
+
+def _steps(header: dict) -> str:
+    """How the head stepped, in a few words, from live's header line."""
+    if header.get("window_s") is not None:
+        return f"window {header['window_s']:g} s / hop {header['hop_s']:g} s"
+    if header.get("segment_frames"):
+        return f"segments of {header['segment_frames']} frames"
+    return "frame by frame"
 
 
 def measure_head(root: Path, head: str, full: bool, device: str, seconds: float) -> dict:
     """One table row: `head` at full or reduced sizes, fast and paced at 25 and 30 fps."""
     run = build_run(root, head, full, device)
-    text = RECIPES[head].text
+    text = recipe_for(head).text
     clips = {fps: make_clip(root / f"clip-{fps}fps-{seconds:g}s.mp4", seconds, fps)
              for fps in (25, 30)}
     fast = play(run, clips[30], False, device, text)
     paced = {fps: play(run, clips[fps], True, device, text) for fps in (25, 30)}
     return {"head": head, "sizes": "full" if full else "reduced", "device": device,
-            "grid_fps": fast["fps"], "stepping": fast["stepping"],
+            "grid_fps": fast["fps"], "steps": fast["steps"],
             "frames_per_s": fast["frames_per_s"],
             "rtf_fast_25": round(fast["frames_per_s"] / 25, 2),
             "rtf_fast_30": round(fast["frames_per_s"] / 30, 2),
@@ -160,9 +189,9 @@ def measure_head(root: Path, head: str, full: bool, device: str, seconds: float)
                for fps, p in paced.items()}}
 
 
-TABLE_HEADER = ("| head | sizes | grid fps | fast frames/s | fast / 25 | fast / 30 "
+TABLE_HEADER = ("| head | sizes | steps | grid fps | fast frames/s | fast / 25 | fast / 30 "
                 "| paced 25: rtf, drops, p50 / p95 | paced 30: rtf, drops, p50 / p95 |\n"
-                "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |")
+                "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | --- |")
 
 
 def _paced(p: dict) -> str:
@@ -175,7 +204,8 @@ def _seconds(ms: float | None) -> str:
 
 
 def table_row(row: dict) -> str:
-    return (f"| {row['head']} | {row['sizes']} | {row['grid_fps']:g} | {row['frames_per_s']} | "
+    return (f"| {row['head']} | {row['sizes']} | {row['steps']} | {row['grid_fps']:g} | "
+            f"{row['frames_per_s']} | "
             f"{row['rtf_fast_25']} | {row['rtf_fast_30']} | {_paced(row['paced_25'])} | "
             f"{_paced(row['paced_30'])} |")
 

@@ -17,6 +17,7 @@ import torch
 
 from features_store.errors import UserError
 from pipelines.live.memory import SegmentStepper
+from pipelines.live.windowed import RegnnWindows, TemporalAttentionWindows, TpnAwmWindows
 
 
 class TRMStepper:
@@ -74,7 +75,10 @@ class TRMStepper:
         return [(t, values[t]) for t in range(count)]
 
 
-STEPPERS = {"trm": TRMStepper}
+STEPPERS = {"trm": TRMStepper,
+            "temporal_attention": TemporalAttentionWindows,
+            "tpn_awm": TpnAwmWindows,
+            "regnn": RegnnWindows}
 STEPPERS["transformer-lstm"] = SegmentStepper
 STEPPERS["transformer-attention"] = SegmentStepper
 STEPPERS["transformer"] = SegmentStepper
