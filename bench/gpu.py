@@ -72,7 +72,7 @@ FULL = Size(reduced=False, small_clips=48, small_side=256, big_clips=12, big_hw=
 TINY = Size(reduced=True, small_clips=2, small_side=64, big_clips=1, big_hw=(180, 320),
             seconds=1.0, batch=16, model_batches=2, decode_workers=(1, 2), e2e_workers=2,
             audio_clips=1, audio_seconds=2.0, train_videos=4, train_frames=120,
-            live_seconds=1.0)
+            live_seconds=4.5)  # longer than the longest default window (tpn_awm's 4 s)
 
 
 class Table:
