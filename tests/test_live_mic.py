@@ -71,6 +71,28 @@ def test_a_microphone_that_cannot_be_opened_is_one_line(tmp_path, monkeypatch, c
     assert capfd.readouterr().err == ""  # and not printed by libasound besides
 
 
+@pytest.mark.parametrize("source", ["pulse:default", "avfoundation:0"])
+def test_a_device_kind_this_ffmpeg_lacks_is_one_line(source):
+    """PyAV's wheels build FFmpeg without a `pulse` input (and, on Linux, `avfoundation`):
+    PulseAudio and PipeWire microphones open through ALSA's plugin instead."""
+    from av import formats_available
+
+    kind = source.split(":")[0]
+    if kind in formats_available:
+        pytest.skip(f"this FFmpeg has a {kind} input")
+    with pytest.raises(UserError) as error:
+        open_source(parse_source(source), 1.0, MIC_RATE)
+    line = str(error.value)
+    assert line.startswith(f"{source}: this FFmpeg has no {kind} input") and "\n" not in line
+    assert "alsa:default" in line or kind != "pulse"
+
+
+def test_a_camera_that_is_not_there_is_one_line():
+    """FFmpeg lists v4l2 as `video4linux2,v4l2`: the camera's input is there, the device not."""
+    with pytest.raises(UserError, match=r"^/dev/video99: cannot open \(No such file"):
+        open_source(parse_source("/dev/video99"), 1.0)
+
+
 @pytest.mark.skipif(not Path("/usr/share/alsa/alsa.conf").is_file(),
                     reason="ALSA's configuration is not installed (libasound2-data)")
 def test_a_device_named_by_the_systems_alsa_configuration_opens():

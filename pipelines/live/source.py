@@ -97,9 +97,16 @@ def open_source(spec: SourceSpec, idle_timeout_s: float,
         options["fifo_size"] = "1000000"
     if spec.format in ("alsa", "pulse") and sample_rate:
         options["sample_rate"] = str(sample_rate)
+    name = f"{spec.format}:{spec.url}" if spec.format in DEVICE_FORMATS[1:] else spec.url
+    # FFmpeg names a format by all its names at once: "video4linux2,v4l2"
+    if spec.format and spec.format not in {n for names in av.formats_available
+                                           for n in names.split(",")}:
+        # PyAV's wheels have no `pulse` input, nor another platform's devices
+        hint = ("; PulseAudio and PipeWire microphones open through ALSA: alsa:default or "
+                "alsa:pulse" if spec.format == "pulse" else "")
+        raise UserError(f"{name}: this FFmpeg has no {spec.format} input{hint}")
     if spec.format == "alsa":
         use_system_alsa()
-    name = f"{spec.format}:{spec.url}" if spec.format in DEVICE_FORMATS[1:] else spec.url
     library_said: list[str] = []
     try:
         with _c_stderr_kept(library_said) if spec.format in DEVICE_FORMATS else \
