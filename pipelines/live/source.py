@@ -307,9 +307,7 @@ class Reader(threading.Thread):
         self.spec, self.queue, self.fps = spec, queue, fps
         self.decode_size, self.realtime = decode_size, realtime
         self.idle_timeout_s = idle_timeout_s
-        # a microphone may run up to MIC_AHEAD_S ahead: keep that much more
-        self.audio = {rate: AudioBuffer(rate, audio_keep_s + (MIC_AHEAD_S if audio_spec else 0))
-                      for rate in sample_rates}
+        self.audio = {rate: AudioBuffer(rate, audio_keep_s) for rate in sample_rates}
         self.audio_spec = audio_spec
         self.stats = ReaderStats()
         self.stop_event = threading.Event()
