@@ -29,16 +29,19 @@ $(STAMP): setup.cfg constraints.txt constraints.lock.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -c constraints.txt facenet-pytorch
 	touch $(STAMP)
 
-# Re-resolve the whole stack from setup.cfg and the policy pins alone (network, ~15 min), then
-# write every installed version into constraints.lock.txt for `make setup` to install as-is.
+# Re-resolve the whole stack from setup.cfg and the policy pins in constraints.txt alone, and
+# write every version into constraints.lock.txt for `make setup` to install as-is (network,
+# ~1 min). uv resolves (pip's backtracking ran past its depth limit on this graph); the lock is
+# for Linux x86_64, Python 3.11, the platform CI and the tests run on.
 LOCK_VENV := .venv-lock
 lock:
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
-	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install -q uv
 	grep -v '^-c ' constraints.txt > $(LOCK_VENV)/policy.txt
-	$(LOCK_VENV)/bin/python -m pip install -q -c $(LOCK_VENV)/policy.txt -e '.[test,interop]'
-	$(LOCK_VENV)/bin/python -m pip install -q --no-deps -c $(LOCK_VENV)/policy.txt facenet-pytorch
-	{ grep '^#' constraints.lock.txt; $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; } > constraints.lock.txt.new
+	$(LOCK_VENV)/bin/uv pip compile setup.cfg --extra test --extra interop \
+		-c $(LOCK_VENV)/policy.txt --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--no-header --no-annotate -q -o $(LOCK_VENV)/resolved.txt
+	{ grep '^#' constraints.lock.txt; cat $(LOCK_VENV)/resolved.txt; } > constraints.lock.txt.new
 	mv constraints.lock.txt.new constraints.lock.txt && rm -rf $(LOCK_VENV)
 
 test: $(STAMP)

@@ -145,6 +145,8 @@ def test_live_follows_a_udp_stream_and_stops_when_it_goes_silent(trm_run):
      ("--serve", "HOST:PORT")),
     (("--run", "paper", "--source", "new/visitor.mp4", "--text", "Hi."),
      ("paper", "sampling=released", "profile=fixed")),
+    (("--run", "run", "--source", "new/visitor.mp4", "--text", "Hi.", "--window", "2"),
+     ("--window/--hop", "head trm runs frame by frame")),
 ])
 def test_live_user_errors_are_one_line(trm_run, args, words):
     result = subprocess.run([sys.executable, "-m", "pipelines", "live", *args],

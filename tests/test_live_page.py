@@ -33,10 +33,11 @@ def test_page_holds_no_external_url():
     assert not re.search(r"https?://|//[a-z]", html.replace("/events", "")), html
 
 
-def test_page_in_chromium_receives_updates_and_draws_the_point(tmp_path):
+def dom_after(tmp_path, messages: list[dict], image: np.ndarray | None = None) -> str:
+    """The page's DOM in headless chromium after `messages` and a summary were published."""
     if chromium() is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
-    page = LivePage("127.0.0.1:0", title="trm")
+    page = LivePage("127.0.0.1:0", title="live")
     browser = subprocess.Popen(
         [chromium(), "--headless", "--no-sandbox", "--disable-gpu",
          "--disable-background-networking", "--disable-dev-shm-usage", "--no-first-run",
@@ -47,14 +48,9 @@ def test_page_in_chromium_receives_updates_and_draws_the_point(tmp_path):
         while not page.connected():
             assert time.monotonic() < deadline and browser.poll() is None, "page never connected"
             time.sleep(0.05)
-        frame = np.zeros((48, 64, 3), np.uint8)
-        for k in range(UPDATES):  # a point that ends at valence 0.5, arousal -0.25
-            value = (k + 1) / UPDATES
-            page.publish({"prediction": {"time_s": k / 25, "valence": 0.5 * value,
-                                         "arousal": -0.25 * value, "latency_ms": 12.0,
-                                         "drops": 3, "rtf": 1.2},
-                          "kind": "va", "p50": 11.0, "p95": 14.0}, image=frame)
-        page.publish({"summary": {"frames": UPDATES, "predictions": UPDATES,
+        for message in messages:
+            page.publish(message, image=image)
+        page.publish({"summary": {"frames": len(messages), "predictions": len(messages),
                                   "end": "end of media"}})
         dom, errors = browser.communicate(timeout=120)
     finally:
@@ -62,7 +58,23 @@ def test_page_in_chromium_receives_updates_and_draws_the_point(tmp_path):
             browser.kill()
         page.close(linger_s=0)
     assert browser.returncode == 0, errors[-2000:]
-    assert f'data-updates="{UPDATES}"' in dom, dom[:3000]
+    return dom
+
+
+def test_page_in_chromium_receives_updates_and_draws_the_point(tmp_path):
+    frame = np.zeros((48, 64, 3), np.uint8)
+    messages = []
+    for k in range(UPDATES):  # a point that ends at valence 0.5, arousal -0.25
+        value = (k + 1) / UPDATES
+        messages.append({"prediction": {"time_s": k / 25, "valence": 0.5 * value,
+                                        "arousal": -0.25 * value, "latency_ms": 12.0,
+                                        "drops": 3, "rtf": 1.2},
+                         "kind": "va", "p50": 11.0, "p95": 14.0})
+    # REGNN's other generated reactions of the same frame: counted, not drawn
+    messages.append({"prediction": {**messages[-1]["prediction"], "sample": 1, "valence": -0.9,
+                                    "arousal": 0.9}, "kind": "va", "p50": 11.0, "p95": 14.0})
+    dom = dom_after(tmp_path, messages, image=frame)
+    assert f'data-updates="{UPDATES + 1}"' in dom, dom[:3000]
     assert 'data-ended="1"' in dom
     point = re.search(r'<circle id="point"[^>]*>', dom).group(0)
     assert 'cx="0.5000"' in point and 'cy="0.2500"' in point and 'visible' in point, point
@@ -70,3 +82,25 @@ def test_page_in_chromium_receives_updates_and_draws_the_point(tmp_path):
     assert len(trail.split()) == UPDATES
     assert "dropped 3" in dom and "latency p50 11.0 ms, p95 14.0 ms" in dom
     assert 'src="data:image/jpeg;base64,' in dom  # the video frame came over the events
+
+
+def test_page_in_chromium_draws_class_probabilities_as_bars(tmp_path):
+    """A classifier's window (temporal_attention, tpn_awm): one bar per class, named as the
+    update's columns say, the last window's probabilities; a class name is text, not markup."""
+    classes = ["neutral", "<b>happy</b>", "sad"]
+    messages = []
+    for k in range(UPDATES):  # the last window: 0.2, 0.7, 0.1
+        last = k == UPDATES - 1
+        values = [0.2, 0.7, 0.1] if last else [0.5, 0.25, 0.25]
+        messages.append({"prediction": {"time_s": k / 2, "window_start_s": k / 2,
+                                        "window_end_s": k / 2 + 2.0,
+                                        **dict(zip(classes, values)), "latency_ms": 30.0,
+                                        "drops": 0, "rtf": 2.0},
+                         "kind": "classes", "columns": classes, "p50": 30.0, "p95": 31.0})
+    dom = dom_after(tmp_path, messages)
+    assert f'data-updates="{UPDATES}"' in dom and 'data-ended="1"' in dom
+    rows = re.findall(r'<div class="row" data-value="([^"]*)"><b>([^<]*)</b>'
+                      r'<div class="bar" style="width: (\d+)px;"></div>', dom)
+    assert rows == [("0.2000", "neutral", "60"), ("0.7000", "&lt;b&gt;happy&lt;/b&gt;", "210"),
+                    ("0.1000", "sad", "30")], dom[:3000]
+    assert 'style="display: none;"' in re.search(r'<svg id="circumplex"[^>]*>', dom).group(0)

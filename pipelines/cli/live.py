@@ -28,6 +28,12 @@ from features_store.errors import UserError
 @click.option("--audio-lookahead", default=0.05, show_default=True, type=float,
               help="Seconds of audio after a frame an audio encoder may see (its analysis "
               "window reaches past its hop); adds that much latency.")
+@click.option("--window", "window_s", default=None, type=float, metavar="SECONDS",
+              help="A windowed head's sliding window (temporal_attention, tpn_awm, regnn): "
+              "seconds of the most recent frames each prediction reads (default: the head's; "
+              "the header line says which).")
+@click.option("--hop", "hop_s", default=None, type=float, metavar="SECONDS",
+              help="Seconds between two windows' ends (default: the head's).")
 @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
               help="Write the JSON lines here instead of stdout.")
 @click.option("--serve", default=None, metavar="HOST:PORT",
@@ -37,7 +43,7 @@ from features_store.errors import UserError
               help="Weights file for an encoder whose recorded file moved.")
 def live(run_dir: str, source: str, audio_source: str | None, realtime: bool,
          idle_timeout: float, text: str | None, transcript: str | None, audio_window: float,
-         audio_lookahead: float,
+         audio_lookahead: float, window_s: float | None, hop_s: float | None,
          out_file: str | None, serve: str | None, device: str,
          weights: tuple[str, ...]) -> None:
     """Run a trained head on a camera, a network stream or a file, one JSON line per output."""
@@ -54,6 +60,9 @@ def live(run_dir: str, source: str, audio_source: str | None, realtime: bool,
             raise UserError(f"{transcript}: cannot read the transcript ({exc})") from None
     if idle_timeout <= 0:
         raise UserError(f"--idle-timeout {idle_timeout}: must be positive")
+    for flag, value in (("--window", window_s), ("--hop", hop_s)):
+        if value is not None and not value > 0:  # before the run and its encoders load
+            raise UserError(f"{flag} {value:g}: must be a positive number of seconds")
 
     def ready(line: str) -> None:
         click.echo(line, err=True)
@@ -64,7 +73,8 @@ def live(run_dir: str, source: str, audio_source: str | None, realtime: bool,
                            idle_timeout_s=idle_timeout, device=device,
                            weights=parse_weights(weights), text=text,
                            audio_window_s=audio_window,
-                           audio_lookahead_s=audio_lookahead, out=out, serve=serve, on_ready=ready)
+                           audio_lookahead_s=audio_lookahead, out=out, serve=serve, on_ready=ready,
+                           window_s=window_s, hop_s=hop_s)
     finally:
         if out is not None:
             out.close()

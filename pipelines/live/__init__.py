@@ -2,8 +2,10 @@
 
 The reader thread (`pipelines.live.source`) puts frames on the run's grid; this loop takes
 them in batches, computes the run's feature rows (`pipelines.live.features`), steps the head
-causally (`pipelines.live.steppers`) and writes one JSON line per prediction (media time,
-prediction, end-to-end latency from the frame's arrival), to stdout or a file and to the page
+causally (`pipelines.live.steppers`), or on a sliding window of the most recent frames for a head
+that reads a whole window (`pipelines.live.windowed`), and writes one JSON line per prediction
+(media time, prediction, a window's start and end, end-to-end latency from the arrival of the
+frame that completed it), to stdout or a file and to the page
 (`pipelines.live.page`). A file read as fast as possible is taken a full extraction batch at a
 time (the batches extraction encodes, so the same values); a live source is taken as it comes.
 
@@ -22,6 +24,8 @@ from collections.abc import Callable
 from typing import IO, Any
 
 import numpy as np
+
+from features_store.errors import UserError
 
 LIVE_QUEUE = 4  # frames a live source may have waiting before the oldest is dropped
 
@@ -49,13 +53,16 @@ def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime
          idle_timeout_s: float = 5.0, device: str = "cpu", weights: dict[str, str] | None = None,
          text: str | None = None, audio_window_s: float = 1.0,
          audio_lookahead_s: float = 0.05, out: IO[str] | None = None,
-         serve: str | None = None, on_ready: Callable[[str], None] | None = None) -> dict:
-    """Run a trained head on `source` until it ends; returns the summary (also written)."""
+         serve: str | None = None, on_ready: Callable[[str], None] | None = None,
+         window_s: float | None = None, hop_s: float | None = None) -> dict:
+    """Run a trained head on `source` until it ends; returns the summary (also written).
+    `window_s`/`hop_s`: a windowed head's sliding window (default: the head's)."""
     from extract.runner import resolve_device
     from heads.trainer import load_run, read_run_config
     from pipelines.live.features import LiveFeatures
     from pipelines.live.source import FrameQueue, Reader, parse_source
     from pipelines.live.steppers import stepper_for
+    from pipelines.live.windowed import WindowedStepper, media_seconds
 
     out = out or sys.stdout
     spec = parse_source(source)
@@ -67,6 +74,14 @@ def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime
                             audio_lookahead_s)
     dtype = np.result_type(*(s.dtype for s in features.streams), np.float16)
     stepper = stepper_for(run, dtype)
+    windowed = isinstance(stepper, WindowedStepper)
+    if windowed:
+        stepper.set_window(window_s, hop_s, features.fps,
+                           media_seconds(spec.url) if spec.is_file else None, source)
+    elif window_s is not None or hop_s is not None:
+        raise UserError(f"--window/--hop: head {run.head.name} runs frame by frame, not on "
+                        "windows")
+    native = stepper.native_streams if windowed else ()
     fast = spec.is_file and not realtime
     queue = FrameQueue(capacity=max(features.batch_size, LIVE_QUEUE) if fast else LIVE_QUEUE,
                        drop_oldest=not fast)
@@ -78,7 +93,8 @@ def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime
     if on_ready:
         on_ready(f"live: reading {spec.url}")
     reader = Reader(spec, queue, features.fps, features.decode_size, features.sample_rates,
-                    audio_keep_s=audio_window_s + 2.0 + 2.0 / features.fps,
+                    # the audio of every queued frame (a batch of a 2 fps run spans 16 s)
+                    audio_keep_s=audio_window_s + 2.0 + (queue.capacity + 2) / features.fps,
                     idle_timeout_s=idle_timeout_s, realtime=realtime and spec.is_file,
                     audio_spec=audio_spec)
     header = {"run": str(run_dir), "head": run.head.name, "source": source,
@@ -104,23 +120,31 @@ def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime
             if stats.first_time_s is None:
                 stats.started = batch[0].arrived
                 stats.first_time_s = batch[0].time_s
-            rows = features.rows(batch, reader.audio, queue)
-            predictions = stepper(rows, len(batch))
+            rows = features.rows(batch, reader.audio, queue, skip=native)
+            if windowed:  # a window needs its frames' times, and some streams at their rate
+                predictions = stepper.step(batch, rows, features.native_rows(
+                    native, batch, reader.audio, queue))
+            else:
+                predictions = stepper(rows, len(batch))
             done = stats.last_done = time.perf_counter()
             stats.frames += len(batch)
             stats.last_time_s = batch[-1].time_s
-            for index, values in predictions:
-                frame = batch[index]
+            for index, values, *more in predictions:
+                # `more`: a windowed head's record fields (its window's span; a frame's own
+                # time and sample for a head that outputs every frame of the window)
+                fields = dict(more[0]) if more else {}
+                frame = batch[index]  # the frame that completed the prediction
                 latency = (done - frame.arrived) * 1000
                 stats.latencies_ms.append(latency)
                 stats.predictions += 1
-                record = {"time_s": round(frame.time_s, 6),
+                record = {"time_s": round(fields.pop("time_s", frame.time_s), 6), **fields,
                           **{c: float(v) for c, v in zip(stepper.columns, values)},
                           "latency_ms": round(latency, 2), "drops": queue.dropped,
                           "rtf": round(stats.realtime_factor(features.fps), 3)}
                 _write(out, record)
                 if page:
                     page.publish({"prediction": record, "kind": stepper.kind,
+                                  "columns": list(stepper.columns),
                                   "p50": stats.latency(50), "p95": stats.latency(95)},
                                  image=frame.image if index == len(batch) - 1 else None)
     except KeyboardInterrupt:

@@ -2,12 +2,16 @@
 
 The encoders are rebuilt from the training store's provenance and checked against the keys the
 run was trained on (`pipelines.predict_media`: one line when a key cannot be reproduced). Video
-streams encode each frame through the same preprocessing and batch call as extraction. Audio
+streams encode each frame through the same preprocessing and batch call as extraction; a stream
+of crops (RAER's face and body) encodes whole frames through its crop's transform, as extraction
+encodes a clip without boxes, since a live source has none. Audio
 streams encode a rolling window of the video clock's recent audio, cut on the encoder's own hop
 grid, and are put onto the frames' times with the store's alignment rule; an audio encoder that
 looks at whole segments (Dasheng's 10 s) therefore sees less context live than in extraction,
 so its rows, unlike the video rows, are close to but not equal to the extracted ones. A text
-stream is one fixed sentence (or a transcript file's text), encoded once.
+stream is one fixed sentence (or a transcript file's text), encoded once. A head that reads an
+audio stream at the stream's own rate (tpn_awm) gets its rows unaligned (`native_rows`): those
+of the same rolling encoding whose times fall in the batch's span.
 
 Every row is rounded to the dtype its stream is stored in, as the values a head reads from the
 store are.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection
 
 import numpy as np
 import torch
@@ -61,10 +66,6 @@ class LiveFeatures:
         video = [s for s in self.streams if s.modality == "video"]
         if not video:
             raise UserError("the run reads no video stream: live needs one for its frame clock")
-        for stream in video:
-            if stream.plan.crop:
-                raise UserError(f"stream {stream.alias} encodes {stream.plan.crop} crops, which "
-                                "a dataset's boxes give; a live source has no boxes")
         rates = {s.plan.fps for s in video}
         if len(rates) > 1:
             raise UserError(f"the run's video streams were extracted at different rates "
@@ -90,17 +91,25 @@ class LiveFeatures:
                        if s.modality == "audio"})
 
     def rows(self, frames: list[Frame], audio: dict[int, AudioBuffer],
-             queue: FrameQueue) -> dict[str, np.ndarray]:
-        """alias -> [len(frames), dim] float32 (per-utterance streams: [1, dim])."""
+             queue: FrameQueue, skip: Collection[str] = ()) -> dict[str, np.ndarray]:
+        """alias -> [len(frames), dim] float32 (per-utterance streams: [1, dim]), for every
+        stream but those in `skip` (read at their own rate: `native_rows`)."""
         out: dict[str, np.ndarray] = {}
         images = np.stack([f.image for f in frames])
         times = np.asarray([f.time_s for f in frames])
         shift = 1.0 / self.fps
         with torch.inference_mode():
             for stream in self.streams:
+                if stream.alias in skip:
+                    continue
                 if stream.modality == "video":
-                    inputs = _shared_preprocess(images, [spec_for(stream.plan)],
-                                                self.resize_with)[stream.plan.info.key]
+                    spec = spec_for(stream.plan)
+                    if stream.plan.crop:
+                        # A live source has no boxes: each whole frame through the crop's own
+                        # transform, as extraction encodes a clip without boxes.
+                        inputs = torch.cat([spec.preprocess(image[None]) for image in images])
+                    else:
+                        inputs = _shared_preprocess(images, [spec], self.resize_with)[spec.key]
                     rows = stream.plan.encoder.encode_batch(inputs).float().cpu().numpy()
                 elif stream.modality == "audio":
                     rows = self._audio_rows(stream, times, shift, audio, queue)
@@ -116,6 +125,27 @@ class LiveFeatures:
         return audio_rows(stream.plan, times, shift, buffer, queue, self.audio_window_s,
                           self.audio_lookahead_s)
 
+    def native_rows(self, aliases: Collection[str], frames: list[Frame],
+                    audio: dict[int, AudioBuffer], queue: FrameQueue
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """alias -> (row times, rows) of each audio stream in `aliases` at its own rate: the
+        rows whose times lie in the frames' span [first frame, last frame + one frame), so
+        consecutive batches share no row and leave none out."""
+        out = {}
+        shift = 1.0 / self.fps
+        span = (frames[0].time_s, frames[-1].time_s + shift)
+        for stream in self.streams:
+            if stream.alias not in aliases:
+                continue
+            if stream.modality != "audio":
+                raise ValueError(f"stream {stream.alias} is {stream.modality}: only audio rows "
+                                 "have a rate of their own here")
+            buffer = audio[int(stream.plan.encoder.spec.sample_rate)]
+            times, rows = native_audio_rows(stream.plan, span, buffer, queue,
+                                            self.audio_window_s, self.audio_lookahead_s)
+            out[stream.alias] = (times, rows.astype(stream.dtype).astype(np.float32))
+        return out
+
 
 def audio_rows(plan, times: np.ndarray, shift: float, buffer: AudioBuffer,
                queue: FrameQueue | None, window_s: float, lookahead_s: float) -> np.ndarray:
@@ -123,22 +153,54 @@ def audio_rows(plan, times: np.ndarray, shift: float, buffer: AudioBuffer,
     would put the extracted rows there: the rows come from encoding the buffer's audio from
     `window_s` before the first frame (on the encoder's hop grid) to `lookahead_s` past the last
     frame's pooling window (an encoder's window reaching past its hop needs that much)."""
-    encoder = plan.encoder
     row_shift = float(plan.info.frame_shift_s)
-    dim = plan.info.dim
-    end = float(times[-1]) + shift / 2 + row_shift + lookahead_s
-    if queue is not None:
-        buffer.wait_until(end, queue, limit_s=1.0)
-    if buffer.start_s is None:  # no audio (yet): silence rows, as a muted microphone
-        return np.zeros((len(times), dim), np.float32)
     start = float(times[0]) - shift / 2 - window_s
-    # Start on the buffer's hop grid, the grid extraction's rows lie on.
-    hops = max(0, math.floor((start - buffer.start_s) / row_shift + 1e-9))
-    start_s, samples = buffer.window(buffer.start_s + hops * row_shift, end)
-    rows = encoder.encode_audio(samples)
-    if len(rows) == 0:
-        return np.zeros((len(times), dim), np.float32)
-    rows = rows.astype(np.dtype(plan.info.dtype))
+    end = float(times[-1]) + shift / 2 + row_shift + lookahead_s
+    encoded = _encode_span(plan, start, end, buffer, queue)
+    if encoded is None:  # no audio (yet): silence rows, as a muted microphone
+        return np.zeros((len(times), plan.info.dim), np.float32)
+    start_s, rows = encoded
     aligned, _ = to_timeline(rows, start_s, row_shift, times, shift,
                              auto_method(row_shift, shift))
     return aligned
+
+
+def native_audio_rows(plan, span: tuple[float, float], buffer: AudioBuffer,
+                      queue: FrameQueue | None, window_s: float, lookahead_s: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """An audio stream's rows at its own rate whose times (row i at t0 + i * frame_shift_s, as
+    the store times them) lie in `span` [start, end): ([n] times, [n, dim] rows). Encoded from
+    `window_s` before the span, on the encoder's hop grid, to `lookahead_s` past the last row's
+    own window; with no audio (yet), silence rows on the grid of the span's start."""
+    row_shift = float(plan.info.frame_shift_s)
+    start, end = float(span[0]), float(span[1])
+    encoded = _encode_span(plan, start - window_s, end + row_shift + lookahead_s, buffer, queue)
+    if encoded is not None:
+        start_s, rows = encoded
+        times = start_s + np.arange(len(rows)) * row_shift
+        # a microsecond covers the rounding of times computed two ways
+        inside = (times >= start - 1e-6) & (times < end - 1e-6)
+        if inside.any():
+            return times[inside], rows[inside].astype(np.float32)
+    # no audio there (none yet, a muted microphone, a track that ended before the video):
+    # silence rows on the span's grid, as `audio_rows` gives silence
+    times = start + np.arange(max(1, int(np.ceil((end - start) / row_shift - 1e-9)))) * row_shift
+    return times, np.zeros((len(times), plan.info.dim), np.float32)
+
+
+def _encode_span(plan, start: float, end: float, buffer: AudioBuffer,
+                 queue: FrameQueue | None) -> tuple[float, np.ndarray] | None:
+    """(time of the first row, rows) of the buffer's audio from `start` (moved back onto the
+    buffer's hop grid, the grid extraction's rows lie on) to `end`, rounded to the stream's
+    dtype; None when there is no audio (yet) or too little for a row."""
+    row_shift = float(plan.info.frame_shift_s)
+    if queue is not None:
+        buffer.wait_until(end, queue, limit_s=1.0)
+    if buffer.start_s is None:
+        return None
+    hops = max(0, math.floor((start - buffer.start_s) / row_shift + 1e-9))
+    start_s, samples = buffer.window(buffer.start_s + hops * row_shift, end)
+    rows = plan.encoder.encode_audio(samples)
+    if len(rows) == 0:
+        return None
+    return start_s, rows.astype(np.dtype(plan.info.dtype))

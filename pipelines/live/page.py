@@ -4,7 +4,8 @@ A stdlib HTTP server on a thread serves the page (inline CSS and JS, no external
 and server-sent events at `/events`: `update` (a prediction with latency p50/p95, drops and the
 real-time factor), `frame` (the current video frame as a JPEG data URL, a few times a second),
 `header` and `summary`. The page draws valence/arousal as a point with a trail on the circumplex
-(an SVG, so its state is in the DOM), or class probabilities as bars. After `summary` the stream
+(an SVG, so its state is in the DOM; of a head that generates several reactions, the first),
+or class probabilities as bars, one per column the update names. After `summary` the stream
 ends and the page says the run is over.
 """
 
@@ -69,6 +70,7 @@ events.addEventListener("update", e => {
   $("drops").textContent = "dropped " + p.drops;
   $("time").textContent = "t " + p.time_s.toFixed(2) + " s";
   if (msg.kind === "va") {
+    if (p.sample !== undefined && p.sample !== 0) return;  // REGNN: the first reaction only
     const x = clamp(p.valence), y = -clamp(p.arousal);
     trail.push(x.toFixed(4) + "," + y.toFixed(4));
     if (trail.length > TRAIL) trail.shift();
@@ -77,11 +79,20 @@ events.addEventListener("update", e => {
     point.setAttribute("cx", x.toFixed(4));
     point.setAttribute("cy", y.toFixed(4));
     point.setAttribute("visibility", "visible");
-  } else {
+  } else {  // class probabilities (the header's columns) as bars; names are text, not markup
     $("circumplex").style.display = "none";
-    $("bars").innerHTML = Object.entries(p.probabilities || {}).map(([name, v]) =>
-      '<div class="row"><b>' + name + '</b><div class="bar" style="width:' +
-      Math.round(300 * v) + 'px"></div>' + v.toFixed(2) + '</div>').join("");
+    const bars = $("bars");
+    bars.replaceChildren(...(msg.columns || []).map(name => {
+      const v = Number(p[name]), row = document.createElement("div");
+      const label = document.createElement("b"), bar = document.createElement("div");
+      row.className = "row";
+      row.dataset.value = v.toFixed(4);
+      label.textContent = name;
+      bar.className = "bar";
+      bar.style.width = Math.round(300 * Math.max(0, Math.min(1, v))) + "px";
+      row.append(label, bar, v.toFixed(2));
+      return row;
+    }));
   }
 });
 events.addEventListener("frame", e => { $("frame").src = e.data; });

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from features_store.errors import UserError
+from pipelines.live.windowed import RegnnWindows, TemporalAttentionWindows, TpnAwmWindows
 
 
 class TRMStepper:
@@ -70,7 +71,10 @@ class TRMStepper:
         return [(t, values[t]) for t in range(count)]
 
 
-STEPPERS = {"trm": TRMStepper}
+STEPPERS = {"trm": TRMStepper,
+            "temporal_attention": TemporalAttentionWindows,
+            "tpn_awm": TpnAwmWindows,
+            "regnn": RegnnWindows}
 
 
 def stepper_for(run: Any, dtype: np.dtype):
