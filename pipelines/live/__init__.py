@@ -178,6 +178,10 @@ def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime
                "latency_p95_ms": _round(stats.latency(95)), "drops": queue.dropped,
                "realtime_factor": round(stats.realtime_factor(features.fps), 3),
                "media_s": round(stats.frames / features.fps, 3),
+               # audio that reached the encoders: a dead microphone shows here as 0
+               **({"audio_s": round(max(b.received / b.sample_rate
+                                        for b in reader.audio.values()), 3)}
+                  if reader.has_audio else {}),
                "end": end_reason or reader.stats.end_reason or "end of media"}
     _write(out, {"summary": summary})
     if page:

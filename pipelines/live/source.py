@@ -10,6 +10,10 @@ Frames wait in a `FrameQueue` for the model. Read as fast as possible (a file wi
 `--realtime`) the reader waits for the model; read live (a network stream, a camera, a paced
 file) the queue keeps the newest frames and drops the oldest, counting them.
 
+A separate microphone (`--audio-source alsa:DEVICE`) is read on a thread of its own, its packets
+joined into short chunks before decoding (a device may hand over one sample per read), placed on
+the video clock by the wall clock, and held at most `MIC_AHEAD_S` ahead of that clock.
+
 The reader ends at the end of the media, when a network source has been silent for the idle
 timeout, or when asked to stop (Ctrl-C).
 """
@@ -17,8 +21,12 @@ timeout, or when asked to stop (Ctrl-C).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import os
 import sys
+import sysconfig
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +42,13 @@ from features_store.errors import UserError
 NETWORK_SCHEMES = ("udp://", "rtp://", "rtsp://", "http://", "https://", "srt://", "tcp://")
 # `FORMAT:DEVICE` sources PyAV opens through an FFmpeg input device (a microphone, a camera).
 DEVICE_FORMATS = ("v4l2", "alsa", "pulse", "avfoundation", "dshow")
+# Where Linux distributions keep ALSA's configuration and its plugins (pulse, pipewire, jack).
+SYSTEM_ALSA_DIR = "/usr/share/alsa"
+SYSTEM_ALSA_PLUGIN_DIRS = ([f"/usr/lib/{sysconfig.get_config_var('MULTIARCH')}/alsa-lib"]
+                           if sysconfig.get_config_var("MULTIARCH") else []) + \
+    ["/usr/lib64/alsa-lib", "/usr/lib/alsa-lib"]
+MIC_CHUNK_S = 0.01  # a microphone's samples are decoded and buffered this many seconds at once
+MIC_AHEAD_S = 0.25  # how far a microphone may run ahead of the video clock before it is held
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +84,10 @@ def parse_source(text: str) -> SourceSpec:
     return SourceSpec(text, None, live=False)
 
 
-def open_source(spec: SourceSpec, idle_timeout_s: float) -> av.container.InputContainer:
-    """Open a source; a network source waits `idle_timeout_s` for data at most (then one line)."""
+def open_source(spec: SourceSpec, idle_timeout_s: float,
+                sample_rate: int | None = None) -> av.container.InputContainer:
+    """Open a source; a network source waits `idle_timeout_s` for data at most (then one line).
+    `sample_rate`: the rate to ask a microphone for (the device, or ALSA's plug layer, converts)."""
     options = {}
     if spec.live:
         # FFmpeg probes 5 s of a stream by default before it opens; live needs far less
@@ -78,13 +95,75 @@ def open_source(spec: SourceSpec, idle_timeout_s: float) -> av.container.InputCo
     if spec.url.startswith("udp://"):
         options["overrun_nonfatal"] = "1"  # a late reader loses packets, not the stream
         options["fifo_size"] = "1000000"
+    if spec.format in ("alsa", "pulse") and sample_rate:
+        options["sample_rate"] = str(sample_rate)
+    name = f"{spec.format}:{spec.url}" if spec.format in DEVICE_FORMATS[1:] else spec.url
+    # FFmpeg names a format by all its names at once: "video4linux2,v4l2"
+    if spec.format and spec.format not in {n for names in av.formats_available
+                                           for n in names.split(",")}:
+        # PyAV's wheels have no `pulse` input, nor another platform's devices
+        hint = ("; PulseAudio and PipeWire microphones open through ALSA: alsa:default or "
+                "alsa:pulse" if spec.format == "pulse" else "")
+        raise UserError(f"{name}: this FFmpeg has no {spec.format} input{hint}")
+    if spec.format == "alsa":
+        use_system_alsa()
+    library_said: list[str] = []
     try:
-        return av.open(spec.url, mode="r", format=spec.format, options=options,
-                       timeout=(idle_timeout_s, idle_timeout_s) if spec.live else None,
-                       metadata_errors="ignore")
+        with _c_stderr_kept(library_said) if spec.format in DEVICE_FORMATS else \
+                contextlib.nullcontext():
+            return av.open(spec.url, mode="r", format=spec.format, options=options,
+                           timeout=(idle_timeout_s, idle_timeout_s) if spec.live else None,
+                           metadata_errors="ignore")
     except (av.FFmpegError, OSError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise UserError(f"{spec.url}: cannot open ({reason})") from None
+        said = _library_reason(library_said[0] if library_said else "")
+        raise UserError(f"{name}: cannot open ({reason}{'; ' + said if said else ''})") \
+            from None
+
+
+def use_system_alsa() -> None:
+    """Point the libasound inside PyAV's wheels at the system's ALSA configuration and plugins;
+    a user's own ALSA_CONFIG_DIR / ALSA_PLUGIN_DIR win. That libasound was built to look under
+    /tmp/vendor (the wheel builder's prefix): from there no device name means anything, and it
+    would read configuration and load plugin code from where anyone may write. libasound reads
+    both once per process, at its first use: this must come before."""
+    os.environ.setdefault("ALSA_CONFIG_DIR", SYSTEM_ALSA_DIR)
+    os.environ.setdefault("ALSA_PLUGIN_DIR", next(
+        (d for d in SYSTEM_ALSA_PLUGIN_DIRS if os.path.isdir(d)), SYSTEM_ALSA_PLUGIN_DIRS[-1]))
+
+
+@contextlib.contextmanager
+def _c_stderr_kept(said: list[str]) -> Iterator[None]:
+    """Keep what C libraries write to stderr meanwhile: ALSA prints its reasons for a failed
+    open there, one `ALSA lib FILE:LINE:(FUNCTION) REASON` line each, which would break the one
+    line a user error is. Kept, it goes into that line; after a good open it goes out as it came."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as kept:
+            os.dup2(kept.fileno(), 2)
+            failed = True
+            try:
+                yield
+                failed = False
+            finally:
+                os.dup2(saved, 2)
+                kept.seek(0)
+                text = kept.read().decode(errors="replace")
+                said.append(text)
+                if text and not failed:
+                    sys.stderr.write(text)
+    finally:
+        os.close(saved)
+
+
+def _library_reason(text: str) -> str:
+    """ALSA's first and last reasons (`... (snd_pcm_open_noupdate) Unknown PCM x` -> the tail)."""
+    reasons = [line.split(") ", 1)[-1].strip() for line in text.splitlines() if line.strip()]
+    if not reasons:
+        return ""
+    return reasons[0] if len(reasons) == 1 or reasons[0] == reasons[-1] else \
+        f"{reasons[0]} ... {reasons[-1]}"
 
 
 @dataclasses.dataclass
@@ -155,6 +234,7 @@ class AudioBuffer:
         self.keep = int(keep_s * sample_rate)
         self.start_s: float | None = None  # media time of samples[0]
         self.samples = np.zeros(0, np.float32)
+        self.received = 0  # samples appended in all (the kept ones and those let go)
         self.cond = threading.Condition()
         self.ended = False
 
@@ -163,6 +243,7 @@ class AudioBuffer:
             if self.start_s is None:
                 self.start_s = time_s
             self.samples = np.concatenate([self.samples, samples])
+            self.received += len(samples)
             excess = len(self.samples) - self.keep
             if excess > 0:
                 self.samples = self.samples[excess:]
@@ -232,7 +313,9 @@ class Reader(threading.Thread):
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.container = open_source(spec, idle_timeout_s)
-        self.audio_container = open_source(audio_spec, idle_timeout_s) if audio_spec else None
+        self.audio_container = (open_source(audio_spec, idle_timeout_s, max(sample_rates or [0]))
+                                if audio_spec else None)
+        self.microphone: threading.Thread | None = None
         self.video = next((s for s in self.container.streams.video
                            if not s.disposition & av.stream.Disposition.attached_pic), None)
         if self.video is None:
@@ -256,11 +339,10 @@ class Reader(threading.Thread):
         self.queue.close()
 
     def run(self) -> None:
-        mic = None
         if self.audio_container is not None and self.audio:
-            mic = threading.Thread(target=self._read_microphone, name="affect-live-mic",
-                                   daemon=True)
-            mic.start()
+            self.microphone = threading.Thread(target=self._read_microphone,
+                                               name="affect-live-mic", daemon=True)
+            self.microphone.start()
         try:
             self._read()
         except BaseException as exc:  # reaches the caller, which says it in one line
@@ -349,29 +431,67 @@ class Reader(threading.Thread):
 
     def _read_microphone(self) -> None:
         """A separate microphone: its first sample is placed on the video clock by the wall
-        clock (two devices share no timestamps), then its samples run on from there."""
+        clock (two devices share no timestamps), then its samples run on from there.
+
+        A device may hand over a sample or two per read: its packets are joined into chunks
+        of `MIC_CHUNK_S` before they are decoded, resampled and buffered, or the per-packet
+        cost would fall behind real time. One that delivers faster than real time (a file
+        behind an ALSA plugin, a device's clock running fast) is held while it is `MIC_AHEAD_S`
+        ahead of the video clock, so the buffers keep the audio of the frames being encoded."""
         assert self.audio_container is not None
         stream = self.audio_container.streams.audio[0]
+        codec = stream.codec_context
+        # Devices hand over raw PCM, whose packets join into one: one decode per chunk (PyAV's
+        # decode and frame costs, paid per packet, are more than a sample's time at 16 kHz).
+        sample_bytes = codec.format.bytes * codec.channels  # one sample of every channel
+        chunk_bytes = (max(1, round(MIC_CHUNK_S * codec.sample_rate)) * sample_bytes
+                       if codec.name.startswith("pcm_") else 1)
+        pending: list[bytes] = []
+        pending_bytes = 0
+        first_time: float | None = None  # media time of the first sample, once placed
         try:
-            for frame in self.audio_container.decode(stream):
+            for packet in self.audio_container.demux(stream):
                 if self.stop_event.is_set():
                     return
-                time_s = None
-                if all(b.start_s is None for b in self.audio.values()):
-                    if self.clock is None:
-                        continue  # no video yet: nothing to align the microphone to
-                    media, wall = self.clock
-                    time_s = media + (time.perf_counter() - wall) - frame.samples / frame.rate
-                self._add_audio(frame, time_s)
+                if self.clock is None or not packet.size:
+                    continue  # no video yet: nothing to align the microphone to
+                if first_time is None:
+                    first_time = (self._video_now()
+                                  - packet.size / sample_bytes / codec.sample_rate)
+                pending.append(bytes(packet))
+                pending_bytes += packet.size
+                if pending_bytes < chunk_bytes:
+                    continue
+                for frame in codec.decode(av.Packet(b"".join(pending))):
+                    self._add_audio(frame, first_time)
+                pending, pending_bytes = [], 0
+                self._hold_microphone()
         except (av.FFmpegError, OSError):
             return  # the microphone went away: video goes on, audio rows stay as they were
         finally:
             for buffer in self.audio.values():
                 buffer.finish()
 
+    def _video_now(self) -> float:
+        """The video clock's media time now (frame 1's time plus the wall time since)."""
+        assert self.clock is not None
+        media, wall = self.clock
+        return media + (time.perf_counter() - wall)
+
+    def _hold_microphone(self) -> None:
+        while not self.stop_event.is_set():
+            ahead = min(b.end_s for b in self.audio.values()) - self._video_now()
+            if ahead <= MIC_AHEAD_S:
+                return
+            self.stop_event.wait(ahead - MIC_AHEAD_S)
+
     def close(self) -> None:
         self.stop()
         self.join(timeout=self.idle_timeout_s + 2)
-        for container in (self.container, self.audio_container):
-            if container is not None:
+        if self.microphone is not None:
+            # closing a container while a thread decodes from it crashes the process
+            self.microphone.join(timeout=self.idle_timeout_s + 2)
+        for container, thread in ((self.container, self),
+                                  (self.audio_container, self.microphone)):
+            if container is not None and not (thread is not None and thread.is_alive()):
                 container.close()
