@@ -432,25 +432,34 @@ def test_evaluate_names_the_checkpoint_each_target_came_from(trained_runs):
             f"best-arousal.pt (epoch {epochs['arousal']})") in readable.stdout.splitlines()[0]
 
 
+def _unlabelled_clip_store(tmp_path, video_rows: int, audio_rows: int, audio_shift: float):
+    """A store with one clip "new" in the predict split and no labels: a 30 fps video stream of
+    ones and an audio stream of twos, `audio_rows` rows `audio_shift` apart."""
+    store = open_store(str(tmp_path / "s.zarr"), mode="a", dataset="affwild2")
+    video = store.create_stream(StreamInfo(name="v", dim=3, frame_shift_s=1 / 30,
+                                           extra={"modality": "video"}))
+    audio = store.create_stream(StreamInfo(name="a", dim=2, frame_shift_s=audio_shift,
+                                           extra={"modality": "audio"}))
+    labels = store.create_stream(StreamInfo(name="va", kind="label", dim=2,
+                                            frame_shift_s=1 / 30))
+    with store.part_writer(video, "p0") as v, store.part_writer(audio, "p0") as a:
+        v.write_clip("new", np.ones((video_rows, 3), np.float32))
+        a.write_clip("new", np.full((audio_rows, 2), 2.0, np.float32))
+    with store.part_writer(labels, "p0"):
+        pass
+    store.add_clips([{"clip_id": "new", "split": "predict"}])
+    store.finalize()
+    return open_store(str(tmp_path / "s.zarr"))
+
+
 def test_unlabelled_clips_are_predicted_to_the_end_of_their_longest_stream(tmp_path):
     # A 6.0 s video: 180 video rows at 30 fps, and an audio stream whose last window did not
     # fit (285 rows at 50 Hz = 5.70 s). Without labels the timeline ran to the shorter one's
     # end (172 rows, the last 0.3 s unpredicted); it runs to the video's end.
     from heads.data import load_frame_sequences
 
-    store = open_store(str(tmp_path / "s.zarr"), mode="a", dataset="affwild2")
-    video = store.create_stream(StreamInfo(name="v", dim=3, frame_shift_s=1 / 30))
-    audio = store.create_stream(StreamInfo(name="a", dim=2, frame_shift_s=0.02))
-    labels = store.create_stream(StreamInfo(name="va", kind="label", dim=2,
-                                            frame_shift_s=1 / 30))
-    with store.part_writer(video, "p0") as v, store.part_writer(audio, "p0") as a:
-        v.write_clip("new", np.ones((180, 3), np.float32))
-        a.write_clip("new", np.full((285, 2), 2.0, np.float32))
-    with store.part_writer(labels, "p0"):
-        pass
-    store.add_clips([{"clip_id": "new", "split": "predict"}])
-    store.finalize()
-    seqs = load_frame_sequences(open_store(str(tmp_path / "s.zarr")), ["new"], ["v", "a"], "va")
+    store = _unlabelled_clip_store(tmp_path, video_rows=180, audio_rows=285, audio_shift=0.02)
+    seqs = load_frame_sequences(store, ["new"], ["v", "a"], "va")
     assert seqs.lengths.tolist() == [180]
     assert (180 - 1) * seqs.frame_shift_s == pytest.approx(5.967, abs=1e-3)
     np.testing.assert_allclose(seqs.features[-1], [1, 1, 1, 2, 2])  # audio's last row held
@@ -463,23 +472,9 @@ def test_an_audio_stream_padded_past_the_video_adds_no_frame_after_the_last(tmp_
     # live, which predicts the frames it sees, gave 66). It runs to the video's end.
     from heads.data import load_frame_sequences
 
-    store = open_store(str(tmp_path / "s.zarr"), mode="a", dataset="affwild2")
-    video = store.create_stream(StreamInfo(name="v", dim=3, frame_shift_s=1 / 30,
-                                           extra={"modality": "video"}))
-    audio = store.create_stream(StreamInfo(name="a", dim=2, frame_shift_s=0.04,
-                                           extra={"modality": "audio"}))
-    labels = store.create_stream(StreamInfo(name="va", kind="label", dim=2,
-                                            frame_shift_s=1 / 30))
-    with store.part_writer(video, "p0") as v, store.part_writer(audio, "p0") as a:
-        v.write_clip("new", np.ones((66, 3), np.float32))
-        a.write_clip("new", np.full((56, 2), 2.0, np.float32))
-    with store.part_writer(labels, "p0"):
-        pass
-    store.add_clips([{"clip_id": "new", "split": "predict"}])
-    store.finalize()
-    seqs = load_frame_sequences(open_store(str(tmp_path / "s.zarr")), ["new"], ["v", "a"], "va")
+    store = _unlabelled_clip_store(tmp_path, video_rows=66, audio_rows=56, audio_shift=0.04)
+    seqs = load_frame_sequences(store, ["new"], ["v", "a"], "va")
     assert seqs.lengths.tolist() == [66]
     # without a video stream the audio's own end is the clip's
-    audio_only = load_frame_sequences(open_store(str(tmp_path / "s.zarr")), ["new"], ["a"],
-                                      "va")
+    audio_only = load_frame_sequences(store, ["new"], ["a"], "va")
     assert audio_only.lengths.tolist() == [67]
