@@ -71,3 +71,18 @@ def test_sources_are_read_as_files_streams_or_devices(tmp_path):
                                              else "v4l2")
     with pytest.raises(UserError, match="nothere.mp4: no such file"):
         parse_source(str(tmp_path / "nothere.mp4"))
+
+
+def test_a_separate_microphone_beside_a_file_read_as_fast_as_possible_is_one_line(tmp_path):
+    # The microphone is put on the video clock by the wall clock; a file read faster than its
+    # own pace would pair each frame with audio from the wrong moment, so it is refused before
+    # anything loads, and --realtime is named as the way.
+    from features_store.errors import UserError
+    from pipelines.live import live
+
+    clip, voice = tmp_path / "clip.mp4", tmp_path / "voice.wav"
+    clip.write_bytes(b"x")
+    voice.write_bytes(b"x")
+    with pytest.raises(UserError, match=r"clip\.mp4: --audio-source .*--realtime") as error:
+        live(str(tmp_path / "no-run"), str(clip), audio_source=str(voice))
+    assert "\n" not in str(error.value)

@@ -15,7 +15,8 @@ from features_store.errors import UserError
               "rtsp://, http://), /dev/videoN, `camera` (the default camera) or FORMAT:DEVICE "
               "(v4l2, alsa, pulse, avfoundation, dshow).")
 @click.option("--audio-source", default=None,
-              help="A separate microphone (e.g. alsa:default, pulse:default) or audio URL.")
+              help="A separate microphone (e.g. alsa:default, alsa:pulse) or audio URL; with a "
+                   "file as --source, needs --realtime (it is placed by the wall clock).")
 @click.option("--realtime", is_flag=True,
               help="Play a file at its own pace (default: as fast as possible).")
 @click.option("--idle-timeout", default=5.0, show_default=True, type=float,

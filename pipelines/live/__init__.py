@@ -70,6 +70,11 @@ def live(run_dir: str, source: str, *, audio_source: str | None = None, realtime
     out = out or sys.stdout
     spec = parse_source(source)
     audio_spec = parse_source(audio_source) if audio_source else None
+    if audio_spec is not None and spec.is_file and not realtime:
+        # a separate audio source is put on the video clock by the wall clock (two sources share
+        # no timestamps), which a file read faster than its own pace does not keep
+        raise UserError(f"{source}: --audio-source {audio_source} is placed on the video by the "
+                        "wall clock; play the file at its own pace with --realtime")
     saved = read_run_config(run_dir)
     dev = resolve_device(device)
     run = load_run(run_dir, device=dev)
