@@ -23,7 +23,7 @@ SHIPPED_HEADS = {"regnn", "transformer", "transformer-lstm", "transformer-attent
 def test_heads_ls_names_dataset_inputs_metric_and_paper_of_every_head():
     result = CliRunner().invoke(cli, ["heads", "ls", "--json"])
     assert result.exit_code == 0, result.output
-    rows = {row["name"]: row for row in json.loads(result.output)}
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert SHIPPED_HEADS <= set(rows)
     for name in SHIPPED_HEADS:
         row = rows[name]

@@ -22,7 +22,7 @@ LAYOUTS = ["react", "raer", "affwild2", "cremad", "meld", "iemocap", "mosei"]
 def test_datasets_ls_lists_every_layout_with_its_recipe():
     result = CliRunner().invoke(cli, ["datasets", "ls", "--json"])
     assert result.exit_code == 0, result.output
-    described = {d["name"]: d for d in json.loads(result.output)}
+    described = {d["name"]: d for d in json.loads(result.stdout)}
     assert sorted(described) == sorted(LAYOUTS) == sorted(list_adapters())
     encoders = {d["name"]: d["recipe"]["encoders"] for d in described.values()}
     assert encoders["react"] == ["swin-t", "vggish-react", "wav2vec2-base"]

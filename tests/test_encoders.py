@@ -723,7 +723,7 @@ def test_encoders_ls_json_lists_names_dims_shifts_and_availability():
 
     result = CliRunner().invoke(encoders, ["ls", "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     assert [row["name"] for row in rows] == ALL_NAMES
     assert set(rows[0]) == {
         "name",

@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from cli_results import json_document
 from click.testing import CliRunner
 
 from pipelines.cli import cli
@@ -43,8 +44,9 @@ def test_regnn_learns_from_the_store_alone(tmp_path):
     losses = [r["train_loss"] for r in records if r["kind"] == "epoch"]
     assert losses[-1] < losses[0]
     assert (run / "curves.png").stat().st_size > 0
-    metrics = json.loads(_ok(cli_runner.invoke(cli, ["evaluate", "--run", str(run), "--split",
-                                                     "test", "--json"])))["metrics"]
+    evaluated = cli_runner.invoke(cli, ["evaluate", "--run", str(run), "--split", "test",
+                                        "--json"])
+    metrics = json_document(evaluated)["metrics"]
     assert metrics["FRC"] > metrics["random/FRC"]
     exported = _ok(cli_runner.invoke(cli, ["predict", "--run", str(run), "--split", "test",
                                            "--export", str(tmp_path / "export")]))

@@ -177,7 +177,7 @@ def test_runs_ls_lists_one_row_per_run(runs_dir):
     # the ensemble of the two classifiers
     assert len(lines) == 1 + (1 + 3) + (1 + 2) + 1
     as_json = CliRunner().invoke(cli, ["runs", "ls", str(runs_dir), "--json"])
-    rows = {Path(r["run"]).name: r for r in json.loads(as_json.output)}
+    rows = {Path(r["run"]).name: r for r in json.loads(as_json.stdout)}
     assert len(rows) == 6
     seed0 = rows["seed-0"]
     assert (seed0["head"], seed0["dataset"], seed0["seed"]) == ("trm", "cremad", 0)

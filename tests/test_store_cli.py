@@ -77,7 +77,7 @@ def invoke(*args: str):
 def test_ls_lists_every_stream_with_its_shape_and_size(react_store):
     result = invoke("store", "ls", react_store.url, "--json")
     assert result.exit_code == 0, result.output
-    streams = {s["alias"]: s for s in json.loads(result.output)}
+    streams = {s["alias"]: s for s in json.loads(result.stdout)}
     assert set(streams) == {"clip-vit-b16", "va"}
     video = streams["clip-vit-b16"]
     assert set(video) == {
@@ -103,7 +103,7 @@ def test_ls_lists_every_stream_with_its_shape_and_size(react_store):
 def test_info_shows_provenance_and_per_clip_shapes(react_store):
     result = invoke("store", "info", react_store.url, "clip-vit-b16", "--json")
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)
     assert info["attrs"]["weights"] == "random" and info["attrs"]["frame_shift_s"] == 0.04
     shapes = {c["clip_id"]: c["shape"] for c in info["clips"]}
     assert shapes == {c: [len(rows_of(i)), 16] for i, c in enumerate(REACT_CLIPS)}
@@ -114,7 +114,7 @@ def test_info_shows_provenance_and_per_clip_shapes(react_store):
 def test_ls_json_calls_the_stream_column_as_the_table_does(react_store):
     table = invoke("store", "ls", react_store.url).output.splitlines()
     assert table[0].split()[0] == "stream"
-    rows = json.loads(invoke("store", "ls", react_store.url, "--json").output)
+    rows = json.loads(invoke("store", "ls", react_store.url, "--json").stdout)
     assert [r["stream"] for r in rows] == [line.split()[0] for line in table[1:1 + len(rows)]]
     assert all("use" not in r for r in rows)
 

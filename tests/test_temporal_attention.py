@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from cli_results import json_document
 from click.testing import CliRunner
 
 from features_store import open_store
@@ -80,8 +81,8 @@ def test_learns_the_planted_classes_from_the_store_alone(raer_store, tmp_path):
     _ok(runner.invoke(cli, ["train", "--head", "temporal_attention", "--store", str(raer_store),
                             "--out", str(run), "--epochs", "12", "--device", "cpu", "--quiet",
                             *[a for s in FAST for a in ("--set", s)]]))
-    metrics = json.loads(_ok(runner.invoke(cli, ["evaluate", "--run", str(run), "--split",
-                                                 "test", "--json"])))["metrics"]
+    metrics = json_document(runner.invoke(cli, ["evaluate", "--run", str(run), "--split",
+                                                 "test", "--json"]))["metrics"]
     print(f"temporal_attention on the RAER sample: test UAR {metrics['UAR']:.3f} "
           f"(chance 0.2), WAR {metrics['WAR']:.3f}")
     assert metrics["UAR"] >= 0.5

@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from cli_results import json_document
 from click.testing import CliRunner
 
 from heads.base import apply_overrides
@@ -88,8 +89,8 @@ def test_learns_the_planted_emotions_from_the_store_alone(iemocap_store, tmp_pat
     assert config["config"]["val_split"] == "val" and config["config"]["batch_size"] == 8
     assert len(config["config"]["val_carved"]) == 1 and config["profile"] == "paper"
     assert set(config["streams"]) == {"wav2vec2-base", "clip-vit-b16", "iemocap-emotion"}
-    metrics = json.loads(_ok(runner.invoke(cli, ["evaluate", "--run", str(run), "--split",
-                                                 "test", "--json"])))["metrics"]
+    metrics = json_document(runner.invoke(cli, ["evaluate", "--run", str(run), "--split",
+                                                 "test", "--json"]))["metrics"]
     baseline, classes = _majority_wf1(run)
     print(f"tpn_awm on the IEMOCAP sample: test w-F1 {metrics['w-F1']:.3f} (majority class "
           f"{baseline:.3f}), w-ACC {metrics['w-ACC']:.3f}")
@@ -199,8 +200,8 @@ def test_meld_and_mosei_learn_from_their_stores(tmp_path_factory, tmp_path, layo
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["dataset"] == layout and config["val_split"] == "val"
     assert config["batch_size"] == 16
-    metrics = json.loads(_ok(CliRunner().invoke(cli, ["evaluate", "--run", str(run),
-                                                      "--split", "test", "--json"])))["metrics"]
+    metrics = json_document(CliRunner().invoke(cli, ["evaluate", "--run", str(run),
+                                                      "--split", "test", "--json"]))["metrics"]
     baseline, n_classes = _majority_wf1(run)
     print(f"tpn_awm on the {layout} sample: test w-F1 {metrics['w-F1']:.3f} (majority class "
           f"{baseline:.3f}), w-ACC {metrics['w-ACC']:.3f}")
