@@ -16,20 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_hardening import run_cli
 
 from features_store import StreamInfo, UserError, open_store, verify
 from pipelines.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def run_cli(*args: str, capsys) -> tuple[int, str, str]:
-    """`affect ARGS` in-process as main() runs it: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as ended:
-        main(list(args))
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return int(ended.value.code or 0), captured.out, captured.err
 
 
 def one_error_line(code: int, err: str) -> str:
